@@ -1,0 +1,151 @@
+//! Configuration: the YAML file ([`raw`]), its validation ([`validate`]) and the typed model
+//! ([`model`]) the rest of the gateway runs on.
+
+pub mod model;
+pub mod raw;
+pub mod validate;
+
+pub use model::*;
+use std::path::{Path, PathBuf};
+
+/// Why a configuration file was refused. Every problem is listed, each with its place.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {}", path.display(), problems.join(&format!("\n{}: ", path.display())))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+}
+
+impl ConfigError {
+    /// Each problem as one line, without the file name (for JSON answers and metrics logs).
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            ConfigError::Read { source, .. } => vec![format!("cannot read: {source}")],
+            ConfigError::Invalid { problems, .. } => problems.clone(),
+        }
+    }
+}
+
+/// Reads and validates the file at `path`.
+pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse(&text, base).map_err(|problems| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        problems,
+    })
+}
+
+/// Parses and validates YAML text; relative paths in it are taken from `base_dir`.
+pub fn parse(text: &str, base_dir: &Path) -> Result<Config, Vec<String>> {
+    let raw: raw::RawConfig = serde_yaml::from_str(text).map_err(|e| vec![yaml_error(&e)])?;
+    validate::validate(raw, base_dir)
+}
+
+/// serde_yaml says `routes[1]: unknown field ...at line 7 column 5`; keep that, phrased as
+/// `line 7: routes[1]: unknown field ...` so the place comes first like every other problem.
+fn yaml_error(e: &serde_yaml::Error) -> String {
+    let text = e.to_string();
+    match e.location() {
+        Some(loc) => {
+            let suffix = format!(" at line {} column {}", loc.line(), loc.column());
+            let message = text.strip_suffix(&suffix).unwrap_or(&text);
+            format!("line {}: {message}", loc.line())
+        }
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "
+listeners: [{address: '127.0.0.1:8080'}]
+upstreams:
+  - name: orders
+    targets: [{address: '127.0.0.1:9000', weight: 3}, {address: '127.0.0.1:9001'}]
+routes:
+  - {name: orders, path_prefix: /orders/, upstream: orders, methods: [get, POST]}
+";
+
+    #[test]
+    fn valid_file_becomes_typed_model() {
+        let c = parse(BASE, Path::new(".")).unwrap();
+        assert_eq!(c.upstreams[0].targets[0].weight, 3);
+        assert_eq!(c.upstreams[0].targets[1].weight, 1);
+        assert_eq!(c.routes[0].path_prefix, "/orders");
+        assert_eq!(
+            c.routes[0].methods,
+            Some(vec![http::Method::GET, http::Method::POST])
+        );
+        assert_eq!(c.server.health_path.as_deref(), Some("/health"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_place() {
+        let text = "
+listeners: [{address: 'nope'}]
+upstreams:
+  - name: a
+    targets: [{address: '127.0.0.1:1', weight: 0}]
+  - name: a
+    targets: []
+routes:
+  - {name: r, path_prefix: api, upstream: ordrs}
+  - {name: r, path_prefix: /x, upstream: a, methods: [FETCH], timeouts: {read: soon}}
+";
+        let problems = parse(text, Path::new(".")).unwrap_err();
+        let expect = [
+            "listeners[0].address: \"nope\" is not an address of the form host:port",
+            "upstreams[0].targets[0].weight: must be at least 1",
+            "upstreams[1].name: duplicate upstream name \"a\"",
+            "upstreams[1].targets: an upstream needs at least one target",
+            "routes[0].upstream: no upstream named \"ordrs\"",
+            "routes[0].path_prefix: \"api\" must start with '/'",
+            "routes[1].name: duplicate route name \"r\"",
+            "routes[1].methods[0]: unknown HTTP method \"FETCH\"",
+        ];
+        for e in expect {
+            assert!(
+                problems.iter().any(|p| p == e),
+                "missing {e:?} in {problems:#?}"
+            );
+        }
+        assert!(problems
+            .iter()
+            .any(|p| p.starts_with("routes[1].timeouts.read:")));
+    }
+
+    #[test]
+    fn unknown_field_names_line_and_path() {
+        let text =
+            "listeners: [{address: '127.0.0.1:8080'}]\nroutes:\n  - name: r\n    upstrem: a\n";
+        let problems = parse(text, Path::new(".")).unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].starts_with("line 4: routes[0]: unknown field `upstrem`"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn listener_changes_need_a_restart_but_routes_do_not() {
+        let a = parse(BASE, Path::new(".")).unwrap();
+        let mut b = a.clone();
+        b.routes[0].strip_prefix = true;
+        assert!(a.restart_needed(&b).is_empty());
+        b.listeners[0].address = "127.0.0.1:8081".parse().unwrap();
+        assert_eq!(a.restart_needed(&b), vec!["listeners"]);
+    }
+}

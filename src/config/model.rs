@@ -1,0 +1,175 @@
+//! The validated, typed configuration. Nothing in here touches serde: the YAML surface is
+//! [`super::raw`], and [`super::validate`] is the only way to build these values.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where `GET /health` answers when the file does not say.
+pub const DEFAULT_HEALTH_PATH: &str = "/health";
+/// Pingora keeps serving this long after SIGTERM before it stops accepting; long enough for a
+/// load balancer to notice the instance is going away.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(5);
+/// Upper bound for in-flight requests to finish once shutdown has begun.
+pub const DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the config file is checked for changes: a change is live well within a second.
+pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_millis(250);
+/// Connecting to an upstream on a healthy network takes far less; a dead host fails fast.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest silence tolerated while reading an upstream response.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Health checks: one probe per target per interval.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// A probe that takes longer than this counts as failed.
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Consecutive failed probes before a target stops receiving traffic.
+pub const DEFAULT_FAILURES_TO_EJECT: usize = 3;
+/// Consecutive good probes before an ejected target receives traffic again.
+pub const DEFAULT_SUCCESSES_TO_READMIT: usize = 2;
+
+/// The whole validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub server: ServerSettings,
+    pub listeners: Vec<Listener>,
+    pub metrics_address: Option<SocketAddr>,
+    pub upstreams: Vec<UpstreamSpec>,
+    pub routes: Vec<RouteSpec>,
+}
+
+/// Process-wide settings (most need a restart to change; see [`Config::restart_needed`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerSettings {
+    pub threads: usize,
+    pub grace_period: Duration,
+    pub graceful_shutdown_timeout: Duration,
+    pub pid_file: PathBuf,
+    pub upgrade_sock: PathBuf,
+    pub log_level: Option<log::LevelFilter>,
+    pub access_log: bool,
+    pub health_path: Option<String>,
+    pub watch_config: bool,
+    pub watch_interval: Duration,
+}
+
+/// A proxy listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    pub address: SocketAddr,
+    pub tls: Option<ListenerTls>,
+}
+
+/// TLS termination on a listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerTls {
+    pub certificates: Vec<CertificateSpec>,
+    pub http2: bool,
+}
+
+/// A certificate file pair and the names it serves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertificateSpec {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Lower-case names; `*.example.com` wildcards allowed. Empty: names from the certificate.
+    pub server_names: Vec<String>,
+}
+
+/// A named upstream pool. Two equal specs describe the same pool, which is how a reload
+/// knows to keep a pool (its health state and connections) rather than rebuild it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamSpec {
+    pub name: String,
+    pub targets: Vec<TargetSpec>,
+    pub health_check: Option<HealthCheckSpec>,
+    pub tls: Option<UpstreamTls>,
+}
+
+/// One target of a pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetSpec {
+    pub address: SocketAddr,
+    pub weight: usize,
+}
+
+/// How targets are probed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheckSpec {
+    pub kind: HealthCheckKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub failures_to_eject: usize,
+    pub successes_to_readmit: usize,
+}
+
+/// The probe itself.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HealthCheckKind {
+    /// A TCP connect (plus TLS handshake for a TLS upstream).
+    Tcp,
+    /// `GET path` with a `Host` header, expecting one status.
+    Http {
+        path: String,
+        host: String,
+        expected_status: u16,
+    },
+}
+
+/// TLS from the gateway to the upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamTls {
+    pub sni: String,
+    pub verify: bool,
+    pub ca_file: Option<PathBuf>,
+}
+
+/// A validated route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteSpec {
+    pub name: String,
+    /// Lower-case hosts, exact (`api.example.com`) or wildcard (`*.example.com`); empty: any.
+    pub hosts: Vec<String>,
+    /// Normalised: starts with `/`, no trailing `/` except for the root `/`.
+    pub path_prefix: String,
+    /// Upper-case method names; `None`: every method.
+    pub methods: Option<Vec<http::Method>>,
+    pub upstream: String,
+    pub strip_prefix: bool,
+    pub timeouts: RouteTimeouts,
+}
+
+/// Upstream timeouts of a route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteTimeouts {
+    pub connect: Duration,
+    pub read: Duration,
+    /// Upper bound on the whole upstream exchange, from choosing a target to the last byte.
+    pub total: Option<Duration>,
+}
+
+impl Config {
+    /// What differs between `self` (running) and `next` that a live reload cannot apply.
+    /// Each entry names a setting; applying it needs a restart or a graceful upgrade (`-u`).
+    pub fn restart_needed(&self, next: &Config) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        if self.listeners != next.listeners {
+            changed.push("listeners");
+        }
+        if self.metrics_address != next.metrics_address {
+            changed.push("metrics.address");
+        }
+        let (a, b) = (&self.server, &next.server);
+        if a.threads != b.threads {
+            changed.push("server.threads");
+        }
+        if a.pid_file != b.pid_file || a.upgrade_sock != b.upgrade_sock {
+            changed.push("server.pid_file/upgrade_sock");
+        }
+        if a.grace_period != b.grace_period
+            || a.graceful_shutdown_timeout != b.graceful_shutdown_timeout
+        {
+            changed.push("server.grace_period/graceful_shutdown_timeout");
+        }
+        changed
+    }
+}

@@ -1,0 +1,564 @@
+//! Turns the raw YAML structs into the typed model, collecting every problem with its place
+//! in the file (`routes[2].upstream: no upstream named "ordrs"`) so an operator sees all
+//! mistakes at once.
+
+use super::model::*;
+use super::raw::*;
+use std::collections::HashSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Collects problems while converting; each one is `path: message`.
+#[derive(Default)]
+pub struct Problems(Vec<String>);
+
+impl Problems {
+    fn push(&mut self, place: impl std::fmt::Display, message: impl std::fmt::Display) {
+        self.0.push(format!("{place}: {message}"));
+    }
+
+    /// The collected messages, in file order.
+    pub fn into_vec(self) -> Vec<String> {
+        self.0
+    }
+}
+
+/// Validates `raw`; relative file paths inside it are resolved against `base_dir`.
+pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<String>> {
+    let mut p = Problems::default();
+    let server = server_settings(raw.server, &mut p);
+    let listeners = listeners(raw.listeners, base_dir, &mut p);
+    let metrics_address = raw
+        .metrics
+        .and_then(|m| socket_addr(&m.address, "metrics.address", &mut p));
+    let upstreams = upstreams(raw.upstreams, base_dir, &mut p);
+    let names: HashSet<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+    let routes = routes(raw.routes, &names, &mut p);
+    if p.0.is_empty() {
+        Ok(Config {
+            server,
+            listeners,
+            metrics_address,
+            upstreams,
+            routes,
+        })
+    } else {
+        Err(p.into_vec())
+    }
+}
+
+fn server_settings(raw: RawServer, p: &mut Problems) -> ServerSettings {
+    let threads = match raw.threads {
+        Some(0) => {
+            p.push("server.threads", "must be at least 1");
+            1
+        }
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let log_level = raw.log_level.and_then(|l| match l.parse() {
+        Ok(level) => Some(level),
+        Err(_) => {
+            p.push(
+                "server.log_level",
+                format!("unknown level {l:?} (off, error, warn, info, debug, trace)"),
+            );
+            None
+        }
+    });
+    let health_path = raw.health_path.filter(|path| {
+        let ok = path.starts_with('/');
+        if !ok {
+            p.push(
+                "server.health_path",
+                "must start with '/' (or be null to disable)",
+            );
+        }
+        ok
+    });
+    ServerSettings {
+        threads,
+        grace_period: duration(
+            raw.grace_period,
+            "server.grace_period",
+            DEFAULT_GRACE_PERIOD,
+            p,
+        ),
+        graceful_shutdown_timeout: duration(
+            raw.graceful_shutdown_timeout,
+            "server.graceful_shutdown_timeout",
+            DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT,
+            p,
+        ),
+        pid_file: PathBuf::from(raw.pid_file.unwrap_or_else(|| "/tmp/tollgate.pid".into())),
+        upgrade_sock: PathBuf::from(
+            raw.upgrade_sock
+                .unwrap_or_else(|| "/tmp/tollgate_upgrade.sock".into()),
+        ),
+        log_level,
+        access_log: raw.access_log.unwrap_or(true),
+        health_path,
+        watch_config: raw.watch_config.unwrap_or(true),
+        watch_interval: duration(
+            raw.watch_interval,
+            "server.watch_interval",
+            DEFAULT_WATCH_INTERVAL,
+            p,
+        ),
+    }
+}
+
+fn listeners(raw: Vec<RawListener>, base: &Path, p: &mut Problems) -> Vec<Listener> {
+    if raw.is_empty() {
+        p.push("listeners", "at least one listener is needed");
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for (i, l) in raw.into_iter().enumerate() {
+        let place = format!("listeners[{i}]");
+        let Some(address) = socket_addr(&l.address, &format!("{place}.address"), p) else {
+            continue;
+        };
+        if !seen.insert(address) {
+            p.push(
+                format!("{place}.address"),
+                format!("{address} is listed twice"),
+            );
+        }
+        let tls = l.tls.map(|t| {
+            if t.certificates.is_empty() {
+                p.push(
+                    format!("{place}.tls.certificates"),
+                    "at least one certificate is needed",
+                );
+            }
+            let certificates = t
+                .certificates
+                .into_iter()
+                .enumerate()
+                .map(|(j, c)| {
+                    let cplace = format!("{place}.tls.certificates[{j}]");
+                    CertificateSpec {
+                        cert: existing_file(base, &c.cert, &format!("{cplace}.cert"), p),
+                        key: existing_file(base, &c.key, &format!("{cplace}.key"), p),
+                        server_names: c
+                            .server_names
+                            .unwrap_or_default()
+                            .into_iter()
+                            .enumerate()
+                            .filter_map(|(k, n)| {
+                                host_pattern(&n, &format!("{cplace}.server_names[{k}]"), p)
+                            })
+                            .collect(),
+                    }
+                })
+                .collect();
+            ListenerTls {
+                certificates,
+                http2: t.http2.unwrap_or(true),
+            }
+        });
+        out.push(Listener { address, tls });
+    }
+    out
+}
+
+fn upstreams(raw: Vec<RawUpstream>, base: &Path, p: &mut Problems) -> Vec<UpstreamSpec> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for (i, u) in raw.into_iter().enumerate() {
+        let place = format!("upstreams[{i}]");
+        check_name(&u.name, &format!("{place}.name"), p);
+        if !seen.insert(u.name.clone()) {
+            p.push(
+                format!("{place}.name"),
+                format!("duplicate upstream name {:?}", u.name),
+            );
+        }
+        if u.targets.is_empty() {
+            p.push(
+                format!("{place}.targets"),
+                "an upstream needs at least one target",
+            );
+        }
+        let mut addrs = HashSet::new();
+        let targets = u
+            .targets
+            .into_iter()
+            .enumerate()
+            .filter_map(|(j, t)| {
+                let tplace = format!("{place}.targets[{j}]");
+                let address = socket_addr(&t.address, &format!("{tplace}.address"), p)?;
+                if !addrs.insert(address) {
+                    p.push(
+                        format!("{tplace}.address"),
+                        format!("{address} is listed twice"),
+                    );
+                }
+                let weight = match t.weight.unwrap_or(1) {
+                    w if w < 1 => {
+                        p.push(format!("{tplace}.weight"), "must be at least 1");
+                        return None;
+                    }
+                    w if w > 1000 => {
+                        p.push(format!("{tplace}.weight"), "must be at most 1000");
+                        return None;
+                    }
+                    w => w as usize,
+                };
+                Some(TargetSpec { address, weight })
+            })
+            .collect();
+        let tls = u.tls.map(|t| {
+            let sni = t.sni.unwrap_or_default();
+            let verify = t.verify.unwrap_or(true);
+            if verify && sni.is_empty() {
+                p.push(
+                    format!("{place}.tls.sni"),
+                    "needed to verify the upstream certificate (or set verify: false)",
+                );
+            }
+            UpstreamTls {
+                sni,
+                verify,
+                ca_file: t
+                    .ca_file
+                    .map(|f| existing_file(base, &f, &format!("{place}.tls.ca_file"), p)),
+            }
+        });
+        let health_check = u
+            .health_check
+            .map(|h| health_check(h, &format!("{place}.health_check"), tls.as_ref(), p));
+        out.push(UpstreamSpec {
+            name: u.name,
+            targets,
+            health_check,
+            tls,
+        });
+    }
+    out
+}
+
+fn health_check(
+    h: RawHealthCheck,
+    place: &str,
+    tls: Option<&UpstreamTls>,
+    p: &mut Problems,
+) -> HealthCheckSpec {
+    let kind = match h.kind.as_deref().unwrap_or("http") {
+        "tcp" => {
+            for (set, field) in [
+                (h.path.is_some(), "path"),
+                (h.host.is_some(), "host"),
+                (h.expected_status.is_some(), "expected_status"),
+            ] {
+                if set {
+                    p.push(format!("{place}.{field}"), "only applies to kind: http");
+                }
+            }
+            HealthCheckKind::Tcp
+        }
+        "http" => {
+            let path = h.path.unwrap_or_else(|| "/".into());
+            if !path.starts_with('/') {
+                p.push(format!("{place}.path"), "must start with '/'");
+            }
+            let expected_status = h.expected_status.unwrap_or(200);
+            if !(100..=599).contains(&expected_status) {
+                p.push(
+                    format!("{place}.expected_status"),
+                    "must be an HTTP status (100-599)",
+                );
+            }
+            let host = h
+                .host
+                .or_else(|| tls.map(|t| t.sni.clone()).filter(|s| !s.is_empty()))
+                .unwrap_or_else(|| "localhost".into());
+            HealthCheckKind::Http {
+                path,
+                host,
+                expected_status,
+            }
+        }
+        other => {
+            p.push(
+                format!("{place}.kind"),
+                format!("unknown kind {other:?} (http, tcp)"),
+            );
+            HealthCheckKind::Tcp
+        }
+    };
+    let count = |v: Option<usize>, field: &str, default: usize, p: &mut Problems| match v {
+        Some(0) => {
+            p.push(format!("{place}.{field}"), "must be at least 1");
+            default
+        }
+        Some(n) => n,
+        None => default,
+    };
+    let interval = duration(
+        h.interval,
+        &format!("{place}.interval"),
+        DEFAULT_HEALTH_INTERVAL,
+        p,
+    );
+    let timeout = duration(
+        h.timeout,
+        &format!("{place}.timeout"),
+        DEFAULT_HEALTH_TIMEOUT,
+        p,
+    );
+    if interval.is_zero() {
+        p.push(format!("{place}.interval"), "must be greater than zero");
+    }
+    HealthCheckSpec {
+        kind,
+        interval,
+        timeout,
+        failures_to_eject: count(
+            h.failures_to_eject,
+            "failures_to_eject",
+            DEFAULT_FAILURES_TO_EJECT,
+            p,
+        ),
+        successes_to_readmit: count(
+            h.successes_to_readmit,
+            "successes_to_readmit",
+            DEFAULT_SUCCESSES_TO_READMIT,
+            p,
+        ),
+    }
+}
+
+fn routes(raw: Vec<RawRoute>, upstreams: &HashSet<&str>, p: &mut Problems) -> Vec<RouteSpec> {
+    let mut names = HashSet::new();
+    let mut matchers = HashSet::new();
+    let mut out = Vec::new();
+    for (i, r) in raw.into_iter().enumerate() {
+        let place = format!("routes[{i}]");
+        check_name(&r.name, &format!("{place}.name"), p);
+        if !names.insert(r.name.clone()) {
+            p.push(
+                format!("{place}.name"),
+                format!("duplicate route name {:?}", r.name),
+            );
+        }
+        if !upstreams.contains(r.upstream.as_str()) {
+            p.push(
+                format!("{place}.upstream"),
+                format!("no upstream named {:?}", r.upstream),
+            );
+        }
+        let path_prefix = path_prefix(&r.path_prefix, &format!("{place}.path_prefix"), p);
+        let hosts: Vec<String> = r
+            .hosts
+            .iter()
+            .enumerate()
+            .filter_map(|(j, h)| host_pattern(h, &format!("{place}.hosts[{j}]"), p))
+            .collect();
+        let methods = r.methods.map(|ms| {
+            if ms.is_empty() {
+                p.push(
+                    format!("{place}.methods"),
+                    "leave out to allow every method, or list some",
+                );
+            }
+            ms.iter()
+                .enumerate()
+                .filter_map(|(j, m)| method(m, &format!("{place}.methods[{j}]"), p))
+                .collect::<Vec<_>>()
+        });
+        // Two routes that match exactly the same requests: the second could never be chosen.
+        let mut method_key: Vec<String> = methods
+            .iter()
+            .flatten()
+            .map(|m| m.as_str().to_owned())
+            .collect();
+        method_key.sort();
+        let host_keys: Vec<String> = if hosts.is_empty() {
+            vec![String::new()]
+        } else {
+            hosts.clone()
+        };
+        for host in host_keys {
+            if !matchers.insert((host.clone(), path_prefix.clone(), method_key.clone())) {
+                p.push(
+                    format!("{place}"),
+                    format!(
+                        "matches the same requests as an earlier route (host {:?}, path_prefix {:?})",
+                        if host.is_empty() { "any" } else { &host },
+                        path_prefix
+                    ),
+                );
+            }
+        }
+        let timeouts = r.timeouts.map_or(
+            RouteTimeouts {
+                connect: DEFAULT_CONNECT_TIMEOUT,
+                read: DEFAULT_READ_TIMEOUT,
+                total: None,
+            },
+            |t| {
+                let tplace = format!("{place}.timeouts");
+                let connect = duration(
+                    t.connect,
+                    &format!("{tplace}.connect"),
+                    DEFAULT_CONNECT_TIMEOUT,
+                    p,
+                );
+                let read = duration(t.read, &format!("{tplace}.read"), DEFAULT_READ_TIMEOUT, p);
+                let total = t
+                    .total
+                    .map(|s| duration(Some(s), &format!("{tplace}.total"), Duration::ZERO, p));
+                for (d, field) in [
+                    (Some(connect), "connect"),
+                    (Some(read), "read"),
+                    (total, "total"),
+                ] {
+                    if d.is_some_and(|d| d.is_zero()) {
+                        p.push(format!("{tplace}.{field}"), "must be greater than zero");
+                    }
+                }
+                RouteTimeouts {
+                    connect,
+                    read,
+                    total,
+                }
+            },
+        );
+        out.push(RouteSpec {
+            name: r.name,
+            hosts,
+            path_prefix,
+            methods,
+            upstream: r.upstream,
+            strip_prefix: r.strip_prefix,
+            timeouts,
+        });
+    }
+    out
+}
+
+/// Names appear in metrics labels and logs: keep them simple.
+fn check_name(name: &str, place: &str, p: &mut Problems) {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !ok {
+        p.push(
+            place,
+            format!(
+                "{name:?} is not a valid name (1-64 characters: letters, digits, '-', '_', '.')"
+            ),
+        );
+    }
+}
+
+/// `/api/` and `/api` are the same prefix; `/` is the root. Prefixes match whole path segments.
+fn path_prefix(raw: &str, place: &str, p: &mut Problems) -> String {
+    if !raw.starts_with('/') {
+        p.push(place, format!("{raw:?} must start with '/'"));
+    } else if raw.contains(['?', '#', '*', ' ']) || raw.contains("//") {
+        p.push(
+            place,
+            format!("{raw:?} is not a plain path prefix (no '?', '#', '*', spaces or '//')"),
+        );
+    } else if raw.split('/').any(|s| s == "." || s == "..") {
+        p.push(
+            place,
+            format!("{raw:?} must not contain '.' or '..' segments"),
+        );
+    }
+    let trimmed = raw.trim_end_matches('/');
+    if trimmed.is_empty() {
+        "/".into()
+    } else {
+        trimmed.into()
+    }
+}
+
+/// `api.example.com` or `*.example.com`, lower-cased; ports are not part of a host pattern.
+fn host_pattern(raw: &str, place: &str, p: &mut Problems) -> Option<String> {
+    let host = raw.to_ascii_lowercase();
+    let bare = host.strip_prefix("*.").unwrap_or(&host);
+    let ok = !bare.is_empty()
+        && bare.len() <= 253
+        && bare.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if ok {
+        Some(host)
+    } else {
+        p.push(
+            place,
+            format!("{raw:?} is not a host name or '*.domain' wildcard"),
+        );
+        None
+    }
+}
+
+fn method(raw: &str, place: &str, p: &mut Problems) -> Option<http::Method> {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
+    ];
+    let upper = raw.to_ascii_uppercase();
+    if KNOWN.contains(&upper.as_str()) {
+        http::Method::from_bytes(upper.as_bytes()).ok()
+    } else {
+        p.push(place, format!("unknown HTTP method {raw:?}"));
+        None
+    }
+}
+
+/// `host:port` or `ip:port`; host names are resolved once, when the file is loaded.
+fn socket_addr(raw: &str, place: &str, p: &mut Problems) -> Option<SocketAddr> {
+    if let Ok(addr) = raw.parse() {
+        return Some(addr);
+    }
+    let has_port = raw
+        .rsplit_once(':')
+        .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok());
+    if !has_port {
+        p.push(
+            place,
+            format!("{raw:?} is not an address of the form host:port"),
+        );
+        return None;
+    }
+    match raw.to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(addr)) => Some(addr),
+        Ok(None) | Err(_) => {
+            p.push(place, format!("{raw:?} does not resolve to an address"));
+            None
+        }
+    }
+}
+
+/// Durations are written like `250ms`, `5s`, `1m`.
+fn duration(raw: Option<String>, place: &str, default: Duration, p: &mut Problems) -> Duration {
+    match raw {
+        None => default,
+        Some(s) => humantime::parse_duration(s.trim()).unwrap_or_else(|e| {
+            p.push(
+                place,
+                format!("{s:?} is not a duration like 250ms, 5s or 1m ({e})"),
+            );
+            default
+        }),
+    }
+}
+
+fn existing_file(base: &Path, raw: &str, place: &str, p: &mut Problems) -> PathBuf {
+    let path = base.join(raw);
+    if !path.is_file() {
+        p.push(place, format!("no readable file at {}", path.display()));
+    }
+    path
+}

@@ -1,0 +1,17 @@
+//! tollgate: an edge API gateway on Pingora.
+//!
+//! The binary (`src/main.rs`) is a thin command line over [`server::run`]. Modules follow
+//! the request: [`config`] → [`runtime`] (one snapshot per config generation) →
+//! [`proxy`] (the `ProxyHttp` phases) → [`router`] and [`upstream`].
+
+pub mod access_log;
+pub mod config;
+pub mod echo;
+pub mod metrics;
+pub mod proxy;
+pub mod reload;
+pub mod router;
+pub mod runtime;
+pub mod server;
+pub mod tls;
+pub mod upstream;

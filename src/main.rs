@@ -1,0 +1,124 @@
+//! The `tollgate` command line.
+
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "tollgate", version, about = "Edge API gateway on Pingora")]
+struct Cli {
+    /// Configuration file.
+    #[arg(
+        short = 'c',
+        long = "config",
+        global = true,
+        default_value = "conf/tollgate.yaml"
+    )]
+    config: PathBuf,
+    /// Take the listening sockets over from a running instance (graceful upgrade): start the
+    /// new binary with -u, then send SIGQUIT to the old one.
+    #[arg(short = 'u', long)]
+    upgrade: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve (the default).
+    Serve,
+    /// Validate the configuration file and print every problem.
+    Check,
+    /// Ask the running instance to reload its configuration (sends SIGHUP to the pid in the
+    /// configured pid file).
+    Reload,
+    /// Run a demo upstream that echoes each request as JSON.
+    Echo {
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: String,
+        #[arg(long, default_value = "demo")]
+        name: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.config);
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => match tollgate::server::run(&cli.config, cli.upgrade) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                log::error!("cannot start: {e}");
+                eprintln!("tollgate: cannot start: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Check => match tollgate::config::load_file(&cli.config) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} listeners, {} upstreams, {} routes)",
+                    cli.config.display(),
+                    c.listeners.len(),
+                    c.upstreams.len(),
+                    c.routes.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Reload => reload(&cli.config),
+        Command::Echo { listen, name } => tollgate::echo::run(&listen, &name),
+    }
+}
+
+fn reload(config: &Path) -> ExitCode {
+    let pid_file = match tollgate::config::load_file(config) {
+        Ok(c) => c.server.pid_file,
+        Err(e) => {
+            eprintln!("{e}\nnot reloading: fix the file first");
+            return ExitCode::FAILURE;
+        }
+    };
+    let pid: i32 = match std::fs::read_to_string(&pid_file).map(|s| s.trim().parse()) {
+        Ok(Ok(pid)) => pid,
+        _ => {
+            eprintln!(
+                "no running tollgate: cannot read a pid from {}",
+                pid_file.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    // SAFETY: kill(2) with a pid read from our own pid file and a valid signal number.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        eprintln!(
+            "cannot signal pid {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+        return ExitCode::FAILURE;
+    }
+    println!("reload requested (SIGHUP sent to pid {pid})");
+    ExitCode::SUCCESS
+}
+
+/// `RUST_LOG` wins; otherwise the config's `server.log_level` (default `info`).
+fn init_logging(config: &Path) {
+    let mut builder = env_logger::Builder::new();
+    builder.format_timestamp_millis();
+    if let Ok(spec) = std::env::var("RUST_LOG") {
+        builder.parse_filters(&spec);
+        builder.init();
+        return;
+    }
+    let level = tollgate::config::load_file(config)
+        .ok()
+        .and_then(|c| c.server.log_level)
+        .unwrap_or(log::LevelFilter::Info);
+    // Accept everything at the logger and gate with the global maximum, which a reload can
+    // change (see reload::LiveConfig).
+    builder.filter_level(log::LevelFilter::Trace).init();
+    log::set_max_level(level);
+}

@@ -1,0 +1,135 @@
+//! Prometheus metrics (default registry) and the listener that exposes them.
+
+use async_trait::async_trait;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use prometheus::{
+    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
+    register_int_gauge_vec, Encoder, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, TextEncoder,
+};
+use std::sync::LazyLock;
+
+/// Request latency buckets: from sub-millisecond gateway answers to slow upstreams.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Registering a well-formed metric on the default registry fails only on a duplicate name,
+/// which is a programming error caught by the first test that touches the metrics.
+macro_rules! metric {
+    ($e:expr) => {
+        LazyLock::new(|| $e.expect("metric definitions are unique and well-formed"))
+    };
+}
+
+/// Requests answered, by route (`none` when no route matched), method and status.
+pub static REQUESTS: LazyLock<IntCounterVec> = metric!(register_int_counter_vec!(
+    "tollgate_requests_total",
+    "Requests answered by the proxy, by route, method and status.",
+    &["route", "method", "status"]
+));
+
+/// Time from the first byte of the request to the end of the response, by route.
+pub static REQUEST_DURATION: LazyLock<HistogramVec> = metric!(register_histogram_vec!(
+    "tollgate_request_duration_seconds",
+    "Time from receiving a request to finishing its response, by route.",
+    &["route"],
+    LATENCY_BUCKETS.to_vec()
+));
+
+/// Time from choosing an upstream target to receiving its response header, by upstream.
+pub static UPSTREAM_DURATION: LazyLock<HistogramVec> = metric!(register_histogram_vec!(
+    "tollgate_upstream_duration_seconds",
+    "Time from choosing an upstream target to receiving its response header, by upstream.",
+    &["upstream"],
+    LATENCY_BUCKETS.to_vec()
+));
+
+/// Targets per upstream and state (`healthy` or `unhealthy`).
+pub static UPSTREAM_TARGETS: LazyLock<IntGaugeVec> = metric!(register_int_gauge_vec!(
+    "tollgate_upstream_targets",
+    "Upstream targets by upstream and health state.",
+    &["upstream", "state"]
+));
+
+/// Requests being processed right now.
+pub static IN_FLIGHT: LazyLock<IntGauge> = metric!(register_int_gauge!(
+    "tollgate_requests_in_flight",
+    "Requests currently being processed by the proxy."
+));
+
+/// Config reload attempts by result (`success` or `failure`).
+pub static CONFIG_RELOADS: LazyLock<IntCounterVec> = metric!(register_int_counter_vec!(
+    "tollgate_config_reloads_total",
+    "Configuration reload attempts, by result.",
+    &["result"]
+));
+
+/// Generation of the config snapshot in use (1 at start, +1 per successful reload).
+pub static CONFIG_GENERATION: LazyLock<IntGauge> = metric!(register_int_gauge!(
+    "tollgate_config_generation",
+    "Generation of the configuration in use; increases by one per successful reload."
+));
+
+/// Access-log lines dropped because the writer could not keep up.
+pub static ACCESS_LOG_DROPPED: LazyLock<IntCounter> = metric!(register_int_counter!(
+    "tollgate_access_log_dropped_total",
+    "Access-log lines dropped because the log writer could not keep up."
+));
+
+/// Records a pool's target counts.
+pub fn set_upstream_targets(upstream: &str, healthy: usize, total: usize) {
+    UPSTREAM_TARGETS
+        .with_label_values(&[upstream, "healthy"])
+        .set(healthy as i64);
+    UPSTREAM_TARGETS
+        .with_label_values(&[upstream, "unhealthy"])
+        .set((total - healthy) as i64);
+}
+
+/// Forgets a pool that is no longer configured.
+pub fn remove_upstream(upstream: &str) {
+    for state in ["healthy", "unhealthy"] {
+        let _ = UPSTREAM_TARGETS.remove_label_values(&[upstream, state]);
+    }
+}
+
+/// Touches every metric so that each appears in the exposition from the start.
+pub fn init() {
+    LazyLock::force(&REQUESTS);
+    LazyLock::force(&REQUEST_DURATION);
+    LazyLock::force(&UPSTREAM_DURATION);
+    LazyLock::force(&UPSTREAM_TARGETS);
+    LazyLock::force(&IN_FLIGHT);
+    for result in ["success", "failure"] {
+        CONFIG_RELOADS.with_label_values(&[result]);
+    }
+    LazyLock::force(&CONFIG_GENERATION);
+    LazyLock::force(&ACCESS_LOG_DROPPED);
+}
+
+/// The `/metrics` endpoint (any path answers) in Prometheus text format.
+pub struct MetricsApp;
+
+#[async_trait]
+impl ServeHttp for MetricsApp {
+    async fn response(&self, _session: &mut ServerSession) -> http::Response<Vec<u8>> {
+        let mut body = Vec::with_capacity(16 * 1024);
+        let encoder = TextEncoder::new();
+        let (status, content_type) = match encoder.encode(&prometheus::gather(), &mut body) {
+            Ok(()) => (200, encoder.format_type().to_string()),
+            Err(e) => {
+                log::error!("cannot encode metrics: {e}");
+                body = format!("cannot encode metrics: {e}\n").into_bytes();
+                (500, "text/plain".to_string())
+            }
+        };
+        http::Response::builder()
+            .status(status)
+            .header(http::header::CONTENT_TYPE, content_type)
+            .header(http::header::CONTENT_LENGTH, body.len())
+            .body(body)
+            .expect("static status and header names are valid")
+    }
+}

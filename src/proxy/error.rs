@@ -1,0 +1,158 @@
+//! Every answer the gateway makes itself has one JSON shape:
+//! `{"error": "<code>", "message": "<what to fix>", "request_id": "<id>"}`.
+
+use bytes::Bytes;
+use http::{HeaderValue, Method};
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorSource, ErrorType};
+
+/// A rejection or failure the gateway answers on behalf of the upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ApiError {
+    /// No route matches host and path.
+    NoRoute,
+    /// A route matches host and path, but not the method.
+    MethodNotAllowed(Vec<Method>),
+    /// The path has `.`/`..` segments.
+    BadPath,
+    /// The request could not be parsed or was otherwise malformed.
+    BadRequest,
+    /// Every target of the route's upstream is unhealthy.
+    NoHealthyTarget,
+    /// Connecting to, or talking to, the upstream failed.
+    BadGateway,
+    /// The upstream did not answer in time.
+    GatewayTimeout,
+    /// A bug or resource problem in the gateway.
+    Internal,
+}
+
+impl ApiError {
+    /// HTTP status.
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::NoRoute => 404,
+            ApiError::MethodNotAllowed(_) => 405,
+            ApiError::BadPath | ApiError::BadRequest => 400,
+            ApiError::NoHealthyTarget => 503,
+            ApiError::BadGateway => 502,
+            ApiError::GatewayTimeout => 504,
+            ApiError::Internal => 500,
+        }
+    }
+
+    /// Machine-readable code for the `error` field.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::NoRoute => "route_not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::BadPath => "invalid_path",
+            ApiError::BadRequest => "bad_request",
+            ApiError::NoHealthyTarget => "no_healthy_upstream",
+            ApiError::BadGateway => "bad_gateway",
+            ApiError::GatewayTimeout => "upstream_timeout",
+            ApiError::Internal => "internal_error",
+        }
+    }
+
+    /// Human-readable explanation; never contains secrets.
+    pub fn message(&self) -> String {
+        match self {
+            ApiError::NoRoute => "no route matches this host and path".into(),
+            ApiError::MethodNotAllowed(ms) => format!(
+                "this route accepts {}",
+                ms.iter().map(Method::as_str).collect::<Vec<_>>().join(", ")
+            ),
+            ApiError::BadPath => "paths with '.' or '..' segments are not accepted".into(),
+            ApiError::BadRequest => "the request is malformed".into(),
+            ApiError::NoHealthyTarget => "no healthy upstream target is available".into(),
+            ApiError::BadGateway => "the upstream could not be reached or failed".into(),
+            ApiError::GatewayTimeout => "the upstream did not answer in time".into(),
+            ApiError::Internal => "the gateway failed to handle the request".into(),
+        }
+    }
+
+    /// Classifies a Pingora error from proxying; `None` when the client is gone, so nothing
+    /// can be answered.
+    pub fn from_proxy_error(e: &Error) -> Option<ApiError> {
+        use ErrorType::*;
+        Some(match (e.esource(), e.etype()) {
+            (_, HTTPStatus(503)) => ApiError::NoHealthyTarget,
+            (_, ConnectTimedout | ReadTimedout | WriteTimedout) => ApiError::GatewayTimeout,
+            (ErrorSource::Upstream, _) => ApiError::BadGateway,
+            (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => return None,
+            (ErrorSource::Downstream, _) => ApiError::BadRequest,
+            (_, HTTPStatus(400)) => ApiError::BadRequest,
+            _ => ApiError::Internal,
+        })
+    }
+
+    /// The JSON body.
+    pub fn body(&self, request_id: &HeaderValue) -> Bytes {
+        let body = serde_json::json!({
+            "error": self.code(),
+            "message": self.message(),
+            "request_id": request_id.to_str().unwrap_or(""),
+        });
+        let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
+        bytes.push(b'\n');
+        Bytes::from(bytes)
+    }
+
+    /// Writes the whole error response to the client.
+    pub async fn send(
+        &self,
+        session: &mut Session,
+        request_id: &HeaderValue,
+    ) -> pingora::Result<()> {
+        let body = self.body(request_id);
+        let mut resp = ResponseHeader::build(self.status(), Some(4))?;
+        resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+        resp.insert_header(super::request_id::HEADER, request_id)?;
+        resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+        if let ApiError::MethodNotAllowed(ms) = self {
+            let allow = ms.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+            resp.insert_header(http::header::ALLOW, allow)?;
+        }
+        let head_only = session.req_header().method == Method::HEAD;
+        session
+            .write_response_header(Box::new(resp), head_only)
+            .await?;
+        if !head_only {
+            session.write_response_body(Some(body), true).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_failures_map_to_gateway_statuses() {
+        let timeout = Error::new(ErrorType::ConnectTimedout).into_up();
+        assert_eq!(
+            ApiError::from_proxy_error(&timeout),
+            Some(ApiError::GatewayTimeout)
+        );
+        let refused = Error::new(ErrorType::ConnectRefused).into_up();
+        assert_eq!(
+            ApiError::from_proxy_error(&refused),
+            Some(ApiError::BadGateway)
+        );
+        let gone = Error::new(ErrorType::ConnectionClosed).into_down();
+        assert_eq!(ApiError::from_proxy_error(&gone), None);
+    }
+
+    #[test]
+    fn body_has_the_shared_shape() {
+        let body = ApiError::NoRoute.body(&HeaderValue::from_static("rid"));
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"], "route_not_found");
+        assert_eq!(v["request_id"], "rid");
+        assert!(v["message"].as_str().unwrap().contains("no route"));
+    }
+}

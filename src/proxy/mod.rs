@@ -1,0 +1,359 @@
+//! The proxy service: a Pingora `ProxyHttp` whose phases each delegate to one module.
+//!
+//! `request_filter` runs, in order: request id, health endpoint, route match. Then
+//! `upstream_peer` picks a healthy target by weighted round-robin, `upstream_request_filter`
+//! rewrites what the upstream sees, `response_filter` what the client sees, and `logging`
+//! records metrics and the access log.
+
+pub mod error;
+pub mod forward;
+pub mod health_endpoint;
+pub mod request_id;
+
+use crate::access_log::{self, AccessLog, AccessRecord};
+use crate::metrics;
+use crate::reload::LiveConfig;
+use crate::router::{self, RouteMatch};
+use crate::runtime::{Route, Runtime};
+use async_trait::async_trait;
+use bytes::Bytes;
+use error::ApiError;
+use http::{HeaderValue, Method};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorType};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The gateway's `ProxyHttp` implementation.
+pub struct Gateway {
+    live: Arc<LiveConfig>,
+    access_log: AccessLog,
+}
+
+impl Gateway {
+    /// A gateway serving from `live`, logging accesses to `access_log`.
+    pub fn new(live: Arc<LiveConfig>, access_log: AccessLog) -> Self {
+        Gateway { live, access_log }
+    }
+}
+
+/// Per-request state shared by the phases.
+pub struct RequestCtx {
+    started: Instant,
+    /// The config snapshot this request runs on, from start to end.
+    runtime: Arc<Runtime>,
+    request_id: HeaderValue,
+    route: Option<Arc<Route>>,
+    /// Targets already tried (a failed connect is retried once on another target).
+    tried: Vec<SocketAddr>,
+    /// When the first upstream target was chosen.
+    upstream_started: Option<Instant>,
+    /// The gateway's own answer, when it made one (for the access log).
+    error: Option<ApiError>,
+}
+
+impl RequestCtx {
+    fn deadline_passed(&self) -> bool {
+        match (&self.route, self.upstream_started) {
+            (Some(route), Some(started)) => route
+                .spec
+                .timeouts
+                .total
+                .is_some_and(|total| started.elapsed() > total),
+            _ => false,
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        metrics::IN_FLIGHT.inc();
+        RequestCtx {
+            started: Instant::now(),
+            runtime: self.live.current(),
+            request_id: HeaderValue::from_static(""),
+            route: None,
+            tried: Vec::new(),
+            upstream_started: None,
+            error: None,
+        }
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<bool> {
+        ctx.request_id = request_id::assign(session.req_header());
+        let req = session.req_header();
+        let path = req.uri.path();
+        if ctx.runtime.config.server.health_path.as_deref() == Some(path)
+            && matches!(req.method, Method::GET | Method::HEAD)
+        {
+            respond_health(session, ctx).await?;
+            return Ok(true);
+        }
+        if router::has_dot_segment(path) {
+            return reject(session, ctx, ApiError::BadPath).await;
+        }
+        let host = forward::request_host(req);
+        let found = match ctx.runtime.router.find(path, host, &req.method) {
+            RouteMatch::Found(route) => Ok(Arc::clone(route)),
+            RouteMatch::MethodNotAllowed(allowed) => Err(ApiError::MethodNotAllowed(allowed)),
+            RouteMatch::NotFound => Err(ApiError::NoRoute),
+        };
+        match found {
+            Ok(route) => {
+                ctx.route = Some(route);
+                Ok(false)
+            }
+            Err(e) => reject(session, ctx, e).await,
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let Some(route) = ctx.route.as_ref() else {
+            // request_filter answers every request that has no route.
+            return Error::e_explain(ErrorType::InternalError, "no route chosen");
+        };
+        let Some(target) = route.pool.select(&ctx.tried) else {
+            ctx.error = Some(ApiError::NoHealthyTarget);
+            return Error::e_explain(
+                ErrorType::HTTPStatus(503),
+                format!("no healthy target in upstream {}", route.pool.name()),
+            );
+        };
+        ctx.tried.push(target);
+        let started = *ctx.upstream_started.get_or_insert_with(Instant::now);
+        let timeouts = &route.spec.timeouts;
+        let mut peer = route.pool.peer(target);
+        // A total timeout also bounds the wait for each read, so a silent upstream cannot
+        // outlast it; response_body_filter enforces it between body chunks.
+        let read = match timeouts.total {
+            Some(total) => timeouts.read.min(
+                total
+                    .saturating_sub(started.elapsed())
+                    .max(Duration::from_millis(1)),
+            ),
+            None => timeouts.read,
+        };
+        peer.options.connection_timeout = Some(timeouts.connect);
+        peer.options.read_timeout = Some(read);
+        peer.options.write_timeout = Some(read);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Retry an idempotent request once, on another target, when one is available.
+        let can_retry = ctx.tried.len() < 2
+            && session.req_header().method.is_idempotent()
+            && ctx
+                .route
+                .as_ref()
+                .is_some_and(|r| r.pool.target_count() > ctx.tried.len());
+        e.set_retry(can_retry);
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        if let Some(route) = ctx.route.as_ref().filter(|r| r.spec.strip_prefix) {
+            let original = upstream.uri.path_and_query().map_or("/", |pq| pq.as_str());
+            let stripped = router::strip_prefix(original, &route.spec.path_prefix);
+            let uri = http::Uri::try_from(stripped).or_else(|e| {
+                Error::e_explain(ErrorType::InvalidHTTPHeader, format!("rewritten path: {e}"))
+            })?;
+            upstream.set_uri(uri);
+        }
+        let downstream = forward::Downstream {
+            client_ip: client_ip(session),
+            tls: is_tls(session),
+            host: forward::request_authority(session.req_header()),
+        };
+        forward::set_forwarded_headers(upstream, &downstream)?;
+        upstream.insert_header(request_id::HEADER, ctx.request_id.clone())?;
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        if let (Some(route), Some(started)) = (&ctx.route, ctx.upstream_started) {
+            metrics::UPSTREAM_DURATION
+                .with_label_values(&[route.pool.name()])
+                .observe(started.elapsed().as_secs_f64());
+        }
+        forward::strip_hop_by_hop_response(upstream_response);
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        response.insert_header(request_id::HEADER, ctx.request_id.clone())?;
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Option<Duration>> {
+        if ctx.deadline_passed() {
+            return Error::e_explain(ErrorType::ReadTimedout, "route total timeout exceeded");
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let error = ctx.error.take().or_else(|| ApiError::from_proxy_error(e));
+        let code = match &error {
+            Some(err) if session.response_written().is_none() => {
+                if let Err(write_err) = err.send(session, &ctx.request_id).await {
+                    log::debug!("cannot send error response: {write_err}");
+                }
+                err.status()
+            }
+            Some(err) => err.status(),
+            None => 0,
+        };
+        ctx.error = error;
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        metrics::IN_FLIGHT.dec();
+        let req = session.req_header();
+        let status = session.response_written().map_or_else(
+            || ctx.error.as_ref().map_or(0, ApiError::status),
+            |r| r.status.as_u16(),
+        );
+        let route = ctx.route.as_ref().map(|r| r.spec.name.as_str());
+        let elapsed = ctx.started.elapsed();
+        let status_code = http::StatusCode::from_u16(status).ok();
+        let status_text = status_code.as_ref().map_or("0", |s| s.as_str());
+        metrics::REQUESTS
+            .with_label_values(&[
+                route.unwrap_or("none"),
+                method_label(&req.method),
+                status_text,
+            ])
+            .inc();
+        metrics::REQUEST_DURATION
+            .with_label_values(&[route.unwrap_or("none")])
+            .observe(elapsed.as_secs_f64());
+        if let Some(e) = e {
+            log::debug!(
+                "request {} failed: {e}",
+                ctx.request_id.to_str().unwrap_or("")
+            );
+        }
+        if ctx.runtime.config.server.access_log {
+            self.access_log.write(&AccessRecord {
+                time: access_log::rfc3339_now(),
+                request_id: ctx.request_id.to_str().unwrap_or(""),
+                client_ip: client_ip(session).map(|ip| ip.to_string()),
+                method: req.method.as_str(),
+                path: req.uri.path(),
+                route,
+                status,
+                upstream: ctx.tried.last().map(|t| t.to_string()),
+                duration_ms: elapsed.as_secs_f64() * 1000.0,
+                bytes_in: session.body_bytes_read(),
+                bytes_out: session.body_bytes_sent(),
+                error: ctx.error.as_ref().map(ApiError::code),
+            });
+        }
+    }
+}
+
+/// Answers with `err` and ends the request.
+async fn reject(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    err: ApiError,
+) -> pingora::Result<bool> {
+    err.send(session, &ctx.request_id).await?;
+    ctx.error = Some(err);
+    Ok(true)
+}
+
+async fn respond_health(session: &mut Session, ctx: &RequestCtx) -> pingora::Result<()> {
+    let body = health_endpoint::body(&ctx.runtime);
+    let mut resp = ResponseHeader::build(200, Some(4))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    resp.insert_header(request_id::HEADER, ctx.request_id.clone())?;
+    let head_only = session.req_header().method == Method::HEAD;
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+fn is_tls(session: &Session) -> bool {
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
+}
+
+/// Method label with bounded cardinality: unknown methods count as `OTHER`.
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "OTHER",
+    }
+}

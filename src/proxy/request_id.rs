@@ -1,0 +1,76 @@
+//! Request ids: keep a well-formed incoming `X-Request-Id`, otherwise make one that is unique
+//! across instances (a random per-process prefix and a counter).
+
+use http::HeaderValue;
+use pingora::http::RequestHeader;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::LazyLock;
+
+/// The header that carries the id, in both directions.
+pub const HEADER: &str = "x-request-id";
+
+/// Longest incoming id we keep.
+const MAX_LEN: usize = 128;
+
+static PROCESS_PREFIX: LazyLock<u64> = LazyLock::new(|| {
+    // RandomState is seeded from the OS; mixing in the pid and time separates restarts.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+});
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The id for this request: the client's if well formed, else a fresh one.
+pub fn assign(req: &RequestHeader) -> HeaderValue {
+    match req.headers.get(HEADER) {
+        Some(v) if is_well_formed(v.as_bytes()) => v.clone(),
+        _ => generate(),
+    }
+}
+
+/// 32 lower-case hex digits.
+pub fn generate() -> HeaderValue {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let text = format!("{:016x}{n:016x}", *PROCESS_PREFIX);
+    HeaderValue::from_str(&text).expect("hex digits are a valid header value")
+}
+
+/// 1 to 128 characters from a set that is safe in headers, logs and JSON without escaping.
+pub fn is_well_formed(id: &[u8]) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_LEN
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:+/=~".contains(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_good_ids_and_replaces_bad_ones() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header(HEADER, "abc-123_X.y").unwrap();
+        assert_eq!(assign(&req), "abc-123_X.y");
+        req.insert_header(HEADER, "has space").unwrap();
+        let id = assign(&req);
+        assert_eq!(id.len(), 32);
+        req.insert_header(HEADER, "x".repeat(129)).unwrap();
+        assert_eq!(assign(&req).len(), 32);
+    }
+
+    #[test]
+    fn generated_ids_are_unique() {
+        let a = generate();
+        let b = generate();
+        assert_ne!(a, b);
+        assert!(is_well_formed(a.as_bytes()));
+    }
+}

@@ -1,0 +1,249 @@
+//! Live reload: the current snapshot, and the three ways to replace it (the file watcher,
+//! SIGHUP, and an explicit call). A new file is validated fully and compiled before it is
+//! swapped in; if anything fails the running snapshot stays and the failure is logged and
+//! counted.
+
+use crate::config::{self, ConfigError};
+use crate::metrics;
+use crate::runtime::Runtime;
+use crate::upstream::health::HealthChecks;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+/// Why a reload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Pool(#[from] crate::upstream::PoolError),
+}
+
+/// What a successful reload did.
+#[derive(Debug)]
+pub struct ReloadReport {
+    pub generation: u64,
+    /// Settings that changed in the file but only take effect after a restart or upgrade.
+    pub restart_needed: Vec<&'static str>,
+}
+
+/// Owns the current snapshot and knows how to replace it.
+pub struct LiveConfig {
+    path: PathBuf,
+    current: ArcSwap<Runtime>,
+    /// Serialises reloads so two triggers at once cannot interleave.
+    reload_lock: Mutex<()>,
+    /// Tells the supervisor that a new snapshot is in place.
+    changed: watch::Sender<u64>,
+}
+
+impl LiveConfig {
+    /// Loads, validates and compiles the file for the first time.
+    pub fn load(path: &Path) -> Result<Self, ReloadError> {
+        let config = config::load_file(path)?;
+        let runtime = Runtime::build(config, 1, None)?;
+        metrics::CONFIG_GENERATION.set(1);
+        Ok(LiveConfig {
+            path: path.to_path_buf(),
+            current: ArcSwap::from_pointee(runtime),
+            reload_lock: Mutex::new(()),
+            changed: watch::channel(1).0,
+        })
+    }
+
+    /// The snapshot requests should use now.
+    pub fn current(&self) -> Arc<Runtime> {
+        self.current.load_full()
+    }
+
+    /// The file this config comes from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Re-reads the file; on success the new snapshot serves every request that starts after
+    /// this returns. On failure nothing changes.
+    pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        let _serial = self
+            .reload_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let outcome = self.try_reload();
+        match &outcome {
+            Ok(report) => {
+                metrics::CONFIG_RELOADS
+                    .with_label_values(&["success"])
+                    .inc();
+                metrics::CONFIG_GENERATION.set(report.generation as i64);
+                log::info!(
+                    "config reloaded from {}: generation {}",
+                    self.path.display(),
+                    report.generation
+                );
+                if !report.restart_needed.is_empty() {
+                    log::warn!(
+                        "config changes to {} need a restart or graceful upgrade (-u) to apply; the running values stay",
+                        report.restart_needed.join(", ")
+                    );
+                }
+            }
+            Err(e) => {
+                metrics::CONFIG_RELOADS
+                    .with_label_values(&["failure"])
+                    .inc();
+                log::error!("config reload refused, the running config stays:\n{e}");
+            }
+        }
+        outcome
+    }
+
+    fn try_reload(&self) -> Result<ReloadReport, ReloadError> {
+        let config = config::load_file(&self.path)?;
+        let old = self.current.load_full();
+        let restart_needed = old.config.restart_needed(&config);
+        let generation = old.generation + 1;
+        let next = Runtime::build(config, generation, Some(&old))?;
+        if let Some(level) = next.config.server.log_level {
+            if std::env::var_os("RUST_LOG").is_none() {
+                log::set_max_level(level);
+            }
+        }
+        self.current.store(Arc::new(next));
+        self.changed.send_replace(generation);
+        Ok(ReloadReport {
+            generation,
+            restart_needed,
+        })
+    }
+}
+
+/// Background service: watches the file and SIGHUP, and keeps health checks in step with
+/// the pools of the current snapshot.
+pub struct Supervisor {
+    pub live: Arc<LiveConfig>,
+}
+
+#[async_trait]
+impl BackgroundService for Supervisor {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut health = HealthChecks::default();
+        health.reconcile(&self.live.current().pools);
+        let mut changed = self.live.changed.subscribe();
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::error!("cannot listen for SIGHUP, reload by file change only: {e}");
+                None
+            }
+        };
+        let settings = self.live.current().config.server.clone();
+        let mut watcher = FileWatcher::new(self.live.path());
+        let mut tick =
+            tokio::time::interval(settings.watch_interval.max(Duration::from_millis(50)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                Ok(()) = changed.changed() => {
+                    health.reconcile(&self.live.current().pools);
+                }
+                Some(()) = recv_signal(&mut hangup) => {
+                    log::info!("SIGHUP received: reloading {}", self.live.path().display());
+                    watcher.mark_seen();
+                    let _ = self.reload_in_background().await;
+                }
+                _ = tick.tick(), if settings.watch_config => {
+                    if watcher.changed() {
+                        log::info!("{} changed: reloading", self.live.path().display());
+                        let _ = self.reload_in_background().await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Supervisor {
+    /// Reloading reads a file and may resolve host names: keep it off the async threads.
+    async fn reload_in_background(&self) -> Result<ReloadReport, ()> {
+        let live = Arc::clone(&self.live);
+        match tokio::task::spawn_blocking(move || live.reload()).await {
+            Ok(outcome) => outcome.map_err(|_| ()),
+            Err(e) => {
+                log::error!("config reload task failed: {e}");
+                Err(())
+            }
+        }
+    }
+}
+
+async fn recv_signal(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match s {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Notices changes to the file. A cheap `stat` every tick; the content is read only when
+/// size, modification time or inode moved, and a reload happens only if the content really
+/// differs. Survives editors and config-map updates that replace the file through a rename.
+struct FileWatcher {
+    path: PathBuf,
+    stat: Option<(u64, std::time::SystemTime, u64)>,
+    content_hash: Option<u64>,
+}
+
+impl FileWatcher {
+    fn new(path: &Path) -> Self {
+        let mut w = FileWatcher {
+            path: path.to_path_buf(),
+            stat: None,
+            content_hash: None,
+        };
+        w.mark_seen();
+        w
+    }
+
+    fn stat(&self) -> Option<(u64, std::time::SystemTime, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&self.path).ok()?;
+        Some((m.len(), m.modified().ok()?, m.ino()))
+    }
+
+    fn hash(&self) -> Option<u64> {
+        use std::hash::{Hash, Hasher};
+        let content = std::fs::read(&self.path).ok()?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        content.hash(&mut h);
+        Some(h.finish())
+    }
+
+    /// Records the current content as handled (after a reload triggered another way).
+    fn mark_seen(&mut self) {
+        self.stat = self.stat();
+        self.content_hash = self.hash();
+    }
+
+    /// `true` once per change of content. A missing file is not a change: it is usually an
+    /// editor between writing and renaming.
+    fn changed(&mut self) -> bool {
+        let stat = self.stat();
+        if stat.is_none() || stat == self.stat {
+            return false;
+        }
+        self.stat = stat;
+        let hash = self.hash();
+        if hash.is_some() && hash != self.content_hash {
+            self.content_hash = hash;
+            return true;
+        }
+        false
+    }
+}

@@ -1,0 +1,116 @@
+//! Assembles the Pingora server: the proxy service on its listeners, the metrics listener,
+//! and the supervisor (config reload and health checks).
+
+use crate::access_log::AccessLog;
+use crate::metrics::{self, MetricsApp};
+use crate::proxy::Gateway;
+use crate::reload::{LiveConfig, ReloadError, Supervisor};
+use crate::tls::{self, TlsError};
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ReloadError),
+    #[error("listener {address}: {source}")]
+    Tls { address: String, source: TlsError },
+    #[error("cannot start the access-log writer: {0}")]
+    AccessLog(std::io::Error),
+    #[error("cannot write pid file {path}: {source}")]
+    PidFile {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Loads the config at `path` and serves until a shutdown signal. With `upgrade`, takes the
+/// listening sockets over from a running instance (Pingora graceful upgrade).
+pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
+    let live = Arc::new(LiveConfig::load(path)?);
+    let snapshot = live.current();
+    let config = &snapshot.config;
+    metrics::init();
+
+    let mut conf = ServerConf {
+        threads: config.server.threads,
+        pid_file: config.server.pid_file.display().to_string(),
+        upgrade_sock: config.server.upgrade_sock.display().to_string(),
+        grace_period_seconds: Some(config.server.grace_period.as_secs_f64().ceil() as u64),
+        graceful_shutdown_timeout_seconds: Some(
+            config.server.graceful_shutdown_timeout.as_secs_f64().ceil() as u64,
+        ),
+        ..ServerConf::default()
+    };
+    // Pingora retries a request at most this often; our fail_to_connect allows one retry.
+    conf.max_retries = 2;
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let access_log = AccessLog::start().map_err(StartError::AccessLog)?;
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(Arc::clone(&live), access_log),
+        "tollgate proxy",
+    );
+    for listener in &config.listeners {
+        let address = listener.address.to_string();
+        match &listener.tls {
+            None => proxy.add_tcp(&address),
+            Some(t) => {
+                let settings = tls::settings(t).map_err(|source| StartError::Tls {
+                    address: address.clone(),
+                    source,
+                })?;
+                proxy.add_tls_with_settings(&address, None, settings);
+            }
+        }
+    }
+    server.add_service(proxy);
+
+    if let Some(address) = config.metrics_address {
+        let mut service = Service::new("tollgate metrics".to_string(), MetricsApp);
+        service.add_tcp(&address.to_string());
+        server.add_service(service);
+    }
+    server.add_service(background_service(
+        "tollgate supervisor",
+        Supervisor {
+            live: Arc::clone(&live),
+        },
+    ));
+
+    let pid_file = &config.server.pid_file;
+    std::fs::write(pid_file, format!("{}\n", std::process::id())).map_err(|source| {
+        StartError::PidFile {
+            path: pid_file.display().to_string(),
+            source,
+        }
+    })?;
+    log::info!(
+        "tollgate {} serving {} (config generation {})",
+        env!("CARGO_PKG_VERSION"),
+        config
+            .listeners
+            .iter()
+            .map(|l| format!(
+                "{}{}",
+                l.address,
+                if l.tls.is_some() { " (tls)" } else { "" }
+            ))
+            .collect::<Vec<_>>()
+            .join(", "),
+        snapshot.generation
+    );
+    drop(snapshot);
+    server.run_forever()
+}
