@@ -27,27 +27,39 @@ pub struct AccessRecord<'a> {
     pub error: Option<&'a str>,
 }
 
+/// What the writer thread is asked to do.
+enum Message {
+    Line(Vec<u8>),
+    /// Write out everything queued before this, then answer.
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
 /// Handle to the writer thread; cheap to clone.
 #[derive(Clone)]
 pub struct AccessLog {
-    tx: SyncSender<Vec<u8>>,
+    tx: SyncSender<Message>,
 }
 
 impl AccessLog {
     /// Starts the writer thread.
     pub fn start() -> std::io::Result<Self> {
-        let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE_LINES);
+        let (tx, rx) = sync_channel::<Message>(QUEUE_LINES);
         std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || {
-                let stdout = std::io::stdout();
-                let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
-                while let Ok(line) = rx.recv() {
-                    let _ = out.write_all(&line);
-                    // Write out when the queue is drained so lines appear promptly.
-                    let mut more = rx.try_iter();
-                    for line in more.by_ref() {
-                        let _ = out.write_all(&line);
+                let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
+                while let Ok(first) = rx.recv() {
+                    // Write a burst in one go, then flush so lines appear promptly.
+                    for message in std::iter::once(first).chain(rx.try_iter()) {
+                        match message {
+                            Message::Line(line) => {
+                                let _ = out.write_all(&line);
+                            }
+                            Message::Flush(done) => {
+                                let _ = out.flush();
+                                let _ = done.send(());
+                            }
+                        }
                     }
                     let _ = out.flush();
                 }
@@ -65,11 +77,19 @@ impl AccessLog {
             }
         };
         line.push(b'\n');
-        match self.tx.try_send(line) {
+        match self.tx.try_send(Message::Line(line)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 crate::metrics::ACCESS_LOG_DROPPED.inc();
             }
+        }
+    }
+
+    /// Waits (up to `timeout`) until every line queued so far is written out.
+    pub fn flush(&self, timeout: std::time::Duration) {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        if self.tx.send(Message::Flush(done_tx)).is_ok() {
+            let _ = done_rx.recv_timeout(timeout);
         }
     }
 }

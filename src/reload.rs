@@ -3,6 +3,7 @@
 //! swapped in; if anything fails the running snapshot stays and the failure is logged and
 //! counted.
 
+use crate::access_log::AccessLog;
 use crate::config::{self, ConfigError};
 use crate::metrics;
 use crate::runtime::Runtime;
@@ -124,10 +125,11 @@ impl LiveConfig {
     }
 }
 
-/// Background service: watches the file and SIGHUP, and keeps health checks in step with
-/// the pools of the current snapshot.
+/// Background service: watches the file and SIGHUP, keeps health checks in step with the
+/// pools of the current snapshot, and ends the process once a shutdown has drained.
 pub struct Supervisor {
     pub live: Arc<LiveConfig>,
+    pub access_log: AccessLog,
 }
 
 #[async_trait]
@@ -150,7 +152,10 @@ impl BackgroundService for Supervisor {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => {
+                    self.drain_then_exit(settings.grace_period).await;
+                    return;
+                }
                 Ok(()) = changed.changed() => {
                     health.reconcile(&self.live.current().pools);
                 }
@@ -171,6 +176,26 @@ impl BackgroundService for Supervisor {
 }
 
 impl Supervisor {
+    /// Pingora stops accepting on shutdown, then waits out the whole grace period before it
+    /// drops unfinished requests. Exit as soon as nothing is in flight instead, so a drain
+    /// takes as long as the slowest request and at most the grace period.
+    async fn drain_then_exit(&self, grace_period: Duration) {
+        log::info!("shutting down: draining in-flight requests (at most {grace_period:?})");
+        let deadline = tokio::time::Instant::now() + grace_period;
+        while metrics::IN_FLIGHT.get() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = metrics::IN_FLIGHT.get();
+        if left > 0 {
+            log::warn!("grace period over with {left} requests still in flight");
+            return;
+        }
+        log::info!("drained: exiting");
+        let access_log = self.access_log.clone();
+        let _ = tokio::task::spawn_blocking(move || access_log.flush(Duration::from_secs(2))).await;
+        std::process::exit(0);
+    }
+
     /// Reloading reads a file and may resolve host names: keep it off the async threads.
     async fn reload_in_background(&self) -> Result<ReloadReport, ()> {
         let live = Arc::clone(&self.live);

@@ -59,7 +59,7 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
     let access_log = AccessLog::start().map_err(StartError::AccessLog)?;
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Gateway::new(Arc::clone(&live), access_log),
+        Gateway::new(Arc::clone(&live), access_log.clone()),
         "tollgate proxy",
     );
     for listener in &config.listeners {
@@ -86,6 +86,7 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
         "tollgate supervisor",
         Supervisor {
             live: Arc::clone(&live),
+            access_log,
         },
     ));
 

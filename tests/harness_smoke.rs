@@ -64,10 +64,11 @@ async fn upstream_special_paths() {
     let client = http_client();
 
     let response = client
-        .delete(upstream.url("/__status/503"))
+        // Markers work behind a prefix too, and with any method.
+        .delete(upstream.url("/api/__status/503"))
         .send()
         .await
-        .expect("GET /__status/503");
+        .expect("DELETE /api/__status/503");
     assert_eq!(response.status(), 503);
     let echo: Value = response.json().await.expect("echo JSON");
     assert_eq!(echo["upstream"], "b");

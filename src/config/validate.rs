@@ -384,7 +384,7 @@ fn routes(raw: Vec<RawRoute>, upstreams: &HashSet<&str>, p: &mut Problems) -> Ve
         for host in host_keys {
             if !matchers.insert((host.clone(), path_prefix.clone(), method_key.clone())) {
                 p.push(
-                    format!("{place}"),
+                    &place,
                     format!(
                         "matches the same requests as an earlier route (host {:?}, path_prefix {:?})",
                         if host.is_empty() { "any" } else { &host },

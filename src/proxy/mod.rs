@@ -240,6 +240,14 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let error = ctx.error.take().or_else(|| ApiError::from_proxy_error(e));
+        // The connection can carry the next request only if this one was read to its end and
+        // our answer is the whole response; Pingora also closes it anyway once an upstream was
+        // chosen. Otherwise say `Connection: close` so the client does not reuse it.
+        let reusable =
+            ctx.tried.is_empty() && session.response_written().is_none() && session.is_body_done();
+        if !reusable {
+            session.set_keepalive(None);
+        }
         let code = match &error {
             Some(err) if session.response_written().is_none() => {
                 if let Err(write_err) = err.send(session, &ctx.request_id).await {
@@ -250,10 +258,11 @@ impl ProxyHttp for Gateway {
             Some(err) => err.status(),
             None => 0,
         };
+        let answered = error.is_some();
         ctx.error = error;
         FailToProxy {
             error_code: code,
-            can_reuse_downstream: false,
+            can_reuse_downstream: reusable && answered,
         }
     }
 

@@ -1,14 +1,16 @@
 //! `TestUpstream`: a real HTTP server the gateway proxies to.
 //!
 //! Behaviour by path (any method; the request body is always read, streaming,
-//! and its size reported):
+//! and its size reported). The `/__...` markers are found anywhere in the
+//! path, so they still work behind a route prefix the gateway does not strip
+//! (`/api/__sleep/100` sleeps too):
 //!
 //! | path | response |
 //! | --- | --- |
-//! | `/__status/{code}` | status `code`, echo JSON body |
-//! | `/__sleep/{ms}` | sleeps `ms` milliseconds, then 200 echo JSON |
-//! | `/__stream/{n}[?chunk=B&delay_ms=D]` | 200, `n` body bytes sent in chunks of `B` (default 1024) bytes, `D` ms apart (default 0), chunked encoding, `a..z` repeating |
-//! | `/healthz` | 200 `ok`, or 503 `unhealthy` after `set_healthy(false)` |
+//! | `.../__status/{code}` | status `code`, echo JSON body |
+//! | `.../__sleep/{ms}` | sleeps `ms` milliseconds, then 200 echo JSON |
+//! | `.../__stream/{n}[?chunk=B&delay_ms=D]` | 200, `n` body bytes sent in chunks of `B` (default 1024) bytes, `D` ms apart (default 0), chunked encoding, `a..z` repeating |
+//! | `/healthz` (or any path ending in `/healthz`) | 200 `ok`, or 503 `unhealthy` after `set_healthy(false)` |
 //! | anything else | 200 echo JSON |
 //!
 //! The echo JSON is
@@ -325,7 +327,8 @@ async fn handle(
 ) -> Result<Response<ResponseBody>, Infallible> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
-    if path == "/healthz" {
+    let is_health_check = path.ends_with("/healthz");
+    if is_health_check {
         shared.health_checks.fetch_add(1, Ordering::SeqCst);
     } else {
         shared.hits.fetch_add(1, Ordering::SeqCst);
@@ -333,13 +336,13 @@ async fn handle(
     let body_bytes = count_body_bytes(body).await;
     let echo = echo_json(&shared.name, &parts, body_bytes);
 
-    let response = if path == "/healthz" {
+    let mut response = if is_health_check {
         if shared.healthy.load(Ordering::SeqCst) {
             text(StatusCode::OK, "ok")
         } else {
             text(StatusCode::SERVICE_UNAVAILABLE, "unhealthy")
         }
-    } else if let Some(code) = path.strip_prefix("/__status/") {
+    } else if let Some(code) = after_marker(&path, "/__status/") {
         match code
             .parse::<u16>()
             .ok()
@@ -348,7 +351,7 @@ async fn handle(
             Some(status) => json_response(status, &echo),
             None => text(StatusCode::BAD_REQUEST, "bad status code"),
         }
-    } else if let Some(ms) = path.strip_prefix("/__sleep/") {
+    } else if let Some(ms) = after_marker(&path, "/__sleep/") {
         match ms.parse::<u64>() {
             Ok(ms) => {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -356,7 +359,7 @@ async fn handle(
             }
             Err(_) => text(StatusCode::BAD_REQUEST, "bad sleep duration"),
         }
-    } else if let Some(n) = path.strip_prefix("/__stream/") {
+    } else if let Some(n) = after_marker(&path, "/__stream/") {
         match n.parse::<u64>() {
             Ok(n) => stream_response(n, parts.uri.query().unwrap_or("")),
             Err(_) => text(StatusCode::BAD_REQUEST, "bad stream length"),
@@ -364,11 +367,17 @@ async fn handle(
     } else {
         json_response(StatusCode::OK, &echo)
     };
-    let mut response = response;
     if let Ok(name) = HeaderValue::from_str(&shared.name) {
         response.headers_mut().insert("x-upstream", name);
     }
     Ok(response)
+}
+
+/// The path segment right after `marker` (e.g. `"/__sleep/"`), wherever
+/// the marker appears in `path`.
+fn after_marker<'a>(path: &'a str, marker: &str) -> Option<&'a str> {
+    let start = path.find(marker)? + marker.len();
+    path[start..].split('/').next()
 }
 
 /// Reads the request body frame by frame, keeping only the byte count.

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs what building or testing tollgate needs and this machine lacks (Debian/Ubuntu).
+#   scripts/ensure-deps.sh build   cmake, pkg-config, libssl-dev (Pingora's build)
+#   scripts/ensure-deps.sh test    the above plus redis-server, PostgreSQL, promtool, openssl
+#   scripts/ensure-deps.sh bench   the above plus wrk and nginx
+# Nothing is installed when everything is present; installing needs root (or sudo).
+set -euo pipefail
+
+want=()
+need_cmd() { command -v "$1" >/dev/null 2>&1 || want+=("$2"); }
+need_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed" || want+=("$1"); }
+
+case "${1:-build}" in
+  build|test|bench) ;;
+  *) echo "usage: $0 build|test|bench" >&2; exit 2 ;;
+esac
+
+need_cmd cmake cmake
+need_cmd pkg-config pkg-config
+need_pkg libssl-dev
+if [[ "${1:-build}" != build ]]; then
+  need_cmd redis-server redis-server
+  need_cmd redis-cli redis-tools
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || want+=(postgresql)
+  need_cmd promtool prometheus
+  need_cmd openssl openssl
+  need_cmd runuser util-linux
+fi
+if [[ "${1:-build}" == bench ]]; then
+  need_cmd wrk wrk
+  need_cmd nginx nginx-light
+fi
+
+[[ ${#want[@]} -eq 0 ]] && exit 0
+echo "installing: ${want[*]}"
+if [[ $(id -u) -eq 0 ]]; then SUDO=(); elif command -v sudo >/dev/null; then SUDO=(sudo); else
+  echo "missing packages and not root: install ${want[*]} yourself" >&2; exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+"${SUDO[@]}" apt-get update -qq
+# The Debian packages start their services on install; tests start their own servers.
+"${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${want[@]}" >/dev/null
+for svc in redis-server postgresql nginx prometheus; do
+  "${SUDO[@]}" service "$svc" stop >/dev/null 2>&1 || true
+done
