@@ -1,0 +1,24 @@
+# Build: the release binary, with the system libraries Pingora's build needs.
+FROM rust:1-bookworm AS build
+RUN apt-get update && apt-get install -y --no-install-recommends cmake pkg-config libssl-dev \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY lua ./lua
+RUN cargo build --release --locked && strip target/release/tollgate
+
+# Run: a small image with only the binary, its TLS library and CA certificates.
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 curl \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin tollgate
+COPY --from=build /src/target/release/tollgate /usr/local/bin/tollgate
+COPY conf/tollgate.yaml /etc/tollgate/tollgate.yaml
+USER tollgate
+# Mount your own configuration over /etc/tollgate. The pid file and upgrade socket go to /tmp.
+VOLUME ["/etc/tollgate"]
+EXPOSE 8080 8443 9091
+HEALTHCHECK --interval=10s --timeout=2s --retries=3 CMD curl -fsS http://127.0.0.1:8080/health || exit 1
+ENTRYPOINT ["/usr/local/bin/tollgate"]
+CMD ["-c", "/etc/tollgate/tollgate.yaml"]
