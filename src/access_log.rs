@@ -20,6 +20,8 @@ pub struct AccessRecord<'a> {
     pub route: Option<&'a str>,
     pub status: u16,
     pub upstream: Option<String>,
+    pub consumer: Option<&'a str>,
+    pub auth: Option<&'static str>,
     pub duration_ms: f64,
     pub bytes_in: usize,
     pub bytes_out: usize,

@@ -32,12 +32,30 @@ enum Command {
     /// Ask the running instance to reload its configuration (sends SIGHUP to the pid in the
     /// configured pid file).
     Reload,
+    /// API-key tools.
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
     /// Run a demo upstream that echoes each request as JSON.
     Echo {
         #[arg(long, default_value = "127.0.0.1:9000")]
         listen: String,
         #[arg(long, default_value = "demo")]
         name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyAction {
+    /// Generate a key; print it once, with the hash line to paste under a consumer's `keys:`.
+    New {
+        /// Id of the key in the config (default: its display prefix).
+        #[arg(long)]
+        id: Option<String>,
+        /// Environment variable holding the pepper (must match the gateway's).
+        #[arg(long, default_value = tollgate::config::DEFAULT_PEPPER_ENV)]
+        pepper_env: String,
     },
 }
 
@@ -70,6 +88,9 @@ fn main() -> ExitCode {
             }
         },
         Command::Reload => reload(&cli.config),
+        Command::Key {
+            action: KeyAction::New { id, pepper_env },
+        } => new_key(id, &pepper_env),
         Command::Echo { listen, name } => tollgate::echo::run(&listen, &name),
     }
 }
@@ -101,6 +122,34 @@ fn reload(config: &Path) -> ExitCode {
         return ExitCode::FAILURE;
     }
     println!("reload requested (SIGHUP sent to pid {pid})");
+    ExitCode::SUCCESS
+}
+
+fn new_key(id: Option<String>, pepper_env: &str) -> ExitCode {
+    use tollgate::auth::api_key::{generate, KeyHasher};
+    let pepper = match std::env::var(pepper_env) {
+        Ok(p) if p.len() >= 16 => p,
+        _ => {
+            eprintln!("set ${pepper_env} to the gateway's pepper (at least 16 bytes) first");
+            return ExitCode::FAILURE;
+        }
+    };
+    let key = match generate(&ring::rand::SystemRandom::new()) {
+        Ok(k) => k,
+        Err(_) => {
+            eprintln!("the system random source failed");
+            return ExitCode::FAILURE;
+        }
+    };
+    let hash = KeyHasher::new(pepper.as_bytes()).hash(&key.secret).to_hex();
+    println!(
+        "API key (shown once; give it to the client, it is stored nowhere):\n\n  {}\n",
+        key.secret
+    );
+    println!("Add under the consumer's keys:\n");
+    println!("      - id: {}", id.as_deref().unwrap_or(&key.prefix));
+    println!("        prefix: {}", key.prefix);
+    println!("        hash: {hash}");
     ExitCode::SUCCESS
 }
 

@@ -24,7 +24,7 @@ pub enum ReloadError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Pool(#[from] crate::upstream::PoolError),
+    Build(#[from] crate::runtime::BuildError),
 }
 
 /// What a successful reload did.

@@ -188,6 +188,13 @@ mod tests {
                 read: Duration::from_secs(1),
                 total: None,
             },
+            auth: crate::config::RouteAuth {
+                mode: crate::config::AuthMode::None,
+                allow_api_key: true,
+                allow_jwt: true,
+                scopes: vec![],
+                forward_credential: false,
+            },
         }
     }
 

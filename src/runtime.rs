@@ -1,6 +1,7 @@
 //! The live state the proxy serves from: one immutable snapshot per config generation,
 //! swapped atomically on reload. A request reads one snapshot at its start and keeps it.
 
+use crate::auth::{AuthSetupError, Authenticator};
 use crate::config::{Config, RouteSpec};
 use crate::router::Router;
 use crate::upstream::{Pool, PoolError};
@@ -20,6 +21,17 @@ pub struct Runtime {
     pub router: Router<Route>,
     /// Pools by upstream name, in config order.
     pub pools: Vec<Arc<Pool>>,
+    /// Identification and verification of callers.
+    pub auth: Authenticator,
+}
+
+/// Why a config could not be compiled into a runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error(transparent)]
+    Auth(#[from] AuthSetupError),
 }
 
 impl Runtime {
@@ -29,7 +41,7 @@ impl Runtime {
         config: Config,
         generation: u64,
         previous: Option<&Runtime>,
-    ) -> Result<Runtime, PoolError> {
+    ) -> Result<Runtime, BuildError> {
         let old: HashMap<&str, &Arc<Pool>> = previous
             .map(|p| p.pools.iter().map(|pool| (pool.name(), pool)).collect())
             .unwrap_or_default();
@@ -52,11 +64,14 @@ impl Runtime {
             (spec.clone(), route)
         });
         let router = Router::new(routes);
+        let auth =
+            Authenticator::from_config(&config.auth, &config.consumers, previous.map(|p| &p.auth))?;
         Ok(Runtime {
             generation,
             config,
             router,
             pools,
+            auth,
         })
     }
 }

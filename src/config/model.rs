@@ -35,6 +35,164 @@ pub struct Config {
     pub metrics_address: Option<SocketAddr>,
     pub upstreams: Vec<UpstreamSpec>,
     pub routes: Vec<RouteSpec>,
+    pub auth: AuthSettings,
+    pub plans: Vec<PlanSpec>,
+    pub consumers: Vec<ConsumerSpec>,
+}
+
+/// Where API keys are read from when the file does not say.
+pub const DEFAULT_API_KEY_HEADER: &str = "x-api-key";
+/// The environment variable holding the pepper API keys are hashed with.
+pub const DEFAULT_PEPPER_ENV: &str = "TOLLGATE_KEY_PEPPER";
+/// A found key is trusted this long before the store is asked again; a change made in the
+/// store reaches every instance within this time even if its notification is lost.
+pub const DEFAULT_CREDENTIAL_TTL: Duration = Duration::from_secs(30);
+/// Unknown keys are remembered this long: a flood of random keys costs one store lookup
+/// per distinct key per interval, and a key created meanwhile works after at most this.
+pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(5);
+/// Bound on each credential cache.
+pub const DEFAULT_CACHE_ENTRIES: u64 = 100_000;
+/// Clock skew tolerated on `exp` and `nbf`.
+pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(30);
+/// A JWKS URL is fetched again in the background when its keys are older than this.
+pub const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(300);
+/// A token with an unknown `kid` triggers a fetch at most this often per issuer.
+pub const DEFAULT_JWKS_MIN_REFRESH: Duration = Duration::from_secs(30);
+
+/// Identification and verification settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthSettings {
+    pub api_key_header: http::HeaderName,
+    pub api_key_query: Option<String>,
+    /// HMAC key for API-key hashes; `None` when no key is configured and none is set.
+    pub pepper: Option<Secret>,
+    pub cache: CacheSettings,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub identity_headers: IdentityHeaders,
+    pub issuers: Vec<IssuerSpec>,
+}
+
+/// Credential cache settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheSettings {
+    pub ttl: Duration,
+    pub negative_ttl: Duration,
+    pub max_entries: u64,
+}
+
+/// Header names that carry the caller's identity to the upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdentityHeaders {
+    pub consumer_id: http::HeaderName,
+    pub plan: http::HeaderName,
+    pub auth_method: http::HeaderName,
+    pub scopes: http::HeaderName,
+}
+
+/// A value read from the environment that must never be printed.
+#[derive(Clone, PartialEq)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    /// Wraps secret bytes.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Secret(bytes)
+    }
+
+    /// The bytes, for the one place that needs them.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// A JWT issuer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IssuerSpec {
+    pub issuer: String,
+    /// Accepted `aud` values; empty: the audience is not checked.
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    pub leeway: Duration,
+    pub required_claims: Vec<String>,
+    pub consumer_claim: String,
+    pub plan_claim: Option<String>,
+    pub default_plan: Option<String>,
+    pub keys: Vec<JwtKeySource>,
+}
+
+/// Where an issuer's verification keys come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JwtKeySource {
+    Secret(Secret),
+    PemFile {
+        path: PathBuf,
+        kid: Option<String>,
+    },
+    JwksFile(PathBuf),
+    JwksUrl {
+        url: String,
+        refresh: Duration,
+        min_refresh: Duration,
+    },
+}
+
+/// A plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanSpec {
+    pub name: String,
+}
+
+/// Whether a consumer or key may be used.
+pub use crate::auth::store::Status;
+
+/// A consumer from the file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsumerSpec {
+    pub id: String,
+    pub plan: Option<String>,
+    pub status: Status,
+    pub scopes: Vec<String>,
+    pub keys: Vec<KeySpec>,
+}
+
+/// An API key from the file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeySpec {
+    pub id: String,
+    pub hash: crate::auth::api_key::KeyHash,
+    pub prefix: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub status: Status,
+    pub expires_at: Option<std::time::SystemTime>,
+}
+
+/// Whether a route needs callers to identify themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Credentials are not looked at; every caller is anonymous (limited by IP).
+    None,
+    /// A credential is verified if present (a bad one is refused); without one the caller is anonymous.
+    Optional,
+    /// A valid credential is needed.
+    Required,
+}
+
+/// A route's access policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteAuth {
+    pub mode: AuthMode,
+    pub allow_api_key: bool,
+    pub allow_jwt: bool,
+    /// Every one of these scopes is needed.
+    pub scopes: Vec<String>,
+    /// Pass the client's API key or Authorization header on to the upstream.
+    pub forward_credential: bool,
 }
 
 /// Process-wide settings (most need a restart to change; see [`Config::restart_needed`]).
@@ -136,6 +294,7 @@ pub struct RouteSpec {
     pub upstream: String,
     pub strip_prefix: bool,
     pub timeouts: RouteTimeouts,
+    pub auth: RouteAuth,
 }
 
 /// Upstream timeouts of a route.

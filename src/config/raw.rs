@@ -19,6 +19,117 @@ pub struct RawConfig {
     pub upstreams: Vec<RawUpstream>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub auth: RawAuth,
+    #[serde(default)]
+    pub plans: Vec<RawPlan>,
+    #[serde(default)]
+    pub consumers: Vec<RawConsumer>,
+}
+
+/// How callers are identified and verified.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    #[serde(default)]
+    pub api_key: RawApiKey,
+    pub cache: Option<RawCredentialCache>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub identity_headers: RawIdentityHeaders,
+    #[serde(default)]
+    pub jwt: Vec<RawIssuer>,
+}
+
+/// Where API keys are read from, and the pepper they are hashed with.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKey {
+    pub header: Option<String>,
+    pub query_param: Option<String>,
+    pub pepper_env: Option<String>,
+}
+
+/// The credential cache in front of the store.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCredentialCache {
+    pub ttl: Option<String>,
+    pub negative_ttl: Option<String>,
+    pub max_entries: Option<u64>,
+}
+
+/// Names of the headers that tell the upstream who called.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentityHeaders {
+    pub consumer_id: Option<String>,
+    pub plan: Option<String>,
+    pub auth_method: Option<String>,
+    pub scopes: Option<String>,
+}
+
+/// A JWT issuer and how to verify its tokens.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIssuer {
+    pub issuer: String,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<String>,
+    pub leeway: Option<String>,
+    pub required_claims: Option<Vec<String>>,
+    pub consumer_claim: Option<String>,
+    pub plan_claim: Option<String>,
+    pub default_plan: Option<String>,
+    pub secret_env: Option<String>,
+    #[serde(default)]
+    pub pem_files: Vec<RawPemFile>,
+    pub jwks_file: Option<String>,
+    pub jwks_url: Option<String>,
+    pub jwks_refresh: Option<String>,
+    pub jwks_min_refresh: Option<String>,
+}
+
+/// A PEM public key file, optionally known by a `kid`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPemFile {
+    pub path: String,
+    pub kid: Option<String>,
+}
+
+/// A plan: what a consumer on it may do.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlan {
+    pub name: String,
+}
+
+/// A consumer defined in the file, with its keys.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConsumer {
+    pub id: String,
+    pub plan: Option<String>,
+    pub status: Option<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub keys: Vec<RawKey>,
+}
+
+/// An API key, by its hash (`tollgate key new` prints one).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    pub id: String,
+    pub hash: String,
+    pub prefix: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub status: Option<String>,
+    pub expires_at: Option<String>,
 }
 
 /// Process-wide settings.
@@ -138,6 +249,12 @@ pub struct RawRoute {
     #[serde(default)]
     pub strip_prefix: bool,
     pub timeouts: Option<RawTimeouts>,
+    pub auth: Option<String>,
+    pub auth_methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub forward_credential: bool,
 }
 
 /// Per-route upstream timeouts.

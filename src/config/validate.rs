@@ -33,8 +33,13 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<String>> 
         .metrics
         .and_then(|m| socket_addr(&m.address, "metrics.address", &mut p));
     let upstreams = upstreams(raw.upstreams, base_dir, &mut p);
+    let plans = plans(raw.plans, &mut p);
+    let plan_names: HashSet<&str> = plans.iter().map(|plan| plan.name.as_str()).collect();
+    let consumers = consumers(raw.consumers, &plan_names, &mut p);
+    let any_keys = consumers.iter().any(|c| !c.keys.is_empty());
+    let auth = auth(raw.auth, base_dir, &plan_names, any_keys, &mut p);
     let names: HashSet<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
-    let routes = routes(raw.routes, &names, &mut p);
+    let routes = routes(raw.routes, &names, &auth, &mut p);
     if p.0.is_empty() {
         Ok(Config {
             server,
@@ -42,6 +47,9 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<String>> 
             metrics_address,
             upstreams,
             routes,
+            auth,
+            plans,
+            consumers,
         })
     } else {
         Err(p.into_vec())
@@ -331,7 +339,12 @@ fn health_check(
     }
 }
 
-fn routes(raw: Vec<RawRoute>, upstreams: &HashSet<&str>, p: &mut Problems) -> Vec<RouteSpec> {
+fn routes(
+    raw: Vec<RawRoute>,
+    upstreams: &HashSet<&str>,
+    auth_settings: &AuthSettings,
+    p: &mut Problems,
+) -> Vec<RouteSpec> {
     let mut names = HashSet::new();
     let mut matchers = HashSet::new();
     let mut out = Vec::new();
@@ -427,6 +440,15 @@ fn routes(raw: Vec<RawRoute>, upstreams: &HashSet<&str>, p: &mut Problems) -> Ve
                 }
             },
         );
+        let auth = route_auth(
+            r.auth,
+            r.auth_methods,
+            r.scopes,
+            r.forward_credential,
+            &place,
+            auth_settings,
+            p,
+        );
         out.push(RouteSpec {
             name: r.name,
             hosts,
@@ -435,9 +457,470 @@ fn routes(raw: Vec<RawRoute>, upstreams: &HashSet<&str>, p: &mut Problems) -> Ve
             upstream: r.upstream,
             strip_prefix: r.strip_prefix,
             timeouts,
+            auth,
         });
     }
     out
+}
+
+fn route_auth(
+    mode: Option<String>,
+    methods: Option<Vec<String>>,
+    scopes: Vec<String>,
+    forward_credential: bool,
+    place: &str,
+    settings: &AuthSettings,
+    p: &mut Problems,
+) -> RouteAuth {
+    let mode = match mode.as_deref().unwrap_or("none") {
+        "none" => AuthMode::None,
+        "optional" => AuthMode::Optional,
+        "required" => AuthMode::Required,
+        other => {
+            p.push(
+                format!("{place}.auth"),
+                format!("unknown mode {other:?} (none, optional, required)"),
+            );
+            AuthMode::None
+        }
+    };
+    let (mut allow_api_key, mut allow_jwt) = (true, true);
+    if let Some(methods) = methods {
+        (allow_api_key, allow_jwt) = (false, false);
+        for (i, m) in methods.iter().enumerate() {
+            match m.as_str() {
+                "api_key" => allow_api_key = true,
+                "jwt" => allow_jwt = true,
+                other => p.push(
+                    format!("{place}.auth_methods[{i}]"),
+                    format!("unknown method {other:?} (api_key, jwt)"),
+                ),
+            }
+        }
+        if methods.is_empty() {
+            p.push(
+                format!("{place}.auth_methods"),
+                "leave out to accept both api_key and jwt, or list one",
+            );
+        }
+        if allow_jwt && !allow_api_key && settings.issuers.is_empty() {
+            p.push(
+                format!("{place}.auth_methods"),
+                "jwt needs at least one issuer under auth.jwt",
+            );
+        }
+    }
+    if mode == AuthMode::None && (!scopes.is_empty() || forward_credential) {
+        p.push(
+            format!("{place}.auth"),
+            "scopes and forward_credential need auth: optional or required",
+        );
+    }
+    for (i, scope) in scopes.iter().enumerate() {
+        check_scope(scope, &format!("{place}.scopes[{i}]"), p);
+    }
+    RouteAuth {
+        mode,
+        allow_api_key,
+        allow_jwt,
+        scopes,
+        forward_credential,
+    }
+}
+
+fn auth(
+    raw: RawAuth,
+    base: &Path,
+    plans: &HashSet<&str>,
+    any_keys: bool,
+    p: &mut Problems,
+) -> AuthSettings {
+    let header = |raw: Option<String>, default: &str, place: &str, p: &mut Problems| {
+        let name = raw.unwrap_or_else(|| default.to_string());
+        http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).unwrap_or_else(|_| {
+            p.push(place, format!("{name:?} is not a valid header name"));
+            http::HeaderName::from_static("x-invalid")
+        })
+    };
+    let api_key_header = header(
+        raw.api_key.header,
+        DEFAULT_API_KEY_HEADER,
+        "auth.api_key.header",
+        p,
+    );
+    let pepper_env = raw
+        .api_key
+        .pepper_env
+        .unwrap_or_else(|| DEFAULT_PEPPER_ENV.to_string());
+    let pepper = match std::env::var(&pepper_env) {
+        Ok(v) if v.len() >= 16 => Some(Secret::new(v.into_bytes())),
+        Ok(_) if any_keys => {
+            p.push(
+                "auth.api_key.pepper_env",
+                format!("${pepper_env} must hold at least 16 bytes"),
+            );
+            None
+        }
+        Err(_) if any_keys => {
+            p.push(
+                "auth.api_key.pepper_env",
+                format!("${pepper_env} is not set; API-key hashes cannot be checked without it"),
+            );
+            None
+        }
+        _ => None,
+    };
+    let cache = match raw.cache {
+        None => CacheSettings {
+            ttl: DEFAULT_CREDENTIAL_TTL,
+            negative_ttl: DEFAULT_NEGATIVE_TTL,
+            max_entries: DEFAULT_CACHE_ENTRIES,
+        },
+        Some(c) => CacheSettings {
+            ttl: duration(c.ttl, "auth.cache.ttl", DEFAULT_CREDENTIAL_TTL, p),
+            negative_ttl: duration(
+                c.negative_ttl,
+                "auth.cache.negative_ttl",
+                DEFAULT_NEGATIVE_TTL,
+                p,
+            ),
+            max_entries: c.max_entries.unwrap_or(DEFAULT_CACHE_ENTRIES).max(1),
+        },
+    };
+    let trusted_proxies = raw
+        .trusted_proxies
+        .iter()
+        .enumerate()
+        .filter_map(|(i, net)| {
+            let parsed = net
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| net.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            parsed
+                .map_err(|_| {
+                    p.push(
+                        format!("auth.trusted_proxies[{i}]"),
+                        format!("{net:?} is not an address or CIDR network"),
+                    )
+                })
+                .ok()
+        })
+        .collect();
+    let h = raw.identity_headers;
+    let identity_headers = IdentityHeaders {
+        consumer_id: header(
+            h.consumer_id,
+            "x-consumer-id",
+            "auth.identity_headers.consumer_id",
+            p,
+        ),
+        plan: header(h.plan, "x-consumer-plan", "auth.identity_headers.plan", p),
+        auth_method: header(
+            h.auth_method,
+            "x-auth-method",
+            "auth.identity_headers.auth_method",
+            p,
+        ),
+        scopes: header(h.scopes, "x-auth-scopes", "auth.identity_headers.scopes", p),
+    };
+    let mut seen = HashSet::new();
+    let issuers = raw
+        .jwt
+        .into_iter()
+        .enumerate()
+        .map(|(i, issuer)| {
+            let place = format!("auth.jwt[{i}]");
+            if !seen.insert(issuer.issuer.clone()) {
+                p.push(
+                    format!("{place}.issuer"),
+                    format!("issuer {:?} is listed twice", issuer.issuer),
+                );
+            }
+            issuer_spec(issuer, &place, base, plans, p)
+        })
+        .collect();
+    AuthSettings {
+        api_key_header,
+        api_key_query: raw.api_key.query_param,
+        pepper,
+        cache,
+        trusted_proxies,
+        identity_headers,
+        issuers,
+    }
+}
+
+fn issuer_spec(
+    raw: RawIssuer,
+    place: &str,
+    base: &Path,
+    plans: &HashSet<&str>,
+    p: &mut Problems,
+) -> IssuerSpec {
+    use jsonwebtoken::{Algorithm, AlgorithmFamily};
+    if raw.issuer.is_empty() {
+        p.push(format!("{place}.issuer"), "must not be empty");
+    }
+    if raw.algorithms.is_empty() {
+        p.push(
+            format!("{place}.algorithms"),
+            "list the accepted algorithms, e.g. [RS256]",
+        );
+    }
+    let algorithms: Vec<Algorithm> = raw
+        .algorithms
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| {
+            a.parse::<Algorithm>()
+                .map_err(|_| {
+                    p.push(
+                        format!("{place}.algorithms[{i}]"),
+                        format!("unknown algorithm {a:?} (HS256/384/512, RS256/384/512, PS256/384/512, ES256/384, EdDSA)"),
+                    )
+                })
+                .ok()
+        })
+        .collect();
+    let wants_hmac = algorithms
+        .iter()
+        .any(|a| a.family() == AlgorithmFamily::Hmac);
+    let wants_public = algorithms
+        .iter()
+        .any(|a| a.family() != AlgorithmFamily::Hmac);
+    let mut keys = Vec::new();
+    if let Some(env) = &raw.secret_env {
+        match std::env::var(env) {
+            Ok(v) if v.len() >= 32 => keys.push(JwtKeySource::Secret(Secret::new(v.into_bytes()))),
+            Ok(_) => p.push(
+                format!("{place}.secret_env"),
+                format!("${env} must hold at least 32 bytes"),
+            ),
+            Err(_) => p.push(format!("{place}.secret_env"), format!("${env} is not set")),
+        }
+        if !wants_hmac {
+            p.push(
+                format!("{place}.secret_env"),
+                "a secret only verifies HS256/384/512, which algorithms does not list",
+            );
+        }
+    } else if wants_hmac {
+        p.push(
+            format!("{place}.secret_env"),
+            "HS* algorithms need a secret (secret_env)",
+        );
+    }
+    for (i, pem) in raw.pem_files.iter().enumerate() {
+        keys.push(JwtKeySource::PemFile {
+            path: existing_file(base, &pem.path, &format!("{place}.pem_files[{i}].path"), p),
+            kid: pem.kid.clone(),
+        });
+    }
+    if let Some(f) = &raw.jwks_file {
+        keys.push(JwtKeySource::JwksFile(existing_file(
+            base,
+            f,
+            &format!("{place}.jwks_file"),
+            p,
+        )));
+    }
+    if let Some(url) = &raw.jwks_url {
+        if !(url.starts_with("http://") || url.starts_with("https://"))
+            || url.parse::<http::Uri>().is_err()
+        {
+            p.push(
+                format!("{place}.jwks_url"),
+                format!("{url:?} is not an http(s) URL"),
+            );
+        }
+        keys.push(JwtKeySource::JwksUrl {
+            url: url.clone(),
+            refresh: duration(
+                raw.jwks_refresh.clone(),
+                &format!("{place}.jwks_refresh"),
+                DEFAULT_JWKS_REFRESH,
+                p,
+            ),
+            min_refresh: duration(
+                raw.jwks_min_refresh.clone(),
+                &format!("{place}.jwks_min_refresh"),
+                DEFAULT_JWKS_MIN_REFRESH,
+                p,
+            ),
+        });
+    }
+    let has_public_source = raw.pem_files.len()
+        + usize::from(raw.jwks_file.is_some())
+        + usize::from(raw.jwks_url.is_some())
+        > 0;
+    if wants_public && !has_public_source {
+        p.push(
+            place,
+            "RS/PS/ES/EdDSA algorithms need pem_files, jwks_file or jwks_url",
+        );
+    }
+    if let Some(plan) = raw
+        .default_plan
+        .as_deref()
+        .filter(|plan| !plans.contains(plan))
+    {
+        p.push(
+            format!("{place}.default_plan"),
+            format!("no plan named {plan:?}"),
+        );
+    }
+    IssuerSpec {
+        issuer: raw.issuer,
+        audiences: raw.audiences,
+        algorithms,
+        leeway: duration(
+            raw.leeway,
+            &format!("{place}.leeway"),
+            DEFAULT_JWT_LEEWAY,
+            p,
+        ),
+        required_claims: raw.required_claims.unwrap_or_else(|| vec!["exp".into()]),
+        consumer_claim: raw.consumer_claim.unwrap_or_else(|| "sub".into()),
+        plan_claim: raw.plan_claim,
+        default_plan: raw.default_plan,
+        keys,
+    }
+}
+
+fn plans(raw: Vec<RawPlan>, p: &mut Problems) -> Vec<PlanSpec> {
+    let mut seen = HashSet::new();
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, plan)| {
+            let place = format!("plans[{i}]");
+            check_name(&plan.name, &format!("{place}.name"), p);
+            if !seen.insert(plan.name.clone()) {
+                p.push(
+                    format!("{place}.name"),
+                    format!("duplicate plan name {:?}", plan.name),
+                );
+            }
+            PlanSpec { name: plan.name }
+        })
+        .collect()
+}
+
+fn consumers(raw: Vec<RawConsumer>, plans: &HashSet<&str>, p: &mut Problems) -> Vec<ConsumerSpec> {
+    let mut ids = HashSet::new();
+    let mut key_ids = HashSet::new();
+    let mut hashes = HashSet::new();
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let place = format!("consumers[{i}]");
+            check_identifier(&c.id, &format!("{place}.id"), p);
+            if !ids.insert(c.id.clone()) {
+                p.push(format!("{place}.id"), format!("duplicate consumer id {:?}", c.id));
+            }
+            if let Some(plan) = c.plan.as_deref().filter(|plan| !plans.contains(plan)) {
+                p.push(format!("{place}.plan"), format!("no plan named {plan:?}"));
+            }
+            for (j, scope) in c.scopes.iter().enumerate() {
+                check_scope(scope, &format!("{place}.scopes[{j}]"), p);
+            }
+            let keys = c
+                .keys
+                .into_iter()
+                .enumerate()
+                .map(|(j, k)| {
+                    let kplace = format!("{place}.keys[{j}]");
+                    check_identifier(&k.id, &format!("{kplace}.id"), p);
+                    if !key_ids.insert(k.id.clone()) {
+                        p.push(format!("{kplace}.id"), format!("duplicate key id {:?}", k.id));
+                    }
+                    let hash = crate::auth::api_key::KeyHash::from_hex(&k.hash).unwrap_or_else(|| {
+                        p.push(
+                            format!("{kplace}.hash"),
+                            "must be the 64 hex digits printed by `tollgate key new` (the key itself never goes in the file)",
+                        );
+                        crate::auth::api_key::KeyHash([0; 32])
+                    });
+                    if !hashes.insert(hash) {
+                        p.push(format!("{kplace}.hash"), "the same key is listed twice");
+                    }
+                    if let Some(scopes) = &k.scopes {
+                        for (s, scope) in scopes.iter().enumerate() {
+                            if !c.scopes.contains(scope) {
+                                p.push(
+                                    format!("{kplace}.scopes[{s}]"),
+                                    format!("{scope:?} is not one of the consumer's scopes"),
+                                );
+                            }
+                        }
+                    }
+                    let expires_at = k.expires_at.as_deref().and_then(|t| {
+                        humantime::parse_rfc3339_weak(t)
+                            .map_err(|e| {
+                                p.push(format!("{kplace}.expires_at"), format!("{t:?} is not a time like 2027-01-31T00:00:00Z ({e})"))
+                            })
+                            .ok()
+                    });
+                    KeySpec {
+                        id: k.id,
+                        hash,
+                        prefix: k.prefix,
+                        scopes: k.scopes,
+                        status: status(k.status.as_deref(), &format!("{kplace}.status"), p),
+                        expires_at,
+                    }
+                })
+                .collect();
+            ConsumerSpec {
+                id: c.id,
+                plan: c.plan,
+                status: status(c.status.as_deref(), &format!("{place}.status"), p),
+                scopes: c.scopes,
+                keys,
+            }
+        })
+        .collect()
+}
+
+fn status(raw: Option<&str>, place: &str, p: &mut Problems) -> Status {
+    match raw.unwrap_or("active") {
+        "active" => Status::Active,
+        "disabled" => Status::Disabled,
+        other => {
+            p.push(
+                place,
+                format!("unknown status {other:?} (active, disabled)"),
+            );
+            Status::Disabled
+        }
+    }
+}
+
+/// Consumer and key ids: 1-128 visible ASCII characters without quotes, commas or spaces
+/// (they travel in headers and logs).
+fn check_identifier(id: &str, place: &str, p: &mut Problems) {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"\"',\\".contains(&b));
+    if !ok {
+        p.push(
+            place,
+            format!(
+                "{id:?} is not a valid id (1-128 visible characters, no quotes, commas or spaces)"
+            ),
+        );
+    }
+}
+
+/// Scopes are OAuth scope tokens (RFC 6749 §3.3).
+fn check_scope(scope: &str, place: &str, p: &mut Problems) {
+    let ok = !scope.is_empty()
+        && scope
+            .bytes()
+            .all(|b| b > 0x20 && b < 0x7f && b != b'"' && b != b'\\');
+    if !ok {
+        p.push(place, format!("{scope:?} is not a valid scope"));
+    }
 }
 
 /// Names appear in metrics labels and logs: keep them simple.

@@ -1,6 +1,8 @@
 //! Every answer the gateway makes itself has one JSON shape:
 //! `{"error": "<code>", "message": "<what to fix>", "request_id": "<id>"}`.
 
+use crate::auth::jwt::JwtError;
+use crate::auth::{AuthError, AuthMethod};
 use bytes::Bytes;
 use http::{HeaderValue, Method};
 use pingora::http::ResponseHeader;
@@ -26,6 +28,8 @@ pub enum ApiError {
     GatewayTimeout,
     /// A bug or resource problem in the gateway.
     Internal,
+    /// The caller was not identified or not allowed.
+    Auth(AuthError),
 }
 
 impl ApiError {
@@ -39,6 +43,17 @@ impl ApiError {
             ApiError::BadGateway => 502,
             ApiError::GatewayTimeout => 504,
             ApiError::Internal => 500,
+            ApiError::Auth(e) => match e {
+                AuthError::MissingCredentials
+                | AuthError::InvalidApiKey
+                | AuthError::InvalidToken(_)
+                | AuthError::MethodNotAllowed(_) => 401,
+                AuthError::ConsumerDisabled
+                | AuthError::KeyDisabled
+                | AuthError::KeyExpired
+                | AuthError::InsufficientScope(_) => 403,
+                AuthError::StoreUnavailable => 503,
+            },
         }
     }
 
@@ -53,6 +68,19 @@ impl ApiError {
             ApiError::BadGateway => "bad_gateway",
             ApiError::GatewayTimeout => "upstream_timeout",
             ApiError::Internal => "internal_error",
+            ApiError::Auth(e) => match e {
+                AuthError::MissingCredentials => "missing_credentials",
+                AuthError::InvalidApiKey => "invalid_api_key",
+                AuthError::InvalidToken(JwtError::Expired) => "expired_token",
+                AuthError::InvalidToken(JwtError::NotYetValid) => "token_not_yet_valid",
+                AuthError::InvalidToken(_) => "invalid_token",
+                AuthError::MethodNotAllowed(_) => "auth_method_not_allowed",
+                AuthError::ConsumerDisabled => "consumer_disabled",
+                AuthError::KeyDisabled => "key_disabled",
+                AuthError::KeyExpired => "key_expired",
+                AuthError::InsufficientScope(_) => "insufficient_scope",
+                AuthError::StoreUnavailable => "credential_store_unavailable",
+            },
         }
     }
 
@@ -70,6 +98,53 @@ impl ApiError {
             ApiError::BadGateway => "the upstream could not be reached or failed".into(),
             ApiError::GatewayTimeout => "the upstream did not answer in time".into(),
             ApiError::Internal => "the gateway failed to handle the request".into(),
+            ApiError::Auth(e) => match e {
+                AuthError::MissingCredentials => {
+                    "this route needs an API key or a bearer token".into()
+                }
+                AuthError::InvalidApiKey => "the API key is not valid".into(),
+                AuthError::InvalidToken(jwt) => jwt.to_string(),
+                AuthError::MethodNotAllowed(m) => format!(
+                    "this route does not accept {} credentials",
+                    match m {
+                        AuthMethod::ApiKey => "API-key",
+                        _ => "bearer-token",
+                    }
+                ),
+                AuthError::ConsumerDisabled => "this consumer is disabled".into(),
+                AuthError::KeyDisabled => "this API key is disabled".into(),
+                AuthError::KeyExpired => "this API key has expired".into(),
+                AuthError::InsufficientScope(missing) => {
+                    format!("this route needs the scopes: {}", missing.join(" "))
+                }
+                AuthError::StoreUnavailable => {
+                    "credentials cannot be checked right now; retry shortly".into()
+                }
+            },
+        }
+    }
+
+    /// Headers that belong with this answer (`Allow`, `WWW-Authenticate`).
+    fn extra_header(&self) -> Option<(http::HeaderName, String)> {
+        const REALM: &str = "Bearer realm=\"tollgate\"";
+        match self {
+            ApiError::MethodNotAllowed(ms) => Some((
+                http::header::ALLOW,
+                ms.iter().map(Method::as_str).collect::<Vec<_>>().join(", "),
+            )),
+            ApiError::Auth(AuthError::InvalidToken(e)) => Some((
+                http::header::WWW_AUTHENTICATE,
+                format!("{REALM}, error=\"invalid_token\", error_description=\"{e}\""),
+            )),
+            ApiError::Auth(AuthError::InsufficientScope(missing)) => Some((
+                http::header::WWW_AUTHENTICATE,
+                format!(
+                    "{REALM}, error=\"insufficient_scope\", scope=\"{}\"",
+                    missing.join(" ")
+                ),
+            )),
+            e if e.status() == 401 => Some((http::header::WWW_AUTHENTICATE, REALM.to_string())),
+            _ => None,
         }
     }
 
@@ -112,9 +187,8 @@ impl ApiError {
         resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
         resp.insert_header(super::request_id::HEADER, request_id)?;
         resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
-        if let ApiError::MethodNotAllowed(ms) = self {
-            let allow = ms.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
-            resp.insert_header(http::header::ALLOW, allow)?;
+        if let Some((name, value)) = self.extra_header() {
+            resp.insert_header(name, value)?;
         }
         let head_only = session.req_header().method == Method::HEAD;
         session

@@ -1,6 +1,8 @@
 //! What the upstream sees: the rewritten path, `X-Forwarded-*`, the request id; and what
 //! the client sees of the upstream's response headers.
 
+use crate::auth::Identity;
+use crate::config::{AuthSettings, IdentityHeaders};
 use http::header::{HeaderName, CONNECTION};
 use pingora::http::{RequestHeader, ResponseHeader};
 use std::net::IpAddr;
@@ -42,6 +44,72 @@ pub fn set_forwarded_headers(
             req.remove_header(X_FORWARDED_HOST);
         }
     }
+    Ok(())
+}
+
+/// Removes any identity headers the client sent, then sets them from the verified identity,
+/// so an upstream can trust them.
+pub fn set_identity_headers(
+    req: &mut RequestHeader,
+    names: &IdentityHeaders,
+    identity: Option<&Identity>,
+) -> pingora::Result<()> {
+    for name in [
+        &names.consumer_id,
+        &names.plan,
+        &names.auth_method,
+        &names.scopes,
+    ] {
+        req.remove_header(name);
+    }
+    let Some(identity) = identity else {
+        return Ok(());
+    };
+    req.insert_header(names.auth_method.clone(), identity.method().as_str())?;
+    if let Some(id) = identity.consumer_id() {
+        req.insert_header(names.consumer_id.clone(), id)?;
+    }
+    if let Some(plan) = identity.plan() {
+        req.insert_header(names.plan.clone(), plan)?;
+    }
+    if !identity.scopes().is_empty() {
+        req.insert_header(names.scopes.clone(), identity.scopes().join(" "))?;
+    }
+    Ok(())
+}
+
+/// Removes the client's credentials (API-key header or query parameter, `Authorization`).
+pub fn remove_credentials(req: &mut RequestHeader, settings: &AuthSettings) -> pingora::Result<()> {
+    req.remove_header(&settings.api_key_header);
+    req.remove_header(&http::header::AUTHORIZATION);
+    let Some(param) = settings.api_key_query.as_deref() else {
+        return Ok(());
+    };
+    let Some(pq) = req.uri.path_and_query() else {
+        return Ok(());
+    };
+    let Some(query) = pq.query() else {
+        return Ok(());
+    };
+    if crate::auth::query_param(query, param).is_none() {
+        return Ok(());
+    }
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| pair.split('=').next() != Some(param))
+        .collect();
+    let rewritten = if kept.is_empty() {
+        pq.path().to_string()
+    } else {
+        format!("{}?{}", pq.path(), kept.join("&"))
+    };
+    let uri = http::Uri::try_from(rewritten).or_else(|e| {
+        pingora::Error::e_explain(
+            pingora::ErrorType::InvalidHTTPHeader,
+            format!("rewritten query: {e}"),
+        )
+    })?;
+    req.set_uri(uri);
     Ok(())
 }
 

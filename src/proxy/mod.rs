@@ -11,6 +11,8 @@ pub mod health_endpoint;
 pub mod request_id;
 
 use crate::access_log::{self, AccessLog, AccessRecord};
+use crate::auth::{AuthError, Identity};
+use crate::config::AuthMode;
 use crate::metrics;
 use crate::reload::LiveConfig;
 use crate::router::{self, RouteMatch};
@@ -47,6 +49,8 @@ pub struct RequestCtx {
     runtime: Arc<Runtime>,
     request_id: HeaderValue,
     route: Option<Arc<Route>>,
+    /// Who is calling, once verified.
+    identity: Option<Identity>,
     /// Targets already tried (a failed connect is retried once on another target).
     tried: Vec<SocketAddr>,
     /// When the first upstream target was chosen.
@@ -79,6 +83,7 @@ impl ProxyHttp for Gateway {
             runtime: self.live.current(),
             request_id: HeaderValue::from_static(""),
             route: None,
+            identity: None,
             tried: Vec::new(),
             upstream_started: None,
             error: None,
@@ -108,12 +113,18 @@ impl ProxyHttp for Gateway {
             RouteMatch::MethodNotAllowed(allowed) => Err(ApiError::MethodNotAllowed(allowed)),
             RouteMatch::NotFound => Err(ApiError::NoRoute),
         };
-        match found {
-            Ok(route) => {
-                ctx.route = Some(route);
+        let route = match found {
+            Ok(route) => route,
+            Err(e) => return reject(session, ctx, e).await,
+        };
+        let verified = identify(session, &ctx.runtime, &route).await;
+        ctx.route = Some(route);
+        match verified {
+            Ok(identity) => {
+                ctx.identity = Some(identity);
                 Ok(false)
             }
-            Err(e) => reject(session, ctx, e).await,
+            Err(e) => reject(session, ctx, ApiError::Auth(e)).await,
         }
     }
 
@@ -192,6 +203,14 @@ impl ProxyHttp for Gateway {
         };
         forward::set_forwarded_headers(upstream, &downstream)?;
         upstream.insert_header(request_id::HEADER, ctx.request_id.clone())?;
+        let settings = ctx.runtime.auth.settings();
+        forward::set_identity_headers(upstream, &settings.identity_headers, ctx.identity.as_ref())?;
+        if let Some(route) = &ctx.route {
+            let policy = &route.spec.auth;
+            if policy.mode != AuthMode::None && !policy.forward_credential {
+                forward::remove_credentials(upstream, settings)?;
+            }
+        }
         Ok(())
     }
 
@@ -297,12 +316,19 @@ impl ProxyHttp for Gateway {
             self.access_log.write(&AccessRecord {
                 time: access_log::rfc3339_now(),
                 request_id: ctx.request_id.to_str().unwrap_or(""),
-                client_ip: client_ip(session).map(|ip| ip.to_string()),
+                client_ip: ctx
+                    .identity
+                    .as_ref()
+                    .map(|i| i.client_ip)
+                    .or_else(|| client_ip(session))
+                    .map(|ip| ip.to_string()),
                 method: req.method.as_str(),
                 path: req.uri.path(),
                 route,
                 status,
                 upstream: ctx.tried.last().map(|t| t.to_string()),
+                consumer: ctx.identity.as_ref().and_then(Identity::consumer_id),
+                auth: ctx.identity.as_ref().map(|i| i.method().as_str()),
                 duration_ms: elapsed.as_secs_f64() * 1000.0,
                 bytes_in: session.body_bytes_read(),
                 bytes_out: session.body_bytes_sent(),
@@ -310,6 +336,20 @@ impl ProxyHttp for Gateway {
             });
         }
     }
+}
+
+/// The identify and verify phases: who is calling, and may they use this route.
+async fn identify(
+    session: &Session,
+    runtime: &Runtime,
+    route: &Route,
+) -> Result<Identity, AuthError> {
+    let req = session.req_header();
+    let auth = &runtime.auth;
+    let peer = client_ip(session).unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let client_ip = auth.client_ip(peer, req);
+    auth.authenticate(auth.credential(req), &route.spec.auth, client_ip)
+        .await
 }
 
 /// Answers with `err` and ends the request.

@@ -1,0 +1,157 @@
+//! Who the client is on the network. `X-Forwarded-For` (else `Forwarded: for=`) is believed
+//! only when the connection comes from a trusted proxy; then the chain is walked from the
+//! right and the first address that is not a trusted proxy is the client.
+
+use ipnet::IpNet;
+use pingora::http::RequestHeader;
+use std::net::IpAddr;
+
+/// The configured trusted proxy networks.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TrustedProxies(pub Vec<IpNet>);
+
+impl TrustedProxies {
+    fn trusts(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The client address for a request that arrived from `peer`.
+    pub fn client_ip(&self, peer: IpAddr, req: &RequestHeader) -> IpAddr {
+        let peer = canonical(peer);
+        if self.0.is_empty() || !self.trusts(peer) {
+            return peer;
+        }
+        let xff: Vec<&str> = req
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .collect();
+        let chain: Vec<&str> = if xff.is_empty() {
+            req.headers
+                .get_all("forwarded")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(forwarded_for)
+                .collect()
+        } else {
+            xff
+        };
+        let mut leftmost = peer;
+        for hop in chain.iter().rev() {
+            // An unparsable hop ends what we can believe: the last address we trusted stands.
+            let Some(ip) = parse_hop(hop) else {
+                return leftmost;
+            };
+            if !self.trusts(ip) {
+                return ip;
+            }
+            leftmost = ip;
+        }
+        leftmost
+    }
+}
+
+/// The `for=` value of one `Forwarded` element.
+fn forwarded_for(element: &str) -> Option<&str> {
+    element.split(';').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case("for")
+            .then(|| v.trim().trim_matches('"'))
+    })
+}
+
+/// `1.2.3.4`, `1.2.3.4:567`, `2001:db8::1`, `[2001:db8::1]:567`.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    let hop = hop.trim();
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(canonical(ip));
+    }
+    if let Some(rest) = hop.strip_prefix('[') {
+        return rest.split(']').next()?.parse().ok().map(canonical);
+    }
+    let (host, port) = hop.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    host.parse().ok().map(canonical)
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:1.2.3.4`) are the IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    fn trusted() -> TrustedProxies {
+        TrustedProxies(vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "2001:db8::/32".parse().unwrap(),
+        ])
+    }
+
+    #[test]
+    fn untrusted_peer_is_the_client_whatever_it_claims() {
+        let ip = trusted().client_ip(
+            "203.0.113.5".parse().unwrap(),
+            &req(&[("x-forwarded-for", "1.1.1.1")]),
+        );
+        assert_eq!(ip, "203.0.113.5".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn rightmost_untrusted_hop_wins() {
+        let r = req(&[
+            ("x-forwarded-for", "6.6.6.6, 198.51.100.7"),
+            ("x-forwarded-for", "10.1.1.1"),
+        ]);
+        let ip = trusted().client_ip("10.0.0.1".parse().unwrap(), &r);
+        assert_eq!(
+            ip,
+            "198.51.100.7".parse::<IpAddr>().unwrap(),
+            "6.6.6.6 is client-supplied and not believed"
+        );
+    }
+
+    #[test]
+    fn forwarded_header_and_ipv6_are_understood() {
+        let r = req(&[(
+            "forwarded",
+            "for=198.51.100.9;proto=https, for=\"[2001:db8::5]:443\"",
+        )]);
+        let ip = trusted().client_ip("::ffff:10.0.0.1".parse().unwrap(), &r);
+        assert_eq!(ip, "198.51.100.9".parse::<IpAddr>().unwrap());
+        let r = req(&[("x-forwarded-for", "2001:db9::1")]);
+        let ip = trusted().client_ip("2001:db8::2".parse().unwrap(), &r);
+        assert_eq!(ip, "2001:db9::1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn all_trusted_chain_yields_the_leftmost() {
+        let r = req(&[("x-forwarded-for", "10.9.9.9, 10.8.8.8")]);
+        assert_eq!(
+            trusted().client_ip("10.0.0.1".parse().unwrap(), &r),
+            "10.9.9.9".parse::<IpAddr>().unwrap()
+        );
+        let r = req(&[("x-forwarded-for", "garbage, 10.8.8.8")]);
+        assert_eq!(
+            trusted().client_ip("10.0.0.1".parse().unwrap(), &r),
+            "10.8.8.8".parse::<IpAddr>().unwrap()
+        );
+    }
+}

@@ -1,0 +1,441 @@
+//! Bearer JWT verification. The issuer is looked up from the token's `iss`, and only the
+//! algorithms configured for that issuer are accepted: the algorithm is never taken on the
+//! token's word, so `alg: none`, an HMAC token signed with an RSA public key, or a token
+//! from an unconfigured issuer all fail.
+//!
+//! Keys come from a secret (environment variable), PEM files, a JWKS file or a JWKS URL. A
+//! URL's key set is fetched on first use, refreshed in the background once older than the
+//! refresh interval, and fetched again (at most once per `jwks_min_refresh`) when a token
+//! names an unknown `kid`; if a fetch fails the last good keys stay.
+
+use crate::config::{IssuerSpec, JwtKeySource};
+use arc_swap::ArcSwap;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Why a token was refused. Messages name what is wrong, never the token.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum JwtError {
+    #[error("the token is not a well-formed JWT")]
+    Malformed,
+    #[error("the token's issuer is not accepted here")]
+    UnknownIssuer,
+    #[error("the token's algorithm is not accepted for its issuer")]
+    AlgorithmNotAllowed,
+    #[error("no key of the issuer verifies the token's signature")]
+    BadSignature,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the token's audience is not accepted here")]
+    BadAudience,
+    #[error("the token lacks a required claim: {0}")]
+    MissingClaim(String),
+}
+
+/// What a verified token says about its bearer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenIdentity {
+    pub issuer: String,
+    pub subject: String,
+    pub plan: Option<String>,
+    pub scopes: Vec<String>,
+    pub token_id: Option<String>,
+    /// Seconds since the epoch at which the token expires, if it does.
+    pub expires_at: Option<u64>,
+}
+
+/// A verification key and the `kid` it is known by, if any.
+struct NamedKey {
+    kid: Option<String>,
+    family: AlgorithmFamily,
+    key: DecodingKey,
+}
+
+/// Verifies tokens of every configured issuer.
+pub struct JwtVerifier {
+    issuers: HashMap<String, Arc<IssuerVerifier>>,
+}
+
+/// One issuer: its rules and keys.
+pub struct IssuerVerifier {
+    spec: IssuerSpec,
+    static_keys: Vec<NamedKey>,
+    jwks: Option<Arc<JwksSource>>,
+    validations: HashMap<Algorithm, Validation>,
+}
+
+/// Why an issuer's keys could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("jwt issuer {issuer:?}: {reason}")]
+pub struct JwtSetupError {
+    pub issuer: String,
+    pub reason: String,
+}
+
+impl JwtVerifier {
+    /// Builds verifiers for `specs`; issuers whose spec is unchanged from `previous` are
+    /// reused, so their fetched key sets survive a reload.
+    pub fn build(
+        specs: &[IssuerSpec],
+        previous: Option<&JwtVerifier>,
+    ) -> Result<Self, JwtSetupError> {
+        let mut issuers = HashMap::new();
+        for spec in specs {
+            let reused = previous
+                .and_then(|p| p.issuers.get(&spec.issuer))
+                .filter(|v| v.spec == *spec)
+                .cloned();
+            let verifier = match reused {
+                Some(v) => v,
+                None => Arc::new(IssuerVerifier::build(spec)?),
+            };
+            issuers.insert(spec.issuer.clone(), verifier);
+        }
+        Ok(JwtVerifier { issuers })
+    }
+
+    /// `true` when no issuer is configured (bearer tokens are then refused).
+    pub fn is_empty(&self) -> bool {
+        self.issuers.is_empty()
+    }
+
+    /// Verifies `token` and extracts the identity it carries.
+    pub async fn verify(&self, token: &str) -> Result<TokenIdentity, JwtError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Malformed)?;
+        #[derive(serde::Deserialize)]
+        struct IssuerOnly {
+            iss: Option<String>,
+        }
+        let peek: IssuerOnly = jsonwebtoken::dangerous::insecure_decode_claims(token)
+            .map_err(|_| JwtError::Malformed)?;
+        let issuer = peek
+            .iss
+            .and_then(|iss| self.issuers.get(&iss))
+            .ok_or(JwtError::UnknownIssuer)?;
+        issuer
+            .verify(token, header.alg, header.kid.as_deref())
+            .await
+    }
+}
+
+impl IssuerVerifier {
+    fn build(spec: &IssuerSpec) -> Result<Self, JwtSetupError> {
+        let err = |reason: String| JwtSetupError {
+            issuer: spec.issuer.clone(),
+            reason,
+        };
+        let mut static_keys = Vec::new();
+        let mut jwks = None;
+        for source in &spec.keys {
+            match source {
+                JwtKeySource::Secret(secret) => static_keys.push(NamedKey {
+                    kid: None,
+                    family: AlgorithmFamily::Hmac,
+                    key: DecodingKey::from_secret(secret.expose()),
+                }),
+                JwtKeySource::PemFile { path, kid } => {
+                    let pem =
+                        std::fs::read(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
+                    static_keys.push(
+                        pem_key(&pem, spec)
+                            .map_err(|e| err(format!("{}: {e}", path.display())))?
+                            .named(kid.clone()),
+                    );
+                }
+                JwtKeySource::JwksFile(path) => {
+                    let text =
+                        std::fs::read(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
+                    let set: JwkSet = serde_json::from_slice(&text)
+                        .map_err(|e| err(format!("{}: {e}", path.display())))?;
+                    static_keys.extend(keys_of(&set));
+                }
+                JwtKeySource::JwksUrl {
+                    url,
+                    refresh,
+                    min_refresh,
+                } => {
+                    jwks = Some(Arc::new(JwksSource::new(
+                        url.clone(),
+                        *refresh,
+                        *min_refresh,
+                    )));
+                }
+            }
+        }
+        let validations = spec
+            .algorithms
+            .iter()
+            .map(|alg| {
+                let mut v = Validation::new(*alg);
+                v.set_issuer(&[spec.issuer.as_str()]);
+                if spec.audiences.is_empty() {
+                    v.validate_aud = false;
+                } else {
+                    v.set_audience(&spec.audiences);
+                }
+                v.leeway = spec.leeway.as_secs();
+                v.validate_nbf = true;
+                v.set_required_spec_claims(&spec.required_claims);
+                (*alg, v)
+            })
+            .collect();
+        Ok(IssuerVerifier {
+            spec: spec.clone(),
+            static_keys,
+            jwks,
+            validations,
+        })
+    }
+
+    async fn verify(
+        &self,
+        token: &str,
+        alg: Algorithm,
+        kid: Option<&str>,
+    ) -> Result<TokenIdentity, JwtError> {
+        let validation = self
+            .validations
+            .get(&alg)
+            .ok_or(JwtError::AlgorithmNotAllowed)?;
+        let family = alg.family();
+        let mut outcome = self.try_keys(&self.static_keys, token, family, kid, validation);
+        if let (Err(JwtError::BadSignature), Some(jwks)) = (&outcome, &self.jwks) {
+            let keys = jwks.current(kid).await;
+            outcome = self.try_keys(&keys, token, family, kid, validation);
+        }
+        let claims = outcome?;
+        self.identity(claims)
+    }
+
+    /// The first key that verifies wins. A `kid` in the token narrows the candidates.
+    fn try_keys(
+        &self,
+        keys: &[NamedKey],
+        token: &str,
+        family: AlgorithmFamily,
+        kid: Option<&str>,
+        validation: &Validation,
+    ) -> Result<Map<String, Value>, JwtError> {
+        use jsonwebtoken::errors::ErrorKind;
+        let candidates = keys
+            .iter()
+            .filter(|k| k.family == family)
+            .filter(|k| kid.is_none() || k.kid.is_none() || k.kid.as_deref() == kid);
+        for key in candidates {
+            match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation) {
+                Ok(data) => return Ok(data.claims),
+                Err(e) => match e.kind() {
+                    ErrorKind::InvalidSignature
+                    | ErrorKind::InvalidKeyFormat
+                    | ErrorKind::InvalidRsaKey(_)
+                    | ErrorKind::InvalidEcdsaKey => continue,
+                    ErrorKind::ExpiredSignature => return Err(JwtError::Expired),
+                    ErrorKind::ImmatureSignature => return Err(JwtError::NotYetValid),
+                    ErrorKind::InvalidAudience => return Err(JwtError::BadAudience),
+                    ErrorKind::InvalidIssuer => return Err(JwtError::UnknownIssuer),
+                    ErrorKind::InvalidAlgorithm => return Err(JwtError::AlgorithmNotAllowed),
+                    ErrorKind::MissingRequiredClaim(c) => {
+                        return Err(JwtError::MissingClaim(c.clone()))
+                    }
+                    _ => return Err(JwtError::Malformed),
+                },
+            }
+        }
+        Err(JwtError::BadSignature)
+    }
+
+    fn identity(&self, claims: Map<String, Value>) -> Result<TokenIdentity, JwtError> {
+        let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_string);
+        let subject = text(&self.spec.consumer_claim)
+            .ok_or_else(|| JwtError::MissingClaim(self.spec.consumer_claim.clone()))?;
+        let plan = self
+            .spec
+            .plan_claim
+            .as_deref()
+            .and_then(text)
+            .or_else(|| self.spec.default_plan.clone());
+        let scopes = match (claims.get("scope"), claims.get("scp")) {
+            (Some(Value::String(s)), _) => s.split_whitespace().map(str::to_string).collect(),
+            (_, Some(Value::Array(a))) => a
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect(),
+            (_, Some(Value::String(s))) => s.split_whitespace().map(str::to_string).collect(),
+            _ => Vec::new(),
+        };
+        Ok(TokenIdentity {
+            issuer: self.spec.issuer.clone(),
+            subject,
+            plan,
+            scopes,
+            token_id: text("jti"),
+            expires_at: claims.get("exp").and_then(Value::as_u64),
+        })
+    }
+}
+
+/// A PEM public key of the kind the issuer's algorithms need.
+fn pem_key(pem: &[u8], spec: &IssuerSpec) -> Result<Unnamed, String> {
+    let families: Vec<AlgorithmFamily> = spec.algorithms.iter().map(|a| a.family()).collect();
+    let try_family = |family: AlgorithmFamily| -> Option<DecodingKey> {
+        match family {
+            AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(pem).ok(),
+            AlgorithmFamily::Ec => DecodingKey::from_ec_pem(pem).ok(),
+            AlgorithmFamily::Ed => DecodingKey::from_ed_pem(pem).ok(),
+            AlgorithmFamily::Hmac => None,
+        }
+    };
+    families
+        .into_iter()
+        .find_map(|family| try_family(family).map(|key| Unnamed { family, key }))
+        .ok_or_else(|| "not a PEM public key for the issuer's algorithms".to_string())
+}
+
+struct Unnamed {
+    family: AlgorithmFamily,
+    key: DecodingKey,
+}
+
+impl Unnamed {
+    fn named(self, kid: Option<String>) -> NamedKey {
+        NamedKey {
+            kid,
+            family: self.family,
+            key: self.key,
+        }
+    }
+}
+
+/// The usable keys of a JWKS (keys of unsupported types are skipped).
+fn keys_of(set: &JwkSet) -> Vec<NamedKey> {
+    set.keys
+        .iter()
+        .filter_map(|jwk| {
+            let key = DecodingKey::from_jwk(jwk).ok()?;
+            Some(NamedKey {
+                kid: jwk.common.key_id.clone(),
+                family: key.family(),
+                key,
+            })
+        })
+        .collect()
+}
+
+/// A key set fetched from a URL.
+struct JwksSource {
+    url: String,
+    refresh: Duration,
+    min_refresh: Duration,
+    client: reqwest::Client,
+    keys: ArcSwap<Vec<NamedKey>>,
+    /// Milliseconds after `created` at which the last fetch was tried; 0: never.
+    last_attempt_ms: AtomicU64,
+    created: Instant,
+    /// One fetch at a time; waiters reuse its result.
+    fetching: tokio::sync::Mutex<()>,
+}
+
+/// Longest wait for a key-set fetch on the request path.
+const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl JwksSource {
+    fn new(url: String, refresh: Duration, min_refresh: Duration) -> Self {
+        JwksSource {
+            url,
+            refresh,
+            min_refresh,
+            client: reqwest::Client::builder()
+                .timeout(JWKS_FETCH_TIMEOUT)
+                .build()
+                .unwrap_or_default(),
+            keys: ArcSwap::from_pointee(Vec::new()),
+            last_attempt_ms: AtomicU64::new(0),
+            created: Instant::now(),
+            fetching: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The keys to try for a token with `kid`: fetches now if the set is empty or lacks the
+    /// `kid` (rate-limited), and refreshes in the background when the set is old.
+    async fn current(self: &Arc<Self>, kid: Option<&str>) -> Arc<Vec<NamedKey>> {
+        let keys = self.keys.load_full();
+        let missing = keys.is_empty()
+            || kid.is_some_and(|k| !keys.iter().any(|n| n.kid.as_deref() == Some(k)));
+        let since = self.since_last_attempt();
+        if missing && since.is_none_or(|s| s >= self.min_refresh) {
+            self.fetch().await;
+            return self.keys.load_full();
+        }
+        if since.is_some_and(|s| s >= self.refresh) {
+            // Stale: serve what we have; a fetch runs alongside for the next requests.
+            self.fetch_in_background();
+        }
+        keys
+    }
+
+    fn since_last_attempt(&self) -> Option<Duration> {
+        match self.last_attempt_ms.load(Ordering::Acquire) {
+            0 => None,
+            ms => Some(
+                self.created
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(ms)),
+            ),
+        }
+    }
+
+    /// Records an attempt now; returns its stamp.
+    fn mark_attempt(&self) -> u64 {
+        let ms = (self.created.elapsed().as_millis() as u64).max(1);
+        self.last_attempt_ms.store(ms, Ordering::Release);
+        ms
+    }
+
+    fn fetch_in_background(self: &Arc<Self>) {
+        // Marked before spawning, so concurrent requests do not each start a fetch.
+        self.mark_attempt();
+        let this = Arc::clone(self);
+        tokio::spawn(async move { this.fetch_now().await });
+    }
+
+    /// Fetches unless another fetch completed while this one waited for its turn.
+    async fn fetch(&self) {
+        let waiting_since = (self.created.elapsed().as_millis() as u64).max(1);
+        let _one = self.fetching.lock().await;
+        if self.last_attempt_ms.load(Ordering::Acquire) >= waiting_since {
+            return;
+        }
+        self.mark_attempt();
+        self.fetch_now().await;
+    }
+
+    async fn fetch_now(&self) {
+        match fetch_jwks(&self.client, &self.url).await {
+            Ok(keys) => {
+                log::info!("jwks {}: {} keys", self.url, keys.len());
+                self.keys.store(Arc::new(keys));
+            }
+            Err(e) => log::warn!(
+                "jwks {}: fetch failed, keeping the last good keys: {e}",
+                self.url
+            ),
+        }
+    }
+}
+
+async fn fetch_jwks(client: &reqwest::Client, url: &str) -> Result<Vec<NamedKey>, String> {
+    let resp = client.get(url).send().await.map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("status {}", resp.status()));
+    }
+    let set: JwkSet = resp.json().await.map_err(|e| e.to_string())?;
+    Ok(keys_of(&set))
+}
