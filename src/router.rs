@@ -195,6 +195,7 @@ mod tests {
                 scopes: vec![],
                 forward_credential: false,
             },
+            limits: Default::default(),
         }
     }
 

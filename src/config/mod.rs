@@ -140,6 +140,68 @@ routes:
     }
 
     #[test]
+    fn plans_and_route_limits_are_typed() {
+        let text = format!(
+            "{BASE}  - name: limited
+    path_prefix: /limited
+    upstream: orders
+    rate_limit:
+      global: {{limits: [{{requests: 5, per: 1s}}]}}
+      failure_mode: closed
+plans:
+  - name: gold
+    algorithm: token_bucket
+    limits: [{{requests: 10, per: 1s, burst: 20}}, {{requests: 1000, per: 1h}}]
+    concurrency: 4
+  - name: free
+rate_limit:
+  anonymous: {{limits: [{{requests: 60, per: 1m}}]}}
+  default_plan: free
+"
+        );
+        let c = parse(&text, Path::new(".")).unwrap();
+        let gold = c.plans[0].limits.as_ref().unwrap();
+        assert_eq!(gold.algorithm, LimitAlgorithm::TokenBucket);
+        assert_eq!(gold.windows[0].burst, Some(20));
+        assert_eq!(gold.windows[1].per, std::time::Duration::from_secs(3600));
+        assert_eq!(gold.concurrency, Some(4));
+        assert!(c.plans[1].limits.is_none());
+        assert_eq!(c.rate_limit.failure_mode, FailureMode::Local);
+        assert_eq!(
+            c.rate_limit.status_path.as_deref(),
+            Some(DEFAULT_LIMIT_STATUS_PATH)
+        );
+        assert_eq!(c.routes[1].limits.failure_mode, Some(FailureMode::Closed));
+        assert_eq!(
+            c.routes[1].limits.global.as_ref().unwrap().windows[0].requests,
+            5
+        );
+    }
+
+    #[test]
+    fn bad_limits_are_reported() {
+        let text = format!(
+            "{BASE}plans:
+  - {{name: p, algorithm: leaky, limits: [{{requests: 0, per: 500ms, burst: 3}}]}}
+rate_limit: {{default_plan: nope, failure_mode: maybe}}
+"
+        );
+        let problems = parse(&text, Path::new(".")).unwrap_err();
+        for expected in [
+            "plans[0].algorithm: unknown algorithm \"leaky\"",
+            "plans[0].limits[0].per: must be a whole number of seconds",
+            "plans[0].limits[0].requests: must be at least 1",
+            "rate_limit.default_plan: no plan named \"nope\"",
+            "rate_limit.failure_mode: unknown failure mode \"maybe\"",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(expected)),
+                "missing {expected:?} in {problems:#?}"
+            );
+        }
+    }
+
+    #[test]
     fn listener_changes_need_a_restart_but_routes_do_not() {
         let a = parse(BASE, Path::new(".")).unwrap();
         let mut b = a.clone();

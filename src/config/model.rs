@@ -38,6 +38,7 @@ pub struct Config {
     pub auth: AuthSettings,
     pub plans: Vec<PlanSpec>,
     pub consumers: Vec<ConsumerSpec>,
+    pub rate_limit: RateLimitSettings,
 }
 
 /// Where API keys are read from when the file does not say.
@@ -142,10 +143,96 @@ pub enum JwtKeySource {
     },
 }
 
-/// A plan.
+/// A plan: the limits of the consumers on it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlanSpec {
     pub name: String,
+    /// `None`: no limits.
+    pub limits: Option<LimitSpec>,
+}
+
+/// Where the caller's standing is answered when the file does not say.
+pub const DEFAULT_LIMIT_STATUS_PATH: &str = "/_tollgate/limits";
+/// Per-request Redis budget: a limiter that answers slower than this is treated as down.
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(50);
+/// Consecutive Redis failures that open the breaker.
+pub const DEFAULT_BREAKER_FAILURES: u32 = 5;
+/// How long an open breaker keeps requests off Redis before one probe.
+pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(2);
+/// A concurrency slot not given back (crashed instance) is reclaimed after this.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(300);
+
+/// How a limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitAlgorithm {
+    FixedWindow,
+    SlidingWindow,
+    TokenBucket,
+}
+
+/// One window: `requests` per `per` (token bucket: refill rate, with `burst` capacity).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowSpec {
+    pub requests: u64,
+    pub per: Duration,
+    pub burst: Option<u64>,
+}
+
+/// A set of windows checked together, plus an optional cap on requests in flight.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitSpec {
+    pub algorithm: LimitAlgorithm,
+    pub windows: Vec<WindowSpec>,
+    pub concurrency: Option<u64>,
+}
+
+/// What happens when the shared counters cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureMode {
+    /// An in-process limiter takes over, each limit divided by the expected instance count.
+    Local,
+    /// Allow (and count nothing).
+    Open,
+    /// Refuse with 503.
+    Closed,
+}
+
+/// Rate-limiting settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitSettings {
+    /// `None`: the in-process limiter is the limiter (single instance).
+    pub redis: Option<RedisSpec>,
+    pub failure_mode: FailureMode,
+    pub expected_instances: u32,
+    /// Limits per client IP for anonymous callers; `None`: unlimited.
+    pub anonymous: Option<LimitSpec>,
+    /// Plan for identified callers that name none.
+    pub default_plan: Option<String>,
+    /// Where callers ask for their own standing; `None`: disabled.
+    pub status_path: Option<String>,
+    pub concurrency_lease_ttl: Duration,
+}
+
+/// The shared Redis.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisSpec {
+    pub urls: Vec<String>,
+    pub cluster: bool,
+    pub timeout: Duration,
+    pub pool_size: usize,
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Duration,
+}
+
+/// A route's own limits.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RouteLimits {
+    /// Applied to each caller on this route, on top of their plan.
+    pub per_caller: Option<LimitSpec>,
+    /// Applied to all callers of this route together.
+    pub global: Option<LimitSpec>,
+    /// Overrides the global failure mode for this route.
+    pub failure_mode: Option<FailureMode>,
 }
 
 /// Whether a consumer or key may be used.
@@ -295,6 +382,7 @@ pub struct RouteSpec {
     pub strip_prefix: bool,
     pub timeouts: RouteTimeouts,
     pub auth: RouteAuth,
+    pub limits: RouteLimits,
 }
 
 /// Upstream timeouts of a route.
@@ -316,6 +404,9 @@ impl Config {
         }
         if self.metrics_address != next.metrics_address {
             changed.push("metrics.address");
+        }
+        if self.rate_limit.redis != next.rate_limit.redis {
+            changed.push("rate_limit.redis");
         }
         let (a, b) = (&self.server, &next.server);
         if a.threads != b.threads {

@@ -25,6 +25,8 @@ pub struct RawConfig {
     pub plans: Vec<RawPlan>,
     #[serde(default)]
     pub consumers: Vec<RawConsumer>,
+    #[serde(default)]
+    pub rate_limit: RawRateLimit,
 }
 
 /// How callers are identified and verified.
@@ -105,6 +107,69 @@ pub struct RawPemFile {
 #[serde(deny_unknown_fields)]
 pub struct RawPlan {
     pub name: String,
+    pub algorithm: Option<String>,
+    #[serde(default)]
+    pub limits: Vec<RawWindow>,
+    pub concurrency: Option<u64>,
+}
+
+/// Windows of a rate limit, and an optional concurrency cap.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub algorithm: Option<String>,
+    #[serde(default)]
+    pub limits: Vec<RawWindow>,
+    pub concurrency: Option<u64>,
+}
+
+/// `requests` per `per`; `burst` is the bucket size for token_bucket.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWindow {
+    pub requests: u64,
+    pub per: String,
+    pub burst: Option<u64>,
+}
+
+/// Rate limiting: where counters live and what happens when they cannot be reached.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub redis: Option<RawRedis>,
+    pub failure_mode: Option<String>,
+    pub expected_instances: Option<u32>,
+    pub anonymous: Option<RawLimits>,
+    pub default_plan: Option<String>,
+    #[serde(default = "default_status_path")]
+    pub status_path: Option<String>,
+    pub concurrency_lease_ttl: Option<String>,
+}
+
+fn default_status_path() -> Option<String> {
+    Some(crate::config::model::DEFAULT_LIMIT_STATUS_PATH.to_string())
+}
+
+/// The shared Redis (or Redis Cluster).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    pub urls: Vec<String>,
+    #[serde(default)]
+    pub cluster: bool,
+    pub timeout: Option<String>,
+    pub pool_size: Option<usize>,
+    pub breaker_failures: Option<u32>,
+    pub breaker_cooldown: Option<String>,
+}
+
+/// A route's own limits.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteLimits {
+    pub per_caller: Option<RawLimits>,
+    pub global: Option<RawLimits>,
+    pub failure_mode: Option<String>,
 }
 
 /// A consumer defined in the file, with its keys.
@@ -255,6 +320,7 @@ pub struct RawRoute {
     pub scopes: Vec<String>,
     #[serde(default)]
     pub forward_credential: bool,
+    pub rate_limit: Option<RawRouteLimits>,
 }
 
 /// Per-route upstream timeouts.

@@ -38,6 +38,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<String>> 
     let consumers = consumers(raw.consumers, &plan_names, &mut p);
     let any_keys = consumers.iter().any(|c| !c.keys.is_empty());
     let auth = auth(raw.auth, base_dir, &plan_names, any_keys, &mut p);
+    let rate_limit = rate_limit(raw.rate_limit, &plan_names, &mut p);
     let names: HashSet<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
     let routes = routes(raw.routes, &names, &auth, &mut p);
     if p.0.is_empty() {
@@ -50,6 +51,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<String>> 
             auth,
             plans,
             consumers,
+            rate_limit,
         })
     } else {
         Err(p.into_vec())
@@ -440,6 +442,31 @@ fn routes(
                 }
             },
         );
+        let limits = r
+            .rate_limit
+            .map_or_else(RouteLimits::default, |l| RouteLimits {
+                per_caller: l.per_caller.map(|x| {
+                    limit_spec(
+                        x.algorithm,
+                        x.limits,
+                        x.concurrency,
+                        &format!("{place}.rate_limit.per_caller"),
+                        p,
+                    )
+                }),
+                global: l.global.map(|x| {
+                    limit_spec(
+                        x.algorithm,
+                        x.limits,
+                        x.concurrency,
+                        &format!("{place}.rate_limit.global"),
+                        p,
+                    )
+                }),
+                failure_mode: l
+                    .failure_mode
+                    .map(|m| failure_mode(&m, &format!("{place}.rate_limit.failure_mode"), p)),
+            });
         let auth = route_auth(
             r.auth,
             r.auth_methods,
@@ -458,6 +485,7 @@ fn routes(
             strip_prefix: r.strip_prefix,
             timeouts,
             auth,
+            limits,
         });
     }
     out
@@ -786,6 +814,177 @@ fn issuer_spec(
     }
 }
 
+fn rate_limit(raw: RawRateLimit, plans: &HashSet<&str>, p: &mut Problems) -> RateLimitSettings {
+    let redis = raw.redis.map(|r| {
+        if r.urls.is_empty() {
+            p.push("rate_limit.redis.urls", "list at least one redis:// URL");
+        }
+        for (i, url) in r.urls.iter().enumerate() {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                p.push(
+                    format!("rate_limit.redis.urls[{i}]"),
+                    format!("{url:?} is not a redis:// URL"),
+                );
+            }
+        }
+        RedisSpec {
+            urls: r.urls,
+            cluster: r.cluster,
+            timeout: duration(
+                r.timeout,
+                "rate_limit.redis.timeout",
+                DEFAULT_REDIS_TIMEOUT,
+                p,
+            ),
+            pool_size: r.pool_size.unwrap_or(4).clamp(1, 64),
+            breaker_failures: r
+                .breaker_failures
+                .unwrap_or(DEFAULT_BREAKER_FAILURES)
+                .max(1),
+            breaker_cooldown: duration(
+                r.breaker_cooldown,
+                "rate_limit.redis.breaker_cooldown",
+                DEFAULT_BREAKER_COOLDOWN,
+                p,
+            ),
+        }
+    });
+    if let Some(plan) = raw
+        .default_plan
+        .as_deref()
+        .filter(|plan| !plans.contains(plan))
+    {
+        p.push("rate_limit.default_plan", format!("no plan named {plan:?}"));
+    }
+    let status_path = raw.status_path.filter(|path| {
+        let ok = path.starts_with('/');
+        if !ok {
+            p.push(
+                "rate_limit.status_path",
+                "must start with '/' (or be null to disable)",
+            );
+        }
+        ok
+    });
+    RateLimitSettings {
+        redis,
+        failure_mode: raw.failure_mode.map_or(FailureMode::Local, |m| {
+            failure_mode(&m, "rate_limit.failure_mode", p)
+        }),
+        expected_instances: raw.expected_instances.unwrap_or(1).max(1),
+        anonymous: raw.anonymous.map(|a| {
+            limit_spec(
+                a.algorithm,
+                a.limits,
+                a.concurrency,
+                "rate_limit.anonymous",
+                p,
+            )
+        }),
+        default_plan: raw.default_plan,
+        status_path,
+        concurrency_lease_ttl: duration(
+            raw.concurrency_lease_ttl,
+            "rate_limit.concurrency_lease_ttl",
+            DEFAULT_LEASE_TTL,
+            p,
+        ),
+    }
+}
+
+fn failure_mode(raw: &str, place: &str, p: &mut Problems) -> FailureMode {
+    match raw {
+        "local" => FailureMode::Local,
+        "open" => FailureMode::Open,
+        "closed" => FailureMode::Closed,
+        other => {
+            p.push(
+                place,
+                format!("unknown failure mode {other:?} (local, open, closed)"),
+            );
+            FailureMode::Local
+        }
+    }
+}
+
+/// Windows of a plan or route limit.
+fn limit_spec(
+    algorithm: Option<String>,
+    windows: Vec<RawWindow>,
+    concurrency: Option<u64>,
+    place: &str,
+    p: &mut Problems,
+) -> LimitSpec {
+    let algorithm = match algorithm.as_deref().unwrap_or("fixed_window") {
+        "fixed_window" => LimitAlgorithm::FixedWindow,
+        "sliding_window" => LimitAlgorithm::SlidingWindow,
+        "token_bucket" => LimitAlgorithm::TokenBucket,
+        other => {
+            p.push(
+                format!("{place}.algorithm"),
+                format!("unknown algorithm {other:?} (fixed_window, sliding_window, token_bucket)"),
+            );
+            LimitAlgorithm::FixedWindow
+        }
+    };
+    if windows.is_empty() && concurrency.is_none() {
+        p.push(
+            format!("{place}.limits"),
+            "list at least one window, e.g. {requests: 100, per: 1m}",
+        );
+    }
+    let mut periods = HashSet::new();
+    let windows = windows
+        .into_iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let wplace = format!("{place}.limits[{i}]");
+            let per = duration(
+                Some(w.per),
+                &format!("{wplace}.per"),
+                Duration::from_secs(1),
+                p,
+            );
+            if per < Duration::from_secs(1) || per.subsec_nanos() != 0 {
+                p.push(
+                    format!("{wplace}.per"),
+                    "must be a whole number of seconds, at least 1s",
+                );
+            }
+            if w.requests == 0 {
+                p.push(format!("{wplace}.requests"), "must be at least 1");
+            }
+            if !periods.insert(per) {
+                p.push(format!("{wplace}.per"), "two windows of the same length");
+            }
+            match (algorithm, w.burst) {
+                (LimitAlgorithm::TokenBucket, Some(0)) => {
+                    p.push(format!("{wplace}.burst"), "must be at least 1")
+                }
+                (LimitAlgorithm::TokenBucket, _) => {}
+                (_, Some(_)) => p.push(
+                    format!("{wplace}.burst"),
+                    "only applies to algorithm: token_bucket",
+                ),
+                (_, None) => {}
+            }
+            WindowSpec {
+                requests: w.requests,
+                per,
+                burst: w.burst,
+            }
+        })
+        .collect();
+    if concurrency == Some(0) {
+        p.push(format!("{place}.concurrency"), "must be at least 1");
+    }
+    LimitSpec {
+        algorithm,
+        windows,
+        concurrency,
+    }
+}
+
 fn plans(raw: Vec<RawPlan>, p: &mut Problems) -> Vec<PlanSpec> {
     let mut seen = HashSet::new();
     raw.into_iter()
@@ -799,7 +998,16 @@ fn plans(raw: Vec<RawPlan>, p: &mut Problems) -> Vec<PlanSpec> {
                     format!("duplicate plan name {:?}", plan.name),
                 );
             }
-            PlanSpec { name: plan.name }
+            let has_limits = !plan.limits.is_empty() || plan.concurrency.is_some();
+            if !has_limits && plan.algorithm.is_some() {
+                p.push(format!("{place}.algorithm"), "an algorithm needs limits");
+            }
+            let limits = has_limits
+                .then(|| limit_spec(plan.algorithm, plan.limits, plan.concurrency, &place, p));
+            PlanSpec {
+                name: plan.name,
+                limits,
+            }
         })
         .collect()
 }
