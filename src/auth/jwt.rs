@@ -439,3 +439,71 @@ async fn fetch_jwks(client: &reqwest::Client, url: &str) -> Result<Vec<NamedKey>
     let set: JwkSet = resp.json().await.map_err(|e| e.to_string())?;
     Ok(keys_of(&set))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    /// RFC 7515 appendix A.1: an HS256 JWS by `joe`, expired since 2011.
+    const RFC7515_A1_TOKEN: &str = "eyJ0eXAiOiJKV1QiLA0KICJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+    const RFC7515_A1_KEY_HEX: &str = "0323354b2b0fa5bc837e0665777ba68f5ab328e6f054c928a90f84b2d2502ebfd3fb5a92d20647ef968ab4c377623d223d2e2172052e4f08c0cd9af567d080a3";
+
+    fn hex(text: &str) -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    fn joe(leeway: Duration, algorithms: Vec<Algorithm>) -> JwtVerifier {
+        let spec = IssuerSpec {
+            issuer: "joe".into(),
+            audiences: vec![],
+            algorithms,
+            leeway,
+            required_claims: vec!["exp".into()],
+            consumer_claim: "iss".into(),
+            plan_claim: None,
+            default_plan: Some("free".into()),
+            keys: vec![JwtKeySource::Secret(Secret::new(hex(RFC7515_A1_KEY_HEX)))],
+        };
+        JwtVerifier::build(&[spec], None).unwrap()
+    }
+
+    #[tokio::test]
+    async fn rfc7515_hs256_vector_verifies() {
+        // Leeway spans the years since the vector's expiry.
+        let v = joe(Duration::from_secs(40 * 365 * 24 * 3600), vec![Algorithm::HS256]);
+        let id = v.verify(RFC7515_A1_TOKEN).await.unwrap();
+        assert_eq!(id.subject, "joe");
+        assert_eq!(id.plan.as_deref(), Some("free"));
+        assert_eq!(id.expires_at, Some(1_300_819_380));
+    }
+
+    #[tokio::test]
+    async fn expiry_pinning_and_tampering_are_refused() {
+        let v = joe(Duration::from_secs(30), vec![Algorithm::HS256]);
+        assert_eq!(v.verify(RFC7515_A1_TOKEN).await, Err(JwtError::Expired));
+
+        let pinned = joe(Duration::from_secs(40 * 365 * 24 * 3600), vec![Algorithm::HS512]);
+        assert_eq!(
+            pinned.verify(RFC7515_A1_TOKEN).await,
+            Err(JwtError::AlgorithmNotAllowed)
+        );
+
+        let v = joe(Duration::from_secs(40 * 365 * 24 * 3600), vec![Algorithm::HS256]);
+        let mut tampered = RFC7515_A1_TOKEN.to_string();
+        tampered.pop();
+        tampered.push('Y');
+        assert_eq!(v.verify(&tampered).await, Err(JwtError::BadSignature));
+
+        // alg "none": {"alg":"none"} . {"iss":"joe"} . (empty)
+        let none = "eyJhbGciOiJub25lIn0.eyJpc3MiOiJqb2UifQ.";
+        assert_eq!(v.verify(none).await, Err(JwtError::Malformed));
+        assert_eq!(v.verify("not a token").await, Err(JwtError::Malformed));
+        // {"alg":"HS256"} . {"iss":"mallory"}
+        let stranger = "eyJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJtYWxsb3J5In0.c2ln";
+        assert_eq!(v.verify(stranger).await, Err(JwtError::UnknownIssuer));
+    }
+}
