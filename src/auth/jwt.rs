@@ -12,6 +12,8 @@ use crate::config::{IssuerSpec, JwtKeySource};
 use arc_swap::ArcSwap;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
+use moka::sync::Cache;
+use moka::Expiry;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,6 +51,8 @@ pub struct TokenIdentity {
     pub token_id: Option<String>,
     /// Seconds since the epoch at which the token expires, if it does.
     pub expires_at: Option<u64>,
+    /// `expires_at` plus the issuer's leeway: when verification would start failing.
+    pub valid_until: Option<u64>,
 }
 
 /// A verification key and the `kid` it is known by, if any.
@@ -61,6 +65,36 @@ struct NamedKey {
 /// Verifies tokens of every configured issuer.
 pub struct JwtVerifier {
     issuers: HashMap<String, Arc<IssuerVerifier>>,
+    /// Tokens already verified, until they expire (at most [`VERIFIED_TTL`]): a client
+    /// presents the same token many times, and a signature check costs far more than a
+    /// lookup. Expiry is still honoured to the second; revocation is checked separately.
+    verified: Cache<String, Arc<TokenIdentity>>,
+}
+
+/// Longest time a verified token is trusted without checking its signature again.
+const VERIFIED_TTL: Duration = Duration::from_secs(60);
+/// Bound on the verified-token cache.
+const VERIFIED_ENTRIES: u64 = 100_000;
+
+/// Cache entries live until the token expires (plus leeway), at most [`VERIFIED_TTL`].
+struct UntilExpiry;
+
+impl Expiry<String, Arc<TokenIdentity>> for UntilExpiry {
+    fn expire_after_create(
+        &self,
+        _token: &String,
+        id: &Arc<TokenIdentity>,
+        _now: Instant,
+    ) -> Option<Duration> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let left = id.valid_until.map_or(VERIFIED_TTL, |until| {
+            Duration::from_secs(until.saturating_sub(now))
+        });
+        Some(left.min(VERIFIED_TTL))
+    }
 }
 
 /// One issuer: its rules and keys.
@@ -98,7 +132,13 @@ impl JwtVerifier {
             };
             issuers.insert(spec.issuer.clone(), verifier);
         }
-        Ok(JwtVerifier { issuers })
+        Ok(JwtVerifier {
+            issuers,
+            verified: Cache::builder()
+                .max_capacity(VERIFIED_ENTRIES)
+                .expire_after(UntilExpiry)
+                .build(),
+        })
     }
 
     /// `true` when no issuer is configured (bearer tokens are then refused).
@@ -107,7 +147,19 @@ impl JwtVerifier {
     }
 
     /// Verifies `token` and extracts the identity it carries.
-    pub async fn verify(&self, token: &str) -> Result<TokenIdentity, JwtError> {
+    pub async fn verify(&self, token: &str) -> Result<Arc<TokenIdentity>, JwtError> {
+        if let Some(known) = self.verified.get(token) {
+            return Ok(known);
+        }
+        let identity = Arc::new(self.verify_uncached(token).await?);
+        self.verified
+            .insert(token.to_string(), Arc::clone(&identity));
+        Ok(identity)
+    }
+
+    /// Verifies the signature and claims every time, bypassing the verified-token cache
+    /// (what a token costs the first time it is seen).
+    pub async fn verify_uncached(&self, token: &str) -> Result<TokenIdentity, JwtError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Malformed)?;
         #[derive(serde::Deserialize)]
         struct IssuerOnly {
@@ -278,6 +330,10 @@ impl IssuerVerifier {
             scopes,
             token_id: text("jti"),
             expires_at: claims.get("exp").and_then(Value::as_u64),
+            valid_until: claims
+                .get("exp")
+                .and_then(Value::as_u64)
+                .map(|exp| exp.saturating_add(self.spec.leeway.as_secs())),
         })
     }
 }
@@ -474,7 +530,10 @@ mod tests {
     #[tokio::test]
     async fn rfc7515_hs256_vector_verifies() {
         // Leeway spans the years since the vector's expiry.
-        let v = joe(Duration::from_secs(40 * 365 * 24 * 3600), vec![Algorithm::HS256]);
+        let v = joe(
+            Duration::from_secs(40 * 365 * 24 * 3600),
+            vec![Algorithm::HS256],
+        );
         let id = v.verify(RFC7515_A1_TOKEN).await.unwrap();
         assert_eq!(id.subject, "joe");
         assert_eq!(id.plan.as_deref(), Some("free"));
@@ -482,17 +541,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_cached_token_still_expires_on_time() {
+        let v = joe(Duration::ZERO, vec![Algorithm::HS256]);
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = serde_json::json!({"iss": "joe", "exp": now + 1});
+        let key = jsonwebtoken::EncodingKey::from_secret(&hex(RFC7515_A1_KEY_HEX));
+        let token =
+            jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &claims, &key)
+                .unwrap();
+        assert!(v.verify(&token).await.is_ok());
+        assert!(v.verify(&token).await.is_ok(), "second time from the cache");
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        assert_eq!(v.verify(&token).await, Err(JwtError::Expired));
+    }
+
+    #[tokio::test]
     async fn expiry_pinning_and_tampering_are_refused() {
         let v = joe(Duration::from_secs(30), vec![Algorithm::HS256]);
         assert_eq!(v.verify(RFC7515_A1_TOKEN).await, Err(JwtError::Expired));
 
-        let pinned = joe(Duration::from_secs(40 * 365 * 24 * 3600), vec![Algorithm::HS512]);
+        let pinned = joe(
+            Duration::from_secs(40 * 365 * 24 * 3600),
+            vec![Algorithm::HS512],
+        );
         assert_eq!(
             pinned.verify(RFC7515_A1_TOKEN).await,
             Err(JwtError::AlgorithmNotAllowed)
         );
 
-        let v = joe(Duration::from_secs(40 * 365 * 24 * 3600), vec![Algorithm::HS256]);
+        let v = joe(
+            Duration::from_secs(40 * 365 * 24 * 3600),
+            vec![Algorithm::HS256],
+        );
         let mut tampered = RFC7515_A1_TOKEN.to_string();
         tampered.pop();
         tampered.push('Y');

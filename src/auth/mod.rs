@@ -42,7 +42,7 @@ impl AuthMethod {
 #[derive(Debug, Clone)]
 pub enum Caller {
     Key(Arc<KeyRecord>),
-    Token(Box<TokenIdentity>),
+    Token(Arc<TokenIdentity>),
     Anonymous,
 }
 
@@ -155,6 +155,11 @@ impl Authenticator {
         })
     }
 
+    /// The JWT verifier (for benchmarks of the uncached path).
+    pub fn jwt(&self) -> &JwtVerifier {
+        &self.jwt
+    }
+
     /// The settings this was built from.
     pub fn settings(&self) -> &AuthSettings {
         &self.settings
@@ -220,7 +225,7 @@ impl Authenticator {
                 return Err(AuthError::MethodNotAllowed(AuthMethod::Jwt))
             }
             Credential::ApiKey(key) => Caller::Key(self.verify_key(key).await?),
-            Credential::Bearer(token) => Caller::Token(Box::new(self.verify_token(token).await?)),
+            Credential::Bearer(token) => Caller::Token(self.verify_token(token).await?),
         };
         let identity = Identity { caller, client_ip };
         let missing: Vec<String> = policy
@@ -264,7 +269,7 @@ impl Authenticator {
         Ok(record)
     }
 
-    async fn verify_token(&self, token: &str) -> Result<TokenIdentity, AuthError> {
+    async fn verify_token(&self, token: &str) -> Result<Arc<TokenIdentity>, AuthError> {
         let identity = self
             .jwt
             .verify(token)

@@ -1,0 +1,197 @@
+//! Micro-benchmarks of the per-request hot path: route matching, API-key verification
+//! (cache hit and miss), and JWT verification per algorithm. Run with `cargo bench`.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use openssl::ec::{EcGroup, EcKey};
+use openssl::nid::Nid;
+use openssl::pkey::PKey;
+use openssl::rsa::Rsa;
+use std::fmt::Write;
+use std::path::Path;
+use tollgate::auth::{Authenticator, Credential};
+use tollgate::config::{self, Config};
+
+/// 1,000 routes over 10 hosts, like a large deployment.
+fn many_routes() -> Config {
+    let mut yaml = String::from("listeners: [{address: '127.0.0.1:1'}]\nupstreams: [{name: u, targets: [{address: '127.0.0.1:2'}]}]\nroutes:\n");
+    for i in 0..1000 {
+        let _ = writeln!(
+            yaml,
+            "  - {{name: r{i}, path_prefix: /svc{}/v{}/items{i}, hosts: [h{}.example.com], upstream: u}}",
+            i % 50,
+            i % 3,
+            i % 10
+        );
+    }
+    config::parse(&yaml, Path::new(".")).expect("benchmark config is valid")
+}
+
+fn route_match(c: &mut Criterion) {
+    let config = many_routes();
+    let runtime = tollgate::runtime::Runtime::build(config, 1, None).expect("runtime builds");
+    let get = http::Method::GET;
+    c.bench_function("route_match/1000_routes_hit", |b| {
+        b.iter(|| {
+            runtime
+                .router
+                .find("/svc7/v1/items457/orders/9", Some("h7.example.com"), &get)
+        })
+    });
+    c.bench_function("route_match/1000_routes_miss", |b| {
+        b.iter(|| {
+            runtime
+                .router
+                .find("/nothing/here/at/all", Some("h7.example.com"), &get)
+        })
+    });
+}
+
+const PEPPER_ENV: &str = "TOLLGATE_BENCH_PEPPER";
+
+fn authenticator(extra: &str) -> Authenticator {
+    let hasher = tollgate::auth::api_key::KeyHasher::new(b"bench-pepper-0123456789");
+    let hash = hasher.hash(KEY).to_hex();
+    let yaml = format!(
+        "listeners: [{{address: '127.0.0.1:1'}}]
+auth:
+  api_key: {{pepper_env: {PEPPER_ENV}}}
+{extra}
+consumers:
+  - id: alice
+    scopes: [read]
+    keys: [{{id: k1, hash: {hash}}}]
+"
+    );
+    let config = config::parse(&yaml, Path::new(".")).expect("benchmark config is valid");
+    Authenticator::from_config(&config.auth, &config.consumers, None).expect("authenticator builds")
+}
+
+const KEY: &str = "tg_AAAAAAAA_BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB";
+
+fn required() -> config::RouteAuth {
+    config::RouteAuth {
+        mode: config::AuthMode::Required,
+        allow_api_key: true,
+        allow_jwt: true,
+        scopes: vec![],
+        forward_credential: false,
+    }
+}
+
+fn api_key(c: &mut Criterion) {
+    std::env::set_var(PEPPER_ENV, "bench-pepper-0123456789");
+    let auth = authenticator("");
+    let policy = required();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let ip = "127.0.0.1".parse().expect("ip");
+    c.bench_function("api_key/hash_and_cache_hit", |b| {
+        b.to_async(&rt).iter(|| async {
+            auth.authenticate(Credential::ApiKey(KEY), &policy, ip)
+                .await
+                .is_ok()
+        })
+    });
+    let unknown = "tg_CCCCCCCC_DDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDD";
+    c.bench_function("api_key/hash_and_cached_miss", |b| {
+        b.to_async(&rt).iter(|| async {
+            auth.authenticate(Credential::ApiKey(unknown), &policy, ip)
+                .await
+                .is_err()
+        })
+    });
+}
+
+/// A signing key as PEM (private) and the matching public key PEM.
+fn key_pair(alg: Algorithm) -> (EncodingKey, Vec<u8>) {
+    let pkey = match alg {
+        Algorithm::HS256 => return (EncodingKey::from_secret(SECRET.as_bytes()), Vec::new()),
+        Algorithm::RS256 | Algorithm::PS256 => {
+            PKey::from_rsa(Rsa::generate(2048).expect("rsa")).expect("pkey")
+        }
+        Algorithm::ES256 => PKey::from_ec_key(
+            EcKey::generate(&EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).expect("p256"))
+                .expect("ec"),
+        )
+        .expect("pkey"),
+        Algorithm::ES384 => PKey::from_ec_key(
+            EcKey::generate(&EcGroup::from_curve_name(Nid::SECP384R1).expect("p384")).expect("ec"),
+        )
+        .expect("pkey"),
+        Algorithm::EdDSA => PKey::generate_ed25519().expect("ed25519"),
+        other => panic!("no key for {other:?}"),
+    };
+    let private = pkey.private_key_to_pem_pkcs8().expect("pem");
+    let public = pkey.public_key_to_pem().expect("pem");
+    let encoding = match alg {
+        Algorithm::RS256 | Algorithm::PS256 => EncodingKey::from_rsa_pem(&private),
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(&private),
+        _ => EncodingKey::from_ec_pem(&private),
+    }
+    .expect("encoding key");
+    (encoding, public)
+}
+
+const SECRET: &str = "bench-secret-0123456789-0123456789-abcdef";
+
+fn jwt_verify(c: &mut Criterion) {
+    std::env::set_var(PEPPER_ENV, "bench-pepper-0123456789");
+    std::env::set_var("TOLLGATE_BENCH_JWT_SECRET", SECRET);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let policy = required();
+    let ip = "127.0.0.1".parse().expect("ip");
+    let mut group = c.benchmark_group("jwt_verify");
+    for alg in [
+        Algorithm::HS256,
+        Algorithm::RS256,
+        Algorithm::PS256,
+        Algorithm::ES256,
+        Algorithm::ES384,
+        Algorithm::EdDSA,
+    ] {
+        let (encoding, public) = key_pair(alg);
+        let keys = if alg == Algorithm::HS256 {
+            "secret_env: TOLLGATE_BENCH_JWT_SECRET".to_string()
+        } else {
+            let path = dir.path().join(format!("{alg:?}.pem"));
+            std::fs::write(&path, &public).expect("write key");
+            format!("pem_files: [{{path: '{}'}}]", path.display())
+        };
+        let auth = authenticator(&format!(
+            "  jwt:\n    - {{issuer: bench, algorithms: [{alg:?}], {keys}}}\n"
+        ));
+        let claims = serde_json::json!({"iss": "bench", "sub": "alice", "exp": 4_000_000_000u64, "scope": "read write"});
+        let token = jsonwebtoken::encode(&Header::new(alg), &claims, &encoding).expect("token");
+        assert!(rt
+            .block_on(auth.authenticate(Credential::Bearer(&token), &policy, ip))
+            .is_ok());
+        group.bench_with_input(
+            BenchmarkId::new("cached", format!("{alg:?}")),
+            &token,
+            |b, token| {
+                b.to_async(&rt).iter(|| async {
+                    auth.authenticate(Credential::Bearer(token), &policy, ip)
+                        .await
+                        .is_ok()
+                })
+            },
+        );
+        group.bench_with_input(
+            BenchmarkId::new("first_sight", format!("{alg:?}")),
+            &token,
+            |b, token| {
+                b.to_async(&rt)
+                    .iter(|| async { auth.jwt().verify_uncached(token).await.is_ok() })
+            },
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, route_match, api_key, jwt_verify);
+criterion_main!(benches);
