@@ -7,6 +7,7 @@
 pub mod access_log;
 pub mod config;
 pub mod echo;
+pub mod limit;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
