@@ -8,6 +8,7 @@ pub mod access_log;
 pub mod auth;
 pub mod config;
 pub mod echo;
+pub mod limit;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

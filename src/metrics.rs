@@ -107,6 +107,7 @@ pub fn init() {
     }
     LazyLock::force(&CONFIG_GENERATION);
     LazyLock::force(&ACCESS_LOG_DROPPED);
+    crate::limit::metrics::init();
 }
 
 /// The `/metrics` endpoint (any path answers) in Prometheus text format.
