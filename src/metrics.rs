@@ -72,6 +72,13 @@ pub static CONFIG_GENERATION: LazyLock<IntGauge> = metric!(register_int_gauge!(
     "Generation of the configuration in use; increases by one per successful reload."
 ));
 
+/// Rate-limit decisions by route and outcome (`allowed`, `limited`, `unavailable`).
+pub static RATELIMIT_DECISIONS: LazyLock<IntCounterVec> = metric!(register_int_counter_vec!(
+    "tollgate_ratelimit_decisions_total",
+    "Rate-limit decisions, by route and outcome (allowed, limited, unavailable).",
+    &["route", "decision"]
+));
+
 /// Access-log lines dropped because the writer could not keep up.
 pub static ACCESS_LOG_DROPPED: LazyLock<IntCounter> = metric!(register_int_counter!(
     "tollgate_access_log_dropped_total",

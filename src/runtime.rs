@@ -3,15 +3,17 @@
 
 use crate::auth::{AuthSetupError, Authenticator};
 use crate::config::{Config, RouteSpec};
+use crate::proxy::rate_limit::{LimitPolicies, LimitSetupError, RoutePolicies};
 use crate::router::Router;
 use crate::upstream::{Pool, PoolError};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// A route compiled for serving: its spec plus the pool it sends to.
+/// A route compiled for serving: its spec, the pool it sends to, its own limits.
 pub struct Route {
     pub spec: RouteSpec,
     pub pool: Arc<Pool>,
+    pub limits: RoutePolicies,
 }
 
 /// One config generation, ready to serve.
@@ -23,6 +25,8 @@ pub struct Runtime {
     pub pools: Vec<Arc<Pool>>,
     /// Identification and verification of callers.
     pub auth: Authenticator,
+    /// Plan and anonymous rate-limit policies.
+    pub limits: LimitPolicies,
 }
 
 /// Why a config could not be compiled into a runtime.
@@ -32,6 +36,8 @@ pub enum BuildError {
     Pool(#[from] PoolError),
     #[error(transparent)]
     Auth(#[from] AuthSetupError),
+    #[error(transparent)]
+    Limits(#[from] LimitSetupError),
 }
 
 impl Runtime {
@@ -54,15 +60,18 @@ impl Runtime {
             pools.push(pool);
         }
         let by_name: HashMap<&str, &Arc<Pool>> = pools.iter().map(|p| (p.name(), p)).collect();
-        let routes = config.routes.iter().map(|spec| {
+        let limits = LimitPolicies::from_config(&config)?;
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for spec in &config.routes {
             // Validation guarantees that every route names an existing upstream.
             let pool = Arc::clone(by_name[spec.upstream.as_str()]);
             let route = Arc::new(Route {
                 spec: spec.clone(),
                 pool,
+                limits: limits.for_route(spec, &config)?,
             });
-            (spec.clone(), route)
-        });
+            routes.push((spec.clone(), route));
+        }
         let router = Router::new(routes);
         let auth =
             Authenticator::from_config(&config.auth, &config.consumers, previous.map(|p| &p.auth))?;
@@ -72,6 +81,7 @@ impl Runtime {
             router,
             pools,
             auth,
+            limits,
         })
     }
 }

@@ -2,8 +2,10 @@
 //! and the supervisor (config reload and health checks).
 
 use crate::access_log::AccessLog;
+use crate::config::{Config, RedisSpec};
+use crate::limit::RedisSettings;
 use crate::metrics::{self, MetricsApp};
-use crate::proxy::Gateway;
+use crate::proxy::{Gateway, Limiter};
 use crate::reload::{LiveConfig, ReloadError, Supervisor};
 use crate::tls::{self, TlsError};
 use pingora::server::configuration::{Opt, ServerConf};
@@ -59,7 +61,17 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
     let access_log = AccessLog::start().map_err(StartError::AccessLog)?;
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Gateway::new(Arc::clone(&live), access_log.clone()),
+        Gateway::new(
+            Arc::clone(&live),
+            access_log.clone(),
+            Limiter::new(
+                config
+                    .rate_limit
+                    .redis
+                    .as_ref()
+                    .map(|r| redis_settings(r, config)),
+            ),
+        ),
         "tollgate proxy",
     );
     for listener in &config.listeners {
@@ -114,4 +126,17 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
     );
     drop(snapshot);
     server.run_forever()
+}
+
+/// The limiter's Redis settings from the config.
+fn redis_settings(redis: &RedisSpec, config: &Config) -> RedisSettings {
+    RedisSettings {
+        urls: redis.urls.clone(),
+        cluster: redis.cluster,
+        timeout: redis.timeout,
+        pool_size: redis.pool_size,
+        breaker_failures: redis.breaker_failures,
+        breaker_cooldown: redis.breaker_cooldown,
+        concurrency_lease_ttl: config.rate_limit.concurrency_lease_ttl,
+    }
 }

@@ -30,6 +30,10 @@ pub enum ApiError {
     Internal,
     /// The caller was not identified or not allowed.
     Auth(AuthError),
+    /// A rate limit refused the request: the policy, and seconds until it would fit.
+    RateLimited { policy: String, retry_after: u64 },
+    /// The limiter could not decide and the failure mode is `closed`.
+    LimiterUnavailable,
 }
 
 impl ApiError {
@@ -54,6 +58,8 @@ impl ApiError {
                 | AuthError::InsufficientScope(_) => 403,
                 AuthError::StoreUnavailable => 503,
             },
+            ApiError::RateLimited { .. } => 429,
+            ApiError::LimiterUnavailable => 503,
         }
     }
 
@@ -81,6 +87,8 @@ impl ApiError {
                 AuthError::InsufficientScope(_) => "insufficient_scope",
                 AuthError::StoreUnavailable => "credential_store_unavailable",
             },
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::LimiterUnavailable => "rate_limit_unavailable",
         }
     }
 
@@ -121,6 +129,13 @@ impl ApiError {
                     "credentials cannot be checked right now; retry shortly".into()
                 }
             },
+            ApiError::RateLimited {
+                policy,
+                retry_after,
+            } => format!("rate limit {policy:?} exceeded; retry in {retry_after} s"),
+            ApiError::LimiterUnavailable => {
+                "rate limits cannot be checked right now; retry shortly".into()
+            }
         }
     }
 
@@ -165,11 +180,19 @@ impl ApiError {
 
     /// The JSON body.
     pub fn body(&self, request_id: &HeaderValue) -> Bytes {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "error": self.code(),
             "message": self.message(),
             "request_id": request_id.to_str().unwrap_or(""),
         });
+        if let ApiError::RateLimited {
+            policy,
+            retry_after,
+        } = self
+        {
+            body["policy"] = policy.as_str().into();
+            body["retry_after"] = (*retry_after).into();
+        }
         let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
         bytes.push(b'\n');
         Bytes::from(bytes)
@@ -181,6 +204,16 @@ impl ApiError {
         session: &mut Session,
         request_id: &HeaderValue,
     ) -> pingora::Result<()> {
+        self.send_with(session, request_id, Vec::new()).await
+    }
+
+    /// Writes the error response with `headers` added (e.g. rate-limit headers).
+    pub async fn send_with(
+        &self,
+        session: &mut Session,
+        request_id: &HeaderValue,
+        headers: Vec<(http::HeaderName, HeaderValue)>,
+    ) -> pingora::Result<()> {
         let body = self.body(request_id);
         let mut resp = ResponseHeader::build(self.status(), Some(4))?;
         resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
@@ -188,6 +221,9 @@ impl ApiError {
         resp.insert_header(super::request_id::HEADER, request_id)?;
         resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
         if let Some((name, value)) = self.extra_header() {
+            resp.insert_header(name, value)?;
+        }
+        for (name, value) in headers {
             resp.insert_header(name, value)?;
         }
         let head_only = session.req_header().method == Method::HEAD;

@@ -8,11 +8,13 @@
 pub mod error;
 pub mod forward;
 pub mod health_endpoint;
+pub mod rate_limit;
 pub mod request_id;
 
 use crate::access_log::{self, AccessLog, AccessRecord};
 use crate::auth::{AuthError, Identity};
-use crate::config::AuthMode;
+use crate::config::{AuthMode, RouteAuth};
+use crate::limit::{self, Decision, RateLimiter, RedisSettings};
 use crate::metrics;
 use crate::reload::LiveConfig;
 use crate::router::{self, RouteMatch};
@@ -25,6 +27,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType};
+use rate_limit::RequestSubjects;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,12 +36,50 @@ use std::time::{Duration, Instant};
 pub struct Gateway {
     live: Arc<LiveConfig>,
     access_log: AccessLog,
+    limiter: Limiter,
 }
 
 impl Gateway {
-    /// A gateway serving from `live`, logging accesses to `access_log`.
-    pub fn new(live: Arc<LiveConfig>, access_log: AccessLog) -> Self {
-        Gateway { live, access_log }
+    /// A gateway serving from `live`, logging accesses to `access_log`, limiting with
+    /// `limiter`.
+    pub fn new(live: Arc<LiveConfig>, access_log: AccessLog, limiter: Limiter) -> Self {
+        Gateway {
+            live,
+            access_log,
+            limiter,
+        }
+    }
+}
+
+/// The rate limiter, connected on first use so that its Redis connections live on the
+/// proxy's own runtime.
+pub struct Limiter {
+    redis: Option<RedisSettings>,
+    cell: tokio::sync::OnceCell<RateLimiter>,
+}
+
+impl Limiter {
+    /// A limiter on `redis`, or purely in-process without it.
+    pub fn new(redis: Option<RedisSettings>) -> Self {
+        Limiter {
+            redis,
+            cell: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The limiter, connecting it the first time.
+    pub async fn get(&self) -> &RateLimiter {
+        self.cell
+            .get_or_init(|| async {
+                match &self.redis {
+                    None => RateLimiter::local(),
+                    Some(settings) => RateLimiter::connect(settings).await.unwrap_or_else(|e| {
+                        log::error!("rate limiting: {e}; using the in-process limiter");
+                        RateLimiter::local()
+                    }),
+                }
+            })
+            .await
     }
 }
 
@@ -51,6 +92,8 @@ pub struct RequestCtx {
     route: Option<Arc<Route>>,
     /// Who is calling, once verified.
     identity: Option<Identity>,
+    /// The rate limiter's verdict, when the request was limited.
+    limit: Option<Decision>,
     /// Targets already tried (a failed connect is retried once on another target).
     tried: Vec<SocketAddr>,
     /// When the first upstream target was chosen.
@@ -84,6 +127,7 @@ impl ProxyHttp for Gateway {
             request_id: HeaderValue::from_static(""),
             route: None,
             identity: None,
+            limit: None,
             tried: Vec::new(),
             upstream_started: None,
             error: None,
@@ -104,6 +148,11 @@ impl ProxyHttp for Gateway {
             respond_health(session, ctx).await?;
             return Ok(true);
         }
+        if ctx.runtime.config.rate_limit.status_path.as_deref() == Some(path)
+            && req.method == Method::GET
+        {
+            return self.respond_standing(session, ctx).await;
+        }
         if router::has_dot_segment(path) {
             return reject(session, ctx, ApiError::BadPath).await;
         }
@@ -117,14 +166,24 @@ impl ProxyHttp for Gateway {
             Ok(route) => route,
             Err(e) => return reject(session, ctx, e).await,
         };
-        let verified = identify(session, &ctx.runtime, &route).await;
-        ctx.route = Some(route);
-        match verified {
-            Ok(identity) => {
-                ctx.identity = Some(identity);
+        let verified = identify(session, &ctx.runtime, &route.spec.auth).await;
+        ctx.route = Some(Arc::clone(&route));
+        let identity = match verified {
+            Ok(identity) => identity,
+            Err(e) => return reject(session, ctx, ApiError::Auth(e)).await,
+        };
+        let limited = self.limit(ctx, &route, &identity).await;
+        ctx.identity = Some(identity);
+        match limited {
+            Ok(decision) => {
+                ctx.limit = decision;
                 Ok(false)
             }
-            Err(e) => reject(session, ctx, ApiError::Auth(e)).await,
+            Err((e, headers)) => {
+                e.send_with(session, &ctx.request_id, headers).await?;
+                ctx.error = Some(e);
+                Ok(true)
+            }
         }
     }
 
@@ -236,6 +295,11 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         response.insert_header(request_id::HEADER, ctx.request_id.clone())?;
+        if let Some(decision) = &ctx.limit {
+            for (name, value) in limit::rate_limit_headers(decision) {
+                response.insert_header(name, value)?;
+            }
+        }
         Ok(())
     }
 
@@ -287,6 +351,9 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         metrics::IN_FLIGHT.dec();
+        if let Some(lease) = ctx.limit.as_mut().and_then(|d| d.lease.take()) {
+            self.limiter.get().await.release(lease);
+        }
         let req = session.req_header();
         let status = session.response_written().map_or_else(
             || ctx.error.as_ref().map_or(0, ApiError::status),
@@ -338,17 +405,109 @@ impl ProxyHttp for Gateway {
     }
 }
 
+impl Gateway {
+    /// The limit phase: counts the request against every subject that applies, or says
+    /// why it is refused (with the headers the refusal carries). `Ok(None)`: not limited.
+    async fn limit(
+        &self,
+        ctx: &RequestCtx,
+        route: &Route,
+        identity: &Identity,
+    ) -> Result<Option<Decision>, (ApiError, Vec<(http::HeaderName, HeaderValue)>)> {
+        let subjects = RequestSubjects::new(
+            &ctx.runtime.limits,
+            &route.limits,
+            &route.spec.name,
+            identity,
+        );
+        if subjects.is_empty() {
+            return Ok(None);
+        }
+        let limiter = self.limiter.get().await;
+        let lease_id = ctx.request_id.to_str().unwrap_or("");
+        let outcome = limiter
+            .acquire(&subjects.subjects(), 1, &subjects.failure_mode, lease_id)
+            .await;
+        let count = |decision: &str| {
+            metrics::RATELIMIT_DECISIONS
+                .with_label_values(&[route.spec.name.as_str(), decision])
+                .inc()
+        };
+        match outcome {
+            Ok(decision) if decision.allowed => {
+                count("allowed");
+                Ok(Some(decision))
+            }
+            Ok(decision) => {
+                count("limited");
+                let (policy, retry_after) = rate_limit::refusal(&decision);
+                Err((
+                    ApiError::RateLimited {
+                        policy,
+                        retry_after,
+                    },
+                    limit::rate_limit_headers(&decision),
+                ))
+            }
+            Err(e) => {
+                count("unavailable");
+                log::debug!("rate limiting on route {}: {e}", route.spec.name);
+                Err((ApiError::LimiterUnavailable, Vec::new()))
+            }
+        }
+    }
+
+    /// `GET <status_path>`: the caller's own windows, without consuming quota.
+    async fn respond_standing(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<bool> {
+        let optional = RouteAuth {
+            mode: AuthMode::Optional,
+            allow_api_key: true,
+            allow_jwt: true,
+            scopes: Vec::new(),
+            forward_credential: false,
+        };
+        let identity = match identify(session, &ctx.runtime, &optional).await {
+            Ok(identity) => identity,
+            Err(e) => return reject(session, ctx, ApiError::Auth(e)).await,
+        };
+        let subjects = RequestSubjects::caller_only(&ctx.runtime.limits, &identity);
+        let windows = if subjects.is_empty() {
+            Vec::new()
+        } else {
+            match self.limiter.get().await.peek(&subjects.subjects()).await {
+                Ok(decision) => rate_limit::window_reports(&decision),
+                Err(_) => return reject(session, ctx, ApiError::LimiterUnavailable).await,
+            }
+        };
+        let standing = rate_limit::Standing {
+            consumer: identity.consumer_id(),
+            plan: identity.plan(),
+            auth: identity.method().as_str(),
+            windows,
+        };
+        let mut body = serde_json::to_vec(&standing).unwrap_or_default();
+        body.push(b'\n');
+        send_json(session, 200, Bytes::from(body), &ctx.request_id).await?;
+        ctx.identity = Some(identity);
+        Ok(true)
+    }
+}
+
 /// The identify and verify phases: who is calling, and may they use this route.
 async fn identify(
     session: &Session,
     runtime: &Runtime,
-    route: &Route,
+    policy: &RouteAuth,
 ) -> Result<Identity, AuthError> {
     let req = session.req_header();
     let auth = &runtime.auth;
     let peer = client_ip(session).unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
     let client_ip = auth.client_ip(peer, req);
-    auth.authenticate(auth.credential(req), &route.spec.auth, client_ip)
+    auth.authenticate(auth.credential(req), policy, client_ip)
         .await
 }
 
@@ -364,12 +523,27 @@ async fn reject(
 }
 
 async fn respond_health(session: &mut Session, ctx: &RequestCtx) -> pingora::Result<()> {
-    let body = health_endpoint::body(&ctx.runtime);
-    let mut resp = ResponseHeader::build(200, Some(4))?;
+    send_json(
+        session,
+        200,
+        health_endpoint::body(&ctx.runtime),
+        &ctx.request_id,
+    )
+    .await
+}
+
+/// Writes a whole JSON response that the gateway answers itself.
+async fn send_json(
+    session: &mut Session,
+    status: u16,
+    body: Bytes,
+    request_id: &HeaderValue,
+) -> pingora::Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(4))?;
     resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
     resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
-    resp.insert_header(request_id::HEADER, ctx.request_id.clone())?;
+    resp.insert_header(request_id::HEADER, request_id.clone())?;
     let head_only = session.req_header().method == Method::HEAD;
     session
         .write_response_header(Box::new(resp), head_only)
