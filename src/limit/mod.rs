@@ -17,6 +17,8 @@
 //! `redis` (the fred client), `local` (the in-process limiter), `breaker`,
 //! [`decision`], [`headers`], [`metrics`].
 
+#![warn(missing_docs)]
+
 mod breaker;
 pub mod decision;
 pub mod headers;
