@@ -133,6 +133,7 @@ impl LocalLimiter {
         // Ascending shard order: two requests never wait on each other in a cycle.
         let mut guards: Vec<MutexGuard<'_, Shard>> =
             order.iter().map(|&i| lock(&self.shards[i])).collect();
+        // `order` holds every subject's shard, so the search always finds it.
         let guard_of = |shard: usize| order.binary_search(&shard).unwrap_or_default();
 
         let entries = subjects.iter().map(Subject::entries).sum();

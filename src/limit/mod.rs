@@ -17,6 +17,8 @@
 //! `redis` (the fred client), `local` (the in-process limiter), `breaker`,
 //! [`decision`], [`headers`], [`metrics`].
 
+#![warn(missing_docs)]
+
 mod breaker;
 pub mod decision;
 pub mod headers;
@@ -396,4 +398,50 @@ fn validate(subjects: &[Subject<'_>], cost: u64) -> Result<(), PolicyError> {
         subject.policy.validate()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// Pingora's phases are `Send` futures: the limiter's must be too.
+    #[test]
+    fn futures_are_send_and_the_limiter_is_shareable() {
+        fn shareable<T: Send + Sync + Clone + 'static>() {}
+        shareable::<RateLimiter>();
+        let limiter = RateLimiter::local();
+        let p = Policy::new("p", Algorithm::FixedWindow, vec![]).with_concurrency(1);
+        let subjects = [Subject::new("k", &p)];
+        let acquire = limiter.acquire(&subjects, 1, &FailureMode::Open, "id");
+        assert_send(&acquire);
+        assert_send(&limiter.peek(&subjects));
+        assert_send(&limiter.reset("k"));
+        drop(acquire);
+    }
+
+    #[tokio::test]
+    async fn without_redis_the_limiter_is_local() {
+        let limiter = RateLimiter::local();
+        assert!(!limiter.is_distributed());
+        assert!(!limiter.breaker_open());
+        assert_eq!(limiter.redis_commands(), 0);
+        let p = Policy::new(
+            "p",
+            Algorithm::FixedWindow,
+            vec![Window::new(1, Duration::from_secs(3600))],
+        );
+        let subjects = [Subject::new("k", &p)];
+        let first = limiter
+            .acquire(&subjects, 1, &FailureMode::Closed, "a")
+            .await
+            .expect("local decides");
+        assert_eq!(first.source, Source::Local);
+        let empty = limiter
+            .acquire(&[], 1, &FailureMode::Closed, "b")
+            .await
+            .expect("nothing to limit");
+        assert!(empty.allowed && empty.windows.is_empty());
+    }
 }

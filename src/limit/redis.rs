@@ -2,9 +2,9 @@
 //! called with `EVALSHA` (and `EVAL` once after a `NOSCRIPT`, so a Redis restart or a
 //! `SCRIPT FLUSH` fails no request), and a deadline on every call.
 //!
-//! `EVALSHA` is sent as a fred custom command: fred's own `evalsha` is never pipelined
-//! (one script in flight per connection), while ours are independent, so the custom
-//! command lets fred pipeline them like any other command.
+//! Commands are sent as fred custom commands routed to a slot computed here once per
+//! subject (`ClusterHash::Custom`), so no fred command-family feature is needed; fred
+//! pipelines them on its connections like any non-blocking command.
 //!
 //! On a Cluster, subjects are grouped by hash slot and each group is one script call;
 //! the groups run concurrently (one round trip of latency). A script is atomic only
