@@ -68,7 +68,15 @@ pub struct JwtVerifier {
     /// Tokens already verified, until they expire (at most [`VERIFIED_TTL`]): a client
     /// presents the same token many times, and a signature check costs far more than a
     /// lookup. Expiry is still honoured to the second; revocation is checked separately.
-    verified: Cache<String, Arc<TokenIdentity>>,
+    verified: Cache<String, Verified>,
+}
+
+/// A cached verification, valid while the issuer's key set is the one it was made under
+/// (a key withdrawn from a JWKS invalidates what it verified).
+#[derive(Clone)]
+struct Verified {
+    identity: Arc<TokenIdentity>,
+    key_generation: u64,
 }
 
 /// Longest time a verified token is trusted without checking its signature again.
@@ -79,18 +87,18 @@ const VERIFIED_ENTRIES: u64 = 100_000;
 /// Cache entries live until the token expires (plus leeway), at most [`VERIFIED_TTL`].
 struct UntilExpiry;
 
-impl Expiry<String, Arc<TokenIdentity>> for UntilExpiry {
+impl Expiry<String, Verified> for UntilExpiry {
     fn expire_after_create(
         &self,
         _token: &String,
-        id: &Arc<TokenIdentity>,
+        id: &Verified,
         _now: Instant,
     ) -> Option<Duration> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        let left = id.valid_until.map_or(VERIFIED_TTL, |until| {
+        let left = id.identity.valid_until.map_or(VERIFIED_TTL, |until| {
             Duration::from_secs(until.saturating_sub(now))
         });
         Some(left.min(VERIFIED_TTL))
@@ -149,11 +157,26 @@ impl JwtVerifier {
     /// Verifies `token` and extracts the identity it carries.
     pub async fn verify(&self, token: &str) -> Result<Arc<TokenIdentity>, JwtError> {
         if let Some(known) = self.verified.get(token) {
-            return Ok(known);
+            if let Some(issuer) = self.issuers.get(&known.identity.issuer) {
+                // Cache hits must still notice a rotated key set.
+                issuer.refresh_if_stale();
+                if issuer.key_generation() == known.key_generation {
+                    return Ok(known.identity);
+                }
+            }
         }
         let identity = Arc::new(self.verify_uncached(token).await?);
-        self.verified
-            .insert(token.to_string(), Arc::clone(&identity));
+        let key_generation = self
+            .issuers
+            .get(&identity.issuer)
+            .map_or(0, |i| i.key_generation());
+        self.verified.insert(
+            token.to_string(),
+            Verified {
+                identity: Arc::clone(&identity),
+                key_generation,
+            },
+        );
         Ok(identity)
     }
 
@@ -264,6 +287,22 @@ impl IssuerVerifier {
         }
         let claims = outcome?;
         self.identity(claims)
+    }
+
+    /// Changes whenever a fetched key set differs from the previous one (0: static keys).
+    fn key_generation(&self) -> u64 {
+        self.jwks
+            .as_ref()
+            .map_or(0, |j| j.generation.load(Ordering::Acquire))
+    }
+
+    /// Starts a background fetch when the JWKS is older than its refresh interval.
+    fn refresh_if_stale(&self) {
+        if let Some(jwks) = &self.jwks {
+            if jwks.since_last_attempt().is_some_and(|s| s >= jwks.refresh) {
+                jwks.fetch_in_background();
+            }
+        }
     }
 
     /// The first key that verifies wins. A `kid` in the token narrows the candidates.
@@ -397,6 +436,10 @@ struct JwksSource {
     created: Instant,
     /// One fetch at a time; waiters reuse its result.
     fetching: tokio::sync::Mutex<()>,
+    /// Increases each time a fetch brings a key set different from the last one.
+    generation: AtomicU64,
+    /// Hash of the last fetched JWKS document.
+    last_document: AtomicU64,
 }
 
 /// Longest wait for a key-set fetch on the request path.
@@ -416,6 +459,8 @@ impl JwksSource {
             last_attempt_ms: AtomicU64::new(0),
             created: Instant::now(),
             fetching: tokio::sync::Mutex::new(()),
+            generation: AtomicU64::new(0),
+            last_document: AtomicU64::new(0),
         }
     }
 
@@ -475,9 +520,12 @@ impl JwksSource {
 
     async fn fetch_now(&self) {
         match fetch_jwks(&self.client, &self.url).await {
-            Ok(keys) => {
-                log::info!("jwks {}: {} keys", self.url, keys.len());
-                self.keys.store(Arc::new(keys));
+            Ok((keys, document_hash)) => {
+                if self.last_document.swap(document_hash, Ordering::AcqRel) != document_hash {
+                    log::info!("jwks {}: {} keys", self.url, keys.len());
+                    self.keys.store(Arc::new(keys));
+                    self.generation.fetch_add(1, Ordering::AcqRel);
+                }
             }
             Err(e) => log::warn!(
                 "jwks {}: fetch failed, keeping the last good keys: {e}",
@@ -487,13 +535,18 @@ impl JwksSource {
     }
 }
 
-async fn fetch_jwks(client: &reqwest::Client, url: &str) -> Result<Vec<NamedKey>, String> {
+/// The usable keys of the JWKS at `url`, and a hash of the document (to notice changes).
+async fn fetch_jwks(client: &reqwest::Client, url: &str) -> Result<(Vec<NamedKey>, u64), String> {
+    use std::hash::{Hash, Hasher};
     let resp = client.get(url).send().await.map_err(|e| e.to_string())?;
     if !resp.status().is_success() {
         return Err(format!("status {}", resp.status()));
     }
-    let set: JwkSet = resp.json().await.map_err(|e| e.to_string())?;
-    Ok(keys_of(&set))
+    let body = resp.bytes().await.map_err(|e| e.to_string())?;
+    let set: JwkSet = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    body.hash(&mut hasher);
+    Ok((keys_of(&set), hasher.finish()))
 }
 
 #[cfg(test)]

@@ -217,6 +217,10 @@ impl Authenticator {
             Credential::None if policy.mode == AuthMode::Required => {
                 return Err(AuthError::MissingCredentials)
             }
+            // Scopes belong to identified callers: an anonymous caller has none.
+            Credential::None if !policy.scopes.is_empty() => {
+                return Err(AuthError::MissingCredentials)
+            }
             Credential::None => return Ok(anonymous),
             Credential::ApiKey(_) if !policy.allow_api_key => {
                 return Err(AuthError::MethodNotAllowed(AuthMethod::ApiKey))

@@ -61,6 +61,11 @@ pub fn set_identity_headers(
         &names.scopes,
     ] {
         req.remove_header(name);
+        // CGI-style upstreams read `x_consumer_id` as `x-consumer-id`: remove that too.
+        let underscored = name.as_str().replace('-', "_");
+        if underscored != name.as_str() {
+            req.remove_header(underscored.as_str());
+        }
     }
     let Some(identity) = identity else {
         return Ok(());

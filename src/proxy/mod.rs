@@ -90,6 +90,8 @@ pub struct RequestCtx {
     runtime: Arc<Runtime>,
     request_id: HeaderValue,
     route: Option<Arc<Route>>,
+    /// The client's address (forwarding headers believed only from trusted proxies).
+    client_ip: Option<std::net::IpAddr>,
     /// Who is calling, once verified.
     identity: Option<Identity>,
     /// The rate limiter's verdict, when the request was limited.
@@ -126,6 +128,7 @@ impl ProxyHttp for Gateway {
             runtime: self.live.current(),
             request_id: HeaderValue::from_static(""),
             route: None,
+            client_ip: None,
             identity: None,
             limit: None,
             tried: Vec::new(),
@@ -141,6 +144,7 @@ impl ProxyHttp for Gateway {
     ) -> pingora::Result<bool> {
         ctx.request_id = request_id::assign(session.req_header());
         let req = session.req_header();
+        ctx.client_ip = client_ip(session).map(|peer| ctx.runtime.auth.client_ip(peer, req));
         let path = req.uri.path();
         if ctx.runtime.config.server.health_path.as_deref() == Some(path)
             && matches!(req.method, Method::GET | Method::HEAD)
@@ -166,7 +170,7 @@ impl ProxyHttp for Gateway {
             Ok(route) => route,
             Err(e) => return reject(session, ctx, e).await,
         };
-        let verified = identify(session, &ctx.runtime, &route.spec.auth).await;
+        let verified = identify(session, ctx, &route.spec.auth).await;
         ctx.route = Some(Arc::clone(&route));
         let identity = match verified {
             Ok(identity) => identity,
@@ -349,6 +353,18 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// What Pingora's own error and retry logs say about a request: method, path and host,
+    /// never the query (it may carry an API key).
+    fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
+        let req = session.req_header();
+        format!(
+            "{} {}, Host: {}",
+            req.method,
+            req.uri.path(),
+            forward::request_authority(req).unwrap_or("-")
+        )
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         metrics::IN_FLIGHT.dec();
         if let Some(lease) = ctx.limit.as_mut().and_then(|d| d.lease.take()) {
@@ -383,12 +399,7 @@ impl ProxyHttp for Gateway {
             self.access_log.write(&AccessRecord {
                 time: access_log::rfc3339_now(),
                 request_id: ctx.request_id.to_str().unwrap_or(""),
-                client_ip: ctx
-                    .identity
-                    .as_ref()
-                    .map(|i| i.client_ip)
-                    .or_else(|| client_ip(session))
-                    .map(|ip| ip.to_string()),
+                client_ip: ctx.client_ip.map(|ip| ip.to_string()),
                 method: req.method.as_str(),
                 path: req.uri.path(),
                 route,
@@ -470,7 +481,7 @@ impl Gateway {
             scopes: Vec::new(),
             forward_credential: false,
         };
-        let identity = match identify(session, &ctx.runtime, &optional).await {
+        let identity = match identify(session, ctx, &optional).await {
             Ok(identity) => identity,
             Err(e) => return reject(session, ctx, ApiError::Auth(e)).await,
         };
@@ -500,14 +511,14 @@ impl Gateway {
 /// The identify and verify phases: who is calling, and may they use this route.
 async fn identify(
     session: &Session,
-    runtime: &Runtime,
+    ctx: &RequestCtx,
     policy: &RouteAuth,
 ) -> Result<Identity, AuthError> {
-    let req = session.req_header();
-    let auth = &runtime.auth;
-    let peer = client_ip(session).unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-    let client_ip = auth.client_ip(peer, req);
-    auth.authenticate(auth.credential(req), policy, client_ip)
+    let auth = &ctx.runtime.auth;
+    let client_ip = ctx
+        .client_ip
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    auth.authenticate(auth.credential(session.req_header()), policy, client_ip)
         .await
 }
 

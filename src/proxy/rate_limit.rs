@@ -191,8 +191,7 @@ fn policy(name: &str, spec: &LimitSpec, place: &str) -> Result<Policy, LimitSetu
         .iter()
         .map(|w| match (spec.algorithm, w.burst) {
             (LimitAlgorithm::TokenBucket, Some(burst)) if burst != w.requests => {
-                let millis =
-                    (w.per.as_millis() * burst as u128 / w.requests.max(1) as u128).max(1);
+                let millis = (w.per.as_millis() * burst as u128 / w.requests.max(1) as u128).max(1);
                 Window::new(burst, Duration::from_millis(millis as u64))
             }
             _ => Window::new(w.requests, w.per),

@@ -42,6 +42,7 @@ pub struct GatewayConfig {
     metrics_port: u16,
     tls: Option<TlsListener>,
     log_level: String,
+    env: Vec<(String, String)>,
 }
 
 struct TlsListener {
@@ -61,6 +62,7 @@ impl GatewayConfig {
             metrics_port: free_port(),
             tls: None,
             log_level: "info".to_string(),
+            env: Vec::new(),
         }
     }
 
@@ -78,6 +80,14 @@ impl GatewayConfig {
     /// Sets `server.log_level` (default `info`).
     pub fn with_log_level(mut self, level: &str) -> Self {
         self.log_level = level.to_string();
+        self
+    }
+
+    /// Sets the environment variable `name` to `value` for the gateway process
+    /// only (e.g. the API-key pepper or a JWT secret), so tests running in
+    /// parallel never touch the test process's own environment.
+    pub fn with_env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_string(), value.to_string()));
         self
     }
 
@@ -397,6 +407,7 @@ fn spawn_gateway(config: &GatewayConfig) -> ChildProcess {
         .arg(config.config_path())
         .current_dir(dir)
         .env("RUST_BACKTRACE", "1")
+        .envs(config.env.iter().map(|(k, v)| (k, v)))
         .stdout(log_file(&dir.join("stdout.log")))
         .stderr(log_file(&dir.join("stderr.log")));
     ChildProcess::spawn(&mut cmd, "tollgate")
