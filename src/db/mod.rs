@@ -13,8 +13,14 @@
 
 pub mod audit;
 pub mod change;
+pub mod consumers;
 pub mod day;
+pub mod keys;
 pub mod migrate;
+pub mod plans;
+pub mod tokens;
+pub mod usage;
+pub mod users;
 
 use crate::auth::store::Status;
 use deadpool_postgres::{
