@@ -14,8 +14,10 @@
 pub mod audit;
 pub mod change;
 pub mod consumers;
+pub mod credentials;
 pub mod day;
 pub mod keys;
+pub mod listen;
 pub mod migrate;
 pub mod plans;
 pub mod tokens;
