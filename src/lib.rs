@@ -7,6 +7,7 @@
 pub mod access_log;
 pub mod auth;
 pub mod config;
+pub mod db;
 pub mod echo;
 pub mod limit;
 pub mod metrics;

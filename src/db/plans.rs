@@ -1,0 +1,396 @@
+//! Plans: named sets of rate limits that consumers subscribe to.
+
+use super::audit::{self, NewAuditEntry};
+use super::change::{self, Change};
+use super::{begin, check_actor, check_name, col, commit, Db, DbError};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::fmt;
+use std::str::FromStr;
+use std::time::SystemTime;
+use tokio_postgres::Row;
+
+/// How a plan's windows are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// Counters reset at each window boundary.
+    FixedWindow,
+    /// The previous window's count weighs in proportionally.
+    SlidingWindow,
+    /// Tokens refill continuously up to the burst size.
+    TokenBucket,
+}
+
+impl Algorithm {
+    /// The stored name: `fixed_window`, `sliding_window`, `token_bucket`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::FixedWindow => "fixed_window",
+            Algorithm::SlidingWindow => "sliding_window",
+            Algorithm::TokenBucket => "token_bucket",
+        }
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Algorithm {
+    type Err = DbError;
+
+    /// Parses a stored name.
+    fn from_str(text: &str) -> Result<Algorithm, DbError> {
+        match text {
+            "fixed_window" => Ok(Algorithm::FixedWindow),
+            "sliding_window" => Ok(Algorithm::SlidingWindow),
+            "token_bucket" => Ok(Algorithm::TokenBucket),
+            other => Err(DbError::Invalid(format!(
+                "algorithm {other:?}: expected fixed_window, sliding_window or token_bucket"
+            ))),
+        }
+    }
+}
+
+/// One window of a plan: at most `requests` per `per_seconds` seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limit {
+    /// Requests allowed per window (at least 1).
+    pub requests: u64,
+    /// The window's length in seconds (at least 1).
+    pub per_seconds: u64,
+    /// For token buckets: the bucket size (at least 1); `None`: `requests`.
+    #[serde(default)]
+    pub burst: Option<u64>,
+}
+
+/// A stored plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Its unique name, e.g. `gold`.
+    pub name: String,
+    /// How its windows are counted.
+    pub algorithm: Algorithm,
+    /// Its windows; all must allow a request.
+    pub limits: Vec<Limit>,
+    /// Most requests in flight at once per consumer; `None`: unlimited.
+    pub concurrency: Option<u32>,
+    /// When it was created.
+    pub created_at: SystemTime,
+    /// When it last changed.
+    pub updated_at: SystemTime,
+}
+
+/// A plan to create.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewPlan {
+    /// Its unique name: 1 to 128 characters, no control characters.
+    pub name: String,
+    /// How its windows are counted.
+    pub algorithm: Algorithm,
+    /// Its windows.
+    pub limits: Vec<Limit>,
+    /// Most requests in flight at once per consumer.
+    pub concurrency: Option<u32>,
+}
+
+/// A change to a plan; `None` fields stay as they are.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PlanUpdate {
+    /// A new algorithm.
+    pub algorithm: Option<Algorithm>,
+    /// New windows (replacing all of them).
+    pub limits: Option<Vec<Limit>>,
+    /// `Some(None)` removes the concurrency limit.
+    pub concurrency: Option<Option<u32>>,
+}
+
+/// The columns every query returns: a macro, so each statement is one `concat!`-ed
+/// compile-time constant.
+macro_rules! columns {
+    () => {
+        "name, algorithm, limits, concurrency, created_at, updated_at"
+    };
+}
+
+/// Creates a plan; [`DbError::Conflict`] if the name is taken.
+pub async fn create(db: &Db, actor: &str, plan: &NewPlan) -> Result<Plan, DbError> {
+    check_actor(actor)?;
+    check_name("plan name", &plan.name)?;
+    let limits = limits_json(&plan.limits)?;
+    let concurrency = concurrency_sql(plan.concurrency)?;
+    let context = format!("create plan {:?}", plan.name);
+    let mut client = db.client().await?;
+    let tx = begin(&mut client, &context).await?;
+    let row = tx
+        .query_one(
+            concat!(
+                "INSERT INTO plans (name, algorithm, limits, concurrency)
+                 VALUES ($1, $2, $3, $4) RETURNING ",
+                columns!()
+            ),
+            &[&plan.name, &plan.algorithm.as_str(), &limits, &concurrency],
+        )
+        .await
+        .map_err(|e| DbError::from_pg(&context, e))?;
+    let created = from_row(&row)?;
+    audit::append(
+        &tx,
+        &NewAuditEntry {
+            actor,
+            action: "plan.create",
+            target_type: "plan",
+            target_id: &created.name,
+            details: &details(&created),
+        },
+    )
+    .await?;
+    change::notify(
+        &tx,
+        &Change::Plan {
+            name: created.name.clone(),
+        },
+    )
+    .await?;
+    commit(tx, &context).await?;
+    Ok(created)
+}
+
+/// Every plan, by name.
+pub async fn list(db: &Db) -> Result<Vec<Plan>, DbError> {
+    let client = db.client().await?;
+    let rows = client
+        .query(
+            concat!("SELECT ", columns!(), " FROM plans ORDER BY name"),
+            &[],
+        )
+        .await
+        .map_err(|e| DbError::from_pg("list plans", e))?;
+    rows.iter().map(from_row).collect()
+}
+
+/// The plan named `name`; [`DbError::NotFound`] if there is none.
+pub async fn get(db: &Db, name: &str) -> Result<Plan, DbError> {
+    let client = db.client().await?;
+    let row = client
+        .query_opt(
+            concat!("SELECT ", columns!(), " FROM plans WHERE name = $1"),
+            &[&name],
+        )
+        .await
+        .map_err(|e| DbError::from_pg(format!("get plan {name:?}"), e))?
+        .ok_or_else(|| not_found(name))?;
+    from_row(&row)
+}
+
+/// Changes a plan; consumers on it see the change through their next lookup.
+pub async fn update(
+    db: &Db,
+    actor: &str,
+    name: &str,
+    update: &PlanUpdate,
+) -> Result<Plan, DbError> {
+    check_actor(actor)?;
+    let limits = update.limits.as_deref().map(limits_json).transpose()?;
+    let concurrency = update.concurrency.map(concurrency_sql).transpose()?;
+    let context = format!("update plan {name:?}");
+    let mut client = db.client().await?;
+    let tx = begin(&mut client, &context).await?;
+    let row = tx
+        .query_opt(
+            concat!(
+                "UPDATE plans SET
+                     algorithm = COALESCE($2::text, algorithm),
+                     limits = COALESCE($3::jsonb, limits),
+                     concurrency = CASE WHEN $4::bool THEN $5::int4 ELSE concurrency END,
+                     updated_at = now()
+                 WHERE name = $1
+                 RETURNING ",
+                columns!()
+            ),
+            &[
+                &name,
+                &update.algorithm.map(Algorithm::as_str),
+                &limits,
+                &concurrency.is_some(),
+                &concurrency.flatten(),
+            ],
+        )
+        .await
+        .map_err(|e| DbError::from_pg(&context, e))?
+        .ok_or_else(|| not_found(name))?;
+    let updated = from_row(&row)?;
+    audit::append(
+        &tx,
+        &NewAuditEntry {
+            actor,
+            action: "plan.update",
+            target_type: "plan",
+            target_id: name,
+            details: &details(&updated),
+        },
+    )
+    .await?;
+    change::notify(&tx, &Change::Plan { name: name.into() }).await?;
+    commit(tx, &context).await?;
+    Ok(updated)
+}
+
+/// Deletes a plan; [`DbError::Conflict`] while any consumer is on it.
+pub async fn delete(db: &Db, actor: &str, name: &str) -> Result<(), DbError> {
+    check_actor(actor)?;
+    let context = format!("delete plan {name:?}");
+    let mut client = db.client().await?;
+    let tx = begin(&mut client, &context).await?;
+    let deleted = tx
+        .execute("DELETE FROM plans WHERE name = $1", &[&name])
+        .await
+        .map_err(|e| DbError::from_pg_delete(&context, e))?;
+    if deleted == 0 {
+        return Err(not_found(name));
+    }
+    audit::append(
+        &tx,
+        &NewAuditEntry {
+            actor,
+            action: "plan.delete",
+            target_type: "plan",
+            target_id: name,
+            details: &json!({}),
+        },
+    )
+    .await?;
+    change::notify(&tx, &Change::Plan { name: name.into() }).await?;
+    commit(tx, &context).await
+}
+
+fn not_found(name: &str) -> DbError {
+    DbError::NotFound(format!("plan {name:?}"))
+}
+
+/// Checks the windows and renders them for the `limits` column.
+fn limits_json(limits: &[Limit]) -> Result<Value, DbError> {
+    for (i, l) in limits.iter().enumerate() {
+        if l.requests == 0 || l.per_seconds == 0 || l.burst == Some(0) {
+            return Err(DbError::Invalid(format!(
+                "limits[{i}]: requests, per_seconds and burst must be at least 1"
+            )));
+        }
+        // jsonb keeps integers exactly only up to 2^53 when clients read them as doubles.
+        if [l.requests, l.per_seconds, l.burst.unwrap_or(1)]
+            .iter()
+            .any(|n| *n > (1 << 53))
+        {
+            return Err(DbError::Invalid(format!("limits[{i}]: value too large")));
+        }
+    }
+    serde_json::to_value(limits).map_err(|e| DbError::Invalid(format!("limits: {e}")))
+}
+
+/// The `concurrency` column's value: positive and within `integer`.
+fn concurrency_sql(concurrency: Option<u32>) -> Result<Option<i32>, DbError> {
+    concurrency
+        .map(|n| match i32::try_from(n) {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(DbError::Invalid(format!(
+                "concurrency {n}: must be between 1 and {}",
+                i32::MAX
+            ))),
+        })
+        .transpose()
+}
+
+/// What the audit log records about a plan.
+fn details(plan: &Plan) -> Value {
+    json!({
+        "algorithm": plan.algorithm.as_str(),
+        "limits": plan.limits,
+        "concurrency": plan.concurrency,
+    })
+}
+
+fn from_row(row: &Row) -> Result<Plan, DbError> {
+    let name: String = col(row, "name")?;
+    let algorithm: String = col(row, "algorithm")?;
+    let limits: Value = col(row, "limits")?;
+    let concurrency: Option<i32> = col(row, "concurrency")?;
+    let schema = |what: String| DbError::Schema(format!("plan {name:?}: {what}"));
+    Ok(Plan {
+        algorithm: algorithm
+            .parse()
+            .map_err(|e: DbError| schema(e.to_string()))?,
+        limits: serde_json::from_value(limits).map_err(|e| schema(format!("limits: {e}")))?,
+        concurrency: concurrency.and_then(|n| u32::try_from(n).ok()),
+        created_at: col(row, "created_at")?,
+        updated_at: col(row, "updated_at")?,
+        name,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn algorithms_round_trip() {
+        for a in [
+            Algorithm::FixedWindow,
+            Algorithm::SlidingWindow,
+            Algorithm::TokenBucket,
+        ] {
+            assert_eq!(a.as_str().parse::<Algorithm>().unwrap(), a);
+        }
+        assert!("leaky".parse::<Algorithm>().is_err());
+    }
+
+    #[test]
+    fn limits_are_checked_and_rendered() {
+        let ok = [Limit {
+            requests: 10,
+            per_seconds: 1,
+            burst: None,
+        }];
+        assert_eq!(
+            limits_json(&ok).unwrap(),
+            json!([{"requests": 10, "per_seconds": 1, "burst": null}])
+        );
+        for bad in [
+            Limit {
+                requests: 0,
+                per_seconds: 1,
+                burst: None,
+            },
+            Limit {
+                requests: 1,
+                per_seconds: 0,
+                burst: None,
+            },
+            Limit {
+                requests: 1,
+                per_seconds: 1,
+                burst: Some(0),
+            },
+            Limit {
+                requests: u64::MAX,
+                per_seconds: 1,
+                burst: None,
+            },
+        ] {
+            assert!(matches!(limits_json(&[bad]), Err(DbError::Invalid(_))));
+        }
+        let read: Vec<Limit> =
+            serde_json::from_value(json!([{"requests": 5, "per_seconds": 60}])).unwrap();
+        assert_eq!(read[0].burst, None);
+    }
+
+    #[test]
+    fn concurrency_must_fit_an_integer() {
+        assert_eq!(concurrency_sql(None).unwrap(), None);
+        assert_eq!(concurrency_sql(Some(3)).unwrap(), Some(3));
+        assert!(concurrency_sql(Some(0)).is_err());
+        assert!(concurrency_sql(Some(u32::MAX)).is_err());
+    }
+}
