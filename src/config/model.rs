@@ -39,6 +39,39 @@ pub struct Config {
     pub plans: Vec<PlanSpec>,
     pub consumers: Vec<ConsumerSpec>,
     pub rate_limit: RateLimitSettings,
+    /// `None`: consumers, keys and plans come from this file only.
+    pub database: Option<DatabaseSettings>,
+    /// `None`: no admin service.
+    pub admin: Option<AdminSettings>,
+}
+
+/// Counts of requests are written to the database this often (never per request).
+pub const DEFAULT_USAGE_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+/// The environment variable holding admin tokens (comma-separated) by default.
+pub const DEFAULT_ADMIN_TOKENS_ENV: &str = "TOLLGATE_ADMIN_TOKENS";
+
+/// The PostgreSQL database.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatabaseSettings {
+    /// `postgres://user:password@host:port/db`; secret because it may hold a password.
+    pub url: Secret,
+    pub pool_size: usize,
+    pub usage_flush_interval: Duration,
+}
+
+impl DatabaseSettings {
+    /// The URL as text, for the one place that connects.
+    pub fn url(&self) -> &str {
+        std::str::from_utf8(self.url.expose()).unwrap_or("")
+    }
+}
+
+/// The admin service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminSettings {
+    pub address: SocketAddr,
+    /// Accepted bearer tokens (from the environment); empty only on a loopback address.
+    pub tokens: Vec<Secret>,
 }
 
 /// Where API keys are read from when the file does not say.
@@ -407,6 +440,12 @@ impl Config {
         }
         if self.rate_limit.redis != next.rate_limit.redis {
             changed.push("rate_limit.redis");
+        }
+        if self.database != next.database {
+            changed.push("database");
+        }
+        if self.admin != next.admin {
+            changed.push("admin");
         }
         let (a, b) = (&self.server, &next.server);
         if a.threads != b.threads {

@@ -27,6 +27,26 @@ pub struct RawConfig {
     pub consumers: Vec<RawConsumer>,
     #[serde(default)]
     pub rate_limit: RawRateLimit,
+    pub database: Option<RawDatabase>,
+    pub admin: Option<RawAdmin>,
+}
+
+/// The PostgreSQL database for consumers, keys, plans, users and usage.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatabase {
+    pub url: Option<String>,
+    pub url_env: Option<String>,
+    pub pool_size: Option<usize>,
+    pub usage_flush_interval: Option<String>,
+}
+
+/// The admin service.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub address: String,
+    pub tokens_env: Option<String>,
 }
 
 /// How callers are identified and verified.

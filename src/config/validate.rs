@@ -39,6 +39,14 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<String>> 
     let any_keys = consumers.iter().any(|c| !c.keys.is_empty());
     let auth = auth(raw.auth, base_dir, &plan_names, any_keys, &mut p);
     let rate_limit = rate_limit(raw.rate_limit, &plan_names, &mut p);
+    let database = raw.database.map(|d| database(d, &mut p));
+    if database.is_some() && !consumers.is_empty() {
+        p.push(
+            "consumers",
+            "with a database configured, consumers and keys live in PostgreSQL (manage them through the admin API)",
+        );
+    }
+    let admin = raw.admin.map(|a| admin(a, &mut p));
     let names: HashSet<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
     let routes = routes(raw.routes, &names, &auth, &mut p);
     if p.0.is_empty() {
@@ -52,6 +60,8 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<String>> 
             plans,
             consumers,
             rate_limit,
+            database,
+            admin,
         })
     } else {
         Err(p.into_vec())
@@ -890,6 +900,65 @@ fn rate_limit(raw: RawRateLimit, plans: &HashSet<&str>, p: &mut Problems) -> Rat
             p,
         ),
     }
+}
+
+fn database(raw: RawDatabase, p: &mut Problems) -> DatabaseSettings {
+    let url = match (raw.url, raw.url_env) {
+        (Some(url), None) => url,
+        (None, Some(env)) => std::env::var(&env).unwrap_or_else(|_| {
+            p.push("database.url_env", format!("${env} is not set"));
+            String::new()
+        }),
+        _ => {
+            p.push("database", "set exactly one of url and url_env");
+            String::new()
+        }
+    };
+    if !url.is_empty() && !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        p.push("database.url", "must be a postgres:// URL");
+    }
+    let pool_size = raw.pool_size.unwrap_or(8);
+    if !(1..=256).contains(&pool_size) {
+        p.push("database.pool_size", "must be between 1 and 256");
+    }
+    DatabaseSettings {
+        url: Secret::new(url.into_bytes()),
+        pool_size: pool_size.clamp(1, 256),
+        usage_flush_interval: duration(
+            raw.usage_flush_interval,
+            "database.usage_flush_interval",
+            DEFAULT_USAGE_FLUSH_INTERVAL,
+            p,
+        ),
+    }
+}
+
+fn admin(raw: RawAdmin, p: &mut Problems) -> AdminSettings {
+    let address = socket_addr(&raw.address, "admin.address", p)
+        .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    let env = raw
+        .tokens_env
+        .unwrap_or_else(|| DEFAULT_ADMIN_TOKENS_ENV.to_string());
+    let tokens: Vec<Secret> = std::env::var(&env)
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| Secret::new(t.as_bytes().to_vec()))
+        .collect();
+    if tokens.iter().any(|t| t.expose().len() < 16) {
+        p.push(
+            "admin.tokens_env",
+            format!("every token in ${env} must be at least 16 characters"),
+        );
+    }
+    if tokens.is_empty() && !address.ip().is_loopback() {
+        p.push(
+            "admin.address",
+            format!("{address} is not a loopback address: set admin tokens in ${env} first"),
+        );
+    }
+    AdminSettings { address, tokens }
 }
 
 fn failure_mode(raw: &str, place: &str, p: &mut Problems) -> FailureMode {

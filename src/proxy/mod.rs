@@ -36,13 +36,13 @@ use std::time::{Duration, Instant};
 pub struct Gateway {
     live: Arc<LiveConfig>,
     access_log: AccessLog,
-    limiter: Limiter,
+    limiter: Arc<Limiter>,
 }
 
 impl Gateway {
     /// A gateway serving from `live`, logging accesses to `access_log`, limiting with
     /// `limiter`.
-    pub fn new(live: Arc<LiveConfig>, access_log: AccessLog, limiter: Limiter) -> Self {
+    pub fn new(live: Arc<LiveConfig>, access_log: AccessLog, limiter: Arc<Limiter>) -> Self {
         Gateway {
             live,
             access_log,
@@ -52,7 +52,7 @@ impl Gateway {
 }
 
 /// The rate limiter, connected on first use so that its Redis connections live on the
-/// proxy's own runtime.
+/// runtime of its first user (normally the proxy's). Shared with the admin service.
 pub struct Limiter {
     redis: Option<RedisSettings>,
     cell: tokio::sync::OnceCell<RateLimiter>,
