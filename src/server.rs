@@ -59,19 +59,11 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
     server.bootstrap();
 
     let access_log = AccessLog::start().map_err(StartError::AccessLog)?;
+    let redis = config.rate_limit.redis.as_ref();
+    let limiter = Arc::new(Limiter::new(redis.map(|r| redis_settings(r, config))));
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Gateway::new(
-            Arc::clone(&live),
-            access_log.clone(),
-            Limiter::new(
-                config
-                    .rate_limit
-                    .redis
-                    .as_ref()
-                    .map(|r| redis_settings(r, config)),
-            ),
-        ),
+        Gateway::new(Arc::clone(&live), access_log.clone(), Arc::clone(&limiter)),
         "tollgate proxy",
     );
     for listener in &config.listeners {
