@@ -1,5 +1,5 @@
 //! The PostgreSQL data layer: a connection pool ([`Db`]), embedded migrations
-//! ([`migrate`]), one repository module per table, change notifications
+//! ([`migrate()`]), one repository module per table, change notifications
 //! ([`change`], [`listen`]) and the proxy's credential lookups ([`credentials`]).
 //!
 //! Rules every repository follows:
@@ -10,6 +10,8 @@
 //! - Secrets are never stored: API keys as their HMAC ([`crate::auth::api_key::KeyHash`]),
 //!   refresh tokens as their SHA-256 ([`tokens::TokenHash`]).
 //! - Failures are [`DbError`]s that say what was being done.
+
+#![warn(missing_docs)]
 
 pub mod audit;
 pub mod change;
