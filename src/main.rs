@@ -32,6 +32,8 @@ enum Command {
     /// Ask the running instance to reload its configuration (sends SIGHUP to the pid in the
     /// configured pid file).
     Reload,
+    /// Apply pending database migrations (the gateway also does this at start) and exit.
+    Migrate,
     /// API-key tools.
     Key {
         #[command(subcommand)]
@@ -88,6 +90,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Reload => reload(&cli.config),
+        Command::Migrate => migrate(&cli.config),
         Command::Key {
             action: KeyAction::New { id, pepper_env },
         } => new_key(id, &pepper_env),
@@ -123,6 +126,39 @@ fn reload(config: &Path) -> ExitCode {
     }
     println!("reload requested (SIGHUP sent to pid {pid})");
     ExitCode::SUCCESS
+}
+
+fn migrate(config: &Path) -> ExitCode {
+    let settings = match tollgate::config::load_file(config) {
+        Ok(c) => match c.database {
+            Some(d) => d,
+            None => {
+                eprintln!(
+                    "{}: no database section: nothing to migrate",
+                    config.display()
+                );
+                return ExitCode::FAILURE;
+            }
+        },
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match tollgate::persistence::Persistence::start(&settings) {
+        Ok((_, report)) => {
+            println!(
+                "database at schema version {} ({} migrations applied now)",
+                report.current,
+                report.applied.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("migration failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn new_key(id: Option<String>, pepper_env: &str) -> ExitCode {

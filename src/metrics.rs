@@ -79,6 +79,18 @@ pub static RATELIMIT_DECISIONS: LazyLock<IntCounterVec> = metric!(register_int_c
     &["route", "decision"]
 ));
 
+/// Usage counts that could not be kept (too many distinct rows while the database was down).
+pub static USAGE_DROPPED: LazyLock<IntCounter> = metric!(register_int_counter!(
+    "tollgate_usage_dropped_total",
+    "Requests whose usage count was dropped because too many rows were waiting for the database."
+));
+
+/// Counter rows waiting to be written to the database.
+pub static USAGE_PENDING: LazyLock<IntGauge> = metric!(register_int_gauge!(
+    "tollgate_usage_pending_rows",
+    "Usage counter rows waiting to be written to the database."
+));
+
 /// Access-log lines dropped because the writer could not keep up.
 pub static ACCESS_LOG_DROPPED: LazyLock<IntCounter> = metric!(register_int_counter!(
     "tollgate_access_log_dropped_total",

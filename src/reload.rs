@@ -6,6 +6,7 @@
 use crate::access_log::AccessLog;
 use crate::config::{self, ConfigError};
 use crate::metrics;
+use crate::persistence::Persistence;
 use crate::runtime::Runtime;
 use crate::upstream::health::HealthChecks;
 use arc_swap::ArcSwap;
@@ -43,20 +44,52 @@ pub struct LiveConfig {
     reload_lock: Mutex<()>,
     /// Tells the supervisor that a new snapshot is in place.
     changed: watch::Sender<u64>,
+    /// The database, when one is configured.
+    persistence: Option<Arc<Persistence>>,
 }
 
 impl LiveConfig {
-    /// Loads, validates and compiles the file for the first time.
-    pub fn load(path: &Path) -> Result<Self, ReloadError> {
-        let config = config::load_file(path)?;
-        let runtime = Runtime::build(config, 1, None)?;
+    /// Compiles the first snapshot from `config` (loaded from `path`), with the database's
+    /// store and plans when `persistence` is given.
+    pub fn new(
+        path: &Path,
+        config: config::Config,
+        persistence: Option<Arc<Persistence>>,
+    ) -> Result<Self, ReloadError> {
+        let runtime = Runtime::build(config, 1, None, persistence.as_deref())?;
         metrics::CONFIG_GENERATION.set(1);
         Ok(LiveConfig {
             path: path.to_path_buf(),
             current: ArcSwap::from_pointee(runtime),
             reload_lock: Mutex::new(()),
             changed: watch::channel(1).0,
+            persistence,
         })
+    }
+
+    /// The database side, when configured.
+    pub fn persistence(&self) -> Option<&Arc<Persistence>> {
+        self.persistence.as_ref()
+    }
+
+    /// Compiles the running config again (after plans changed in the database).
+    pub fn refresh(&self) -> Result<u64, ReloadError> {
+        let _serial = self
+            .reload_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let old = self.current.load_full();
+        let generation = old.generation + 1;
+        let next = Runtime::build(
+            old.config.clone(),
+            generation,
+            Some(&old),
+            self.persistence.as_deref(),
+        )?;
+        self.current.store(Arc::new(next));
+        metrics::CONFIG_GENERATION.set(generation as i64);
+        self.changed.send_replace(generation);
+        Ok(generation)
     }
 
     /// The snapshot requests should use now.
@@ -110,7 +143,7 @@ impl LiveConfig {
         let old = self.current.load_full();
         let restart_needed = old.config.restart_needed(&config);
         let generation = old.generation + 1;
-        let next = Runtime::build(config, generation, Some(&old))?;
+        let next = Runtime::build(config, generation, Some(&old), self.persistence.as_deref())?;
         if let Some(level) = next.config.server.log_level {
             if std::env::var_os("RUST_LOG").is_none() {
                 log::set_max_level(level);
@@ -150,9 +183,16 @@ impl BackgroundService for Supervisor {
         let mut tick =
             tokio::time::interval(settings.watch_interval.max(Duration::from_millis(50)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let database = self
+            .live
+            .persistence()
+            .map(|p| tokio::spawn(maintain_database(Arc::clone(&self.live), Arc::clone(p))));
         loop {
             tokio::select! {
                 _ = shutdown.changed() => {
+                    if let Some(task) = &database {
+                        task.abort();
+                    }
                     self.drain_then_exit(settings.grace_period).await;
                     return;
                 }
@@ -190,6 +230,9 @@ impl Supervisor {
             log::warn!("grace period over with {left} requests still in flight");
             return;
         }
+        if let Some(p) = self.live.persistence() {
+            flush_usage(p, "at shutdown").await;
+        }
         log::info!("drained: exiting");
         let access_log = self.access_log.clone();
         let _ = tokio::task::spawn_blocking(move || access_log.flush(Duration::from_secs(2))).await;
@@ -207,6 +250,80 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// Keeps the gateway in step with the database: evicts cached keys and consumers when they
+/// change (PostgreSQL `LISTEN`, reconnecting after a drop; everything cached is dropped
+/// after a reconnect, as notifications may have been missed), recompiles the snapshot when
+/// plans change, and writes usage counts every flush interval.
+async fn maintain_database(live: Arc<LiveConfig>, persistence: Arc<Persistence>) {
+    use crate::db::change::Change;
+    use crate::db::listen::spawn_listener;
+    let plans_changed = Arc::new(tokio::sync::Notify::new());
+    let listener = {
+        let (on_change_live, on_resync_live) = (Arc::clone(&live), Arc::clone(&live));
+        let (plans_on_change, plans_on_resync) =
+            (Arc::clone(&plans_changed), Arc::clone(&plans_changed));
+        let url = live
+            .current()
+            .config
+            .database
+            .as_ref()
+            .map(|d| d.url().to_string())
+            .unwrap_or_default();
+        spawn_listener(
+            &url,
+            move |change| match change {
+                Change::Key { hash } => on_change_live.current().auth.store().evict_key(&hash),
+                Change::Consumer { id } => {
+                    on_change_live.current().auth.store().evict_consumer(&id)
+                }
+                Change::Plan { .. } => plans_on_change.notify_one(),
+            },
+            move || {
+                on_resync_live.current().auth.store().clear();
+                plans_on_resync.notify_one();
+            },
+        )
+    };
+    let _listener = match listener {
+        Ok(l) => Some(l),
+        Err(e) => {
+            log::error!("database change listener cannot start: {e}; caches expire by TTL only");
+            None
+        }
+    };
+    let mut flush = tokio::time::interval(persistence.flush_interval);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = plans_changed.notified() => {
+                match persistence.reload_plans().await {
+                    Ok(true) => {
+                        let live = Arc::clone(&live);
+                        match tokio::task::spawn_blocking(move || live.refresh()).await {
+                            Ok(Ok(generation)) => log::info!("plans changed in the database: generation {generation}"),
+                            Ok(Err(e)) => log::error!("plans changed in the database but cannot be applied: {e}"),
+                            Err(e) => log::error!("plan refresh task failed: {e}"),
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => log::warn!("cannot read plans from the database: {e}"),
+                }
+            }
+            _ = flush.tick() => flush_usage(&persistence, "periodic").await,
+        }
+    }
+}
+
+/// Writes counted usage; on failure it stays in memory for the next attempt.
+async fn flush_usage(persistence: &Persistence, when: &str) {
+    match persistence.usage.flush(persistence.db()).await {
+        Ok(0) => {}
+        Ok(rows) => log::debug!("usage: {rows} rows written ({when})"),
+        Err(e) => log::warn!("usage: write failed ({when}), kept for the next attempt: {e}"),
+    }
+    metrics::USAGE_PENDING.set(persistence.usage.pending_rows() as i64);
 }
 
 async fn recv_signal(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {

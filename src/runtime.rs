@@ -3,6 +3,7 @@
 
 use crate::auth::{AuthSetupError, Authenticator};
 use crate::config::{Config, RouteSpec};
+use crate::persistence::Persistence;
 use crate::proxy::rate_limit::{LimitPolicies, LimitSetupError, RoutePolicies};
 use crate::router::Router;
 use crate::upstream::{Pool, PoolError};
@@ -47,6 +48,7 @@ impl Runtime {
         config: Config,
         generation: u64,
         previous: Option<&Runtime>,
+        persistence: Option<&Persistence>,
     ) -> Result<Runtime, BuildError> {
         let old: HashMap<&str, &Arc<Pool>> = previous
             .map(|p| p.pools.iter().map(|pool| (pool.name(), pool)).collect())
@@ -60,7 +62,8 @@ impl Runtime {
             pools.push(pool);
         }
         let by_name: HashMap<&str, &Arc<Pool>> = pools.iter().map(|p| (p.name(), p)).collect();
-        let limits = LimitPolicies::from_config(&config)?;
+        let stored_plans = persistence.map(|p| p.plans()).unwrap_or_default();
+        let limits = LimitPolicies::from_config(&config, &stored_plans)?;
         let mut routes = Vec::with_capacity(config.routes.len());
         for spec in &config.routes {
             // Validation guarantees that every route names an existing upstream.
@@ -73,8 +76,12 @@ impl Runtime {
             routes.push((spec.clone(), route));
         }
         let router = Router::new(routes);
-        let auth =
-            Authenticator::from_config(&config.auth, &config.consumers, previous.map(|p| &p.auth))?;
+        let auth = Authenticator::from_config(
+            &config.auth,
+            &config.consumers,
+            previous.map(|p| &p.auth),
+            persistence.map(|p| p.store()),
+        )?;
         Ok(Runtime {
             generation,
             config,

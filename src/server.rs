@@ -5,6 +5,7 @@ use crate::access_log::AccessLog;
 use crate::config::{Config, RedisSpec};
 use crate::limit::RedisSettings;
 use crate::metrics::{self, MetricsApp};
+use crate::persistence::Persistence;
 use crate::proxy::{Gateway, Limiter};
 use crate::reload::{LiveConfig, ReloadError, Supervisor};
 use crate::tls::{self, TlsError};
@@ -24,6 +25,8 @@ pub enum StartError {
     Tls { address: String, source: TlsError },
     #[error("cannot start the access-log writer: {0}")]
     AccessLog(std::io::Error),
+    #[error("database: {0}")]
+    Database(crate::db::DbError),
     #[error("cannot write pid file {path}: {source}")]
     PidFile {
         path: String,
@@ -34,7 +37,19 @@ pub enum StartError {
 /// Loads the config at `path` and serves until a shutdown signal. With `upgrade`, takes the
 /// listening sockets over from a running instance (Pingora graceful upgrade).
 pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
-    let live = Arc::new(LiveConfig::load(path)?);
+    let config = crate::config::load_file(path).map_err(ReloadError::from)?;
+    let persistence = match &config.database {
+        None => None,
+        Some(settings) => {
+            let (persistence, report) =
+                Persistence::start(settings).map_err(StartError::Database)?;
+            if !report.applied.is_empty() {
+                log::info!("database migrated to version {}", report.current);
+            }
+            Some(Arc::new(persistence))
+        }
+    };
+    let live = Arc::new(LiveConfig::new(path, config, persistence)?);
     let snapshot = live.current();
     let config = &snapshot.config;
     metrics::init();

@@ -144,8 +144,9 @@ impl Authenticator {
         settings: &AuthSettings,
         consumers: &[ConsumerSpec],
         previous: Option<&Authenticator>,
+        external_store: Option<Arc<dyn CredentialStore>>,
     ) -> Result<Self, AuthSetupError> {
-        let store: Arc<dyn CredentialStore> = Arc::new(yaml_store(consumers));
+        let store = external_store.unwrap_or_else(|| Arc::new(yaml_store(consumers)));
         Ok(Authenticator {
             hasher: settings.pepper.as_ref().map(|p| KeyHasher::new(p.expose())),
             store: CachedStore::new(store, &settings.cache),
@@ -153,6 +154,11 @@ impl Authenticator {
             trusted: TrustedProxies(settings.trusted_proxies.clone()),
             settings: settings.clone(),
         })
+    }
+
+    /// The credential cache (to evict what changed in the store).
+    pub fn store(&self) -> &CachedStore {
+        &self.store
     }
 
     /// The JWT verifier (for benchmarks of the uncached path).

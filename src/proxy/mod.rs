@@ -389,6 +389,17 @@ impl ProxyHttp for Gateway {
         metrics::REQUEST_DURATION
             .with_label_values(&[route.unwrap_or("none")])
             .observe(elapsed.as_secs_f64());
+        if let (Some(persistence), Some(identity)) = (self.live.persistence(), &ctx.identity) {
+            if let Some(consumer) = identity.consumer_id() {
+                let limited = matches!(ctx.error, Some(ApiError::RateLimited { .. }));
+                persistence.usage.record(
+                    consumer,
+                    identity.key_id(),
+                    route.unwrap_or("none"),
+                    limited,
+                );
+            }
+        }
         if let Some(e) = e {
             log::debug!(
                 "request {} failed: {e}",

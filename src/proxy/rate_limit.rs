@@ -8,7 +8,7 @@
 //! - the route's global limit (`r:<route>`).
 
 use crate::auth::Identity;
-use crate::config::{Config, FailureMode, LimitAlgorithm, LimitSpec, RouteSpec};
+use crate::config::{Config, FailureMode, LimitAlgorithm, LimitSpec, PlanSpec, RouteSpec};
 use crate::limit::{self, Algorithm, Decision, Policy, PolicyError, Subject, Window, WindowKind};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -39,10 +39,14 @@ pub struct LimitSetupError {
 
 impl LimitPolicies {
     /// Plans and the anonymous policy from the config.
-    pub fn from_config(config: &Config) -> Result<Self, LimitSetupError> {
+    pub fn from_config(
+        config: &Config,
+        stored_plans: &[PlanSpec],
+    ) -> Result<Self, LimitSetupError> {
         let settings = &config.rate_limit;
         let mut plans = HashMap::new();
-        for plan in &config.plans {
+        // Plans from the database win over plans of the same name in the file.
+        for plan in config.plans.iter().chain(stored_plans) {
             if let Some(spec) = &plan.limits {
                 plans.insert(
                     plan.name.clone(),

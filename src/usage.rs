@@ -1,0 +1,177 @@
+//! Usage accounting: requests per day, consumer, key, route and outcome, added up in memory
+//! and written to PostgreSQL in batches by the supervisor — never one write per request.
+//! If the database is down, counts keep accumulating (bounded) and are written when it
+//! returns; what cannot be kept is counted in `tollgate_usage_dropped_total`.
+
+use crate::db::usage::UsageDelta;
+use crate::db::{Day, Db, DbError};
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
+
+/// Distinct counter rows held in memory at most; beyond this, new rows are dropped (and
+/// counted) until a flush succeeds. A day of traffic rarely has more distinct rows.
+const MAX_ROWS: usize = 200_000;
+/// Shards, so concurrent requests rarely wait for each other.
+const SHARDS: usize = 16;
+
+/// One consumer's rows: few (its keys × routes × days), so a short list scanned in place.
+type ConsumerRows = Vec<(Row, Counts)>;
+
+struct Row {
+    day: Day,
+    key: Option<Box<str>>,
+    route: Box<str>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Counts {
+    allowed: u64,
+    limited: u64,
+}
+
+#[derive(Default)]
+struct Shard {
+    consumers: HashMap<Box<str>, ConsumerRows>,
+    rows: usize,
+}
+
+/// The in-memory counters.
+pub struct UsageRecorder {
+    shards: Vec<Mutex<Shard>>,
+}
+
+impl Default for UsageRecorder {
+    fn default() -> Self {
+        UsageRecorder {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+        }
+    }
+}
+
+impl UsageRecorder {
+    /// Counts one request of `consumer` (with API key `key`, if any) on `route`. Allocates
+    /// only for the first request of a row.
+    pub fn record(&self, consumer: &str, key: Option<&str>, route: &str, limited: bool) {
+        self.add(
+            Day::today(),
+            consumer,
+            key,
+            route,
+            Counts {
+                allowed: u64::from(!limited),
+                limited: u64::from(limited),
+            },
+        );
+    }
+
+    fn add(&self, day: Day, consumer: &str, key: Option<&str>, route: &str, counts: Counts) {
+        let mut shard = self
+            .shard(consumer)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let full = shard.rows >= MAX_ROWS / SHARDS;
+        if let Some(rows) = shard.consumers.get_mut(consumer) {
+            if let Some((_, c)) = rows
+                .iter_mut()
+                .find(|(r, _)| r.day == day && r.key.as_deref() == key && &*r.route == route)
+            {
+                c.allowed += counts.allowed;
+                c.limited += counts.limited;
+                return;
+            }
+        }
+        if full {
+            crate::metrics::USAGE_DROPPED.inc_by(counts.allowed + counts.limited);
+            return;
+        }
+        let row = Row {
+            day,
+            key: key.map(Into::into),
+            route: route.into(),
+        };
+        shard
+            .consumers
+            .entry(consumer.into())
+            .or_default()
+            .push((row, counts));
+        shard.rows += 1;
+    }
+
+    fn shard(&self, consumer: &str) -> &Mutex<Shard> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        consumer.hash(&mut h);
+        &self.shards[(h.finish() as usize) % SHARDS]
+    }
+
+    /// Takes every counter out (to write them).
+    fn take(&self) -> Vec<UsageDelta> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let taken = std::mem::take(&mut *shard.lock().unwrap_or_else(|p| p.into_inner()));
+            for (consumer, rows) in taken.consumers {
+                out.extend(rows.into_iter().map(|(r, c)| UsageDelta {
+                    day: r.day,
+                    consumer_id: consumer.to_string(),
+                    key_id: r.key.map(Into::into),
+                    route: r.route.into(),
+                    allowed: c.allowed,
+                    limited: c.limited,
+                }));
+            }
+        }
+        out
+    }
+
+    /// Writes everything counted so far in one statement; on failure keeps it (merged with
+    /// what arrived meanwhile) for the next attempt. Returns the rows written.
+    pub async fn flush(&self, db: &Db) -> Result<usize, DbError> {
+        let deltas = self.take();
+        if deltas.is_empty() {
+            return Ok(0);
+        }
+        match crate::db::usage::record(db, &deltas).await {
+            Ok(_) => Ok(deltas.len()),
+            Err(e) => {
+                for d in deltas {
+                    let counts = Counts {
+                        allowed: d.allowed,
+                        limited: d.limited,
+                    };
+                    self.add(d.day, &d.consumer_id, d.key_id.as_deref(), &d.route, counts);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Rows waiting to be written.
+    pub fn pending_rows(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).rows)
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_add_up_per_row() {
+        let u = UsageRecorder::default();
+        for _ in 0..3 {
+            u.record("alice", Some("k1"), "orders", false);
+        }
+        u.record("alice", Some("k1"), "orders", true);
+        u.record("alice", None, "orders", false);
+        u.record("bob", Some("k2"), "search", false);
+        assert_eq!(u.pending_rows(), 3);
+        let mut rows = u.take();
+        rows.sort_by(|a, b| (&a.consumer_id, &a.key_id).cmp(&(&b.consumer_id, &b.key_id)));
+        assert_eq!((rows[1].allowed, rows[1].limited), (3, 1));
+        assert_eq!(rows[0].key_id, None);
+        assert_eq!(u.pending_rows(), 0);
+    }
+}
