@@ -183,15 +183,21 @@ impl BackgroundService for Supervisor {
         let mut tick =
             tokio::time::interval(settings.watch_interval.max(Duration::from_millis(50)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let database = self
-            .live
-            .persistence()
-            .map(|p| tokio::spawn(maintain_database(Arc::clone(&self.live), Arc::clone(p))));
+        let (stop_database, database_stop) = watch::channel(false);
+        let database = self.live.persistence().map(|p| {
+            tokio::spawn(maintain_database(
+                Arc::clone(&self.live),
+                Arc::clone(p),
+                database_stop,
+            ))
+        });
         loop {
             tokio::select! {
                 _ = shutdown.changed() => {
-                    if let Some(task) = &database {
-                        task.abort();
+                    // Let a usage write in progress finish, so no count is lost.
+                    stop_database.send_replace(true);
+                    if let Some(task) = database {
+                        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
                     }
                     self.drain_then_exit(settings.grace_period).await;
                     return;
@@ -231,7 +237,16 @@ impl Supervisor {
             return;
         }
         if let Some(p) = self.live.persistence() {
-            flush_usage(p, "at shutdown").await;
+            // A pooled connection may have died with a database restart: the first attempt
+            // then fails and drops it; the next one connects afresh.
+            for attempt in 1..=3 {
+                if flush_usage(p, "at shutdown").await {
+                    break;
+                }
+                if attempt < 3 {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
         }
         log::info!("drained: exiting");
         let access_log = self.access_log.clone();
@@ -256,7 +271,11 @@ impl Supervisor {
 /// change (PostgreSQL `LISTEN`, reconnecting after a drop; everything cached is dropped
 /// after a reconnect, as notifications may have been missed), recompiles the snapshot when
 /// plans change, and writes usage counts every flush interval.
-async fn maintain_database(live: Arc<LiveConfig>, persistence: Arc<Persistence>) {
+async fn maintain_database(
+    live: Arc<LiveConfig>,
+    persistence: Arc<Persistence>,
+    mut stop: watch::Receiver<bool>,
+) {
     use crate::db::change::Change;
     use crate::db::listen::spawn_listener;
     let plans_changed = Arc::new(tokio::sync::Notify::new());
@@ -297,6 +316,7 @@ async fn maintain_database(live: Arc<LiveConfig>, persistence: Arc<Persistence>)
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = stop.changed() => return,
             _ = plans_changed.notified() => {
                 match persistence.reload_plans().await {
                     Ok(true) => {
@@ -311,19 +331,30 @@ async fn maintain_database(live: Arc<LiveConfig>, persistence: Arc<Persistence>)
                     Err(e) => log::warn!("cannot read plans from the database: {e}"),
                 }
             }
-            _ = flush.tick() => flush_usage(&persistence, "periodic").await,
+            _ = flush.tick() => {
+                flush_usage(&persistence, "periodic").await;
+            }
         }
     }
 }
 
-/// Writes counted usage; on failure it stays in memory for the next attempt.
-async fn flush_usage(persistence: &Persistence, when: &str) {
-    match persistence.usage.flush(persistence.db()).await {
-        Ok(0) => {}
-        Ok(rows) => log::debug!("usage: {rows} rows written ({when})"),
-        Err(e) => log::warn!("usage: write failed ({when}), kept for the next attempt: {e}"),
-    }
+/// Writes counted usage; on failure it stays in memory for the next attempt. `true` when
+/// everything counted so far is written.
+async fn flush_usage(persistence: &Persistence, when: &str) -> bool {
+    let written = match persistence.usage.flush(persistence.db()).await {
+        Ok(rows) => {
+            if rows > 0 {
+                log::debug!("usage: {rows} rows written ({when})");
+            }
+            true
+        }
+        Err(e) => {
+            log::warn!("usage: write failed ({when}), kept for the next attempt: {e}");
+            false
+        }
+    };
     metrics::USAGE_PENDING.set(persistence.usage.pending_rows() as i64);
+    written
 }
 
 async fn recv_signal(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {

@@ -10,7 +10,7 @@ use crate::proxy::{Gateway, Limiter};
 use crate::reload::{LiveConfig, ReloadError, Supervisor};
 use crate::tls::{self, TlsError};
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use std::path::Path;
@@ -105,7 +105,7 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
         "tollgate supervisor",
         Supervisor {
             live: Arc::clone(&live),
-            access_log,
+            access_log: access_log.clone(),
         },
     ));
 
@@ -132,7 +132,39 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
         snapshot.generation
     );
     drop(snapshot);
-    server.run_forever()
+    server.run(RunArgs::default());
+    // Every service has stopped: write what is still counted, then let the process end.
+    if let Some(persistence) = live.persistence() {
+        final_usage_flush(persistence);
+    }
+    access_log.flush(std::time::Duration::from_secs(2));
+    Ok(())
+}
+
+/// Writes the remaining usage counts at exit (a few attempts: a connection may have died
+/// with a database restart and is replaced on the next try).
+fn final_usage_flush(persistence: &Persistence) {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        log::error!("usage: no runtime to write the last counts");
+        return;
+    };
+    rt.block_on(async {
+        for attempt in 1..=3 {
+            match persistence.usage.flush(persistence.db()).await {
+                Ok(_) => return,
+                Err(e) if attempt == 3 => {
+                    log::error!(
+                        "usage: {} rows not written at exit: {e}",
+                        persistence.usage.pending_rows()
+                    )
+                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(300)).await,
+            }
+        }
+    });
 }
 
 /// The limiter's Redis settings from the config.

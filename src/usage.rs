@@ -104,17 +104,17 @@ impl UsageRecorder {
         &self.shards[(h.finish() as usize) % SHARDS]
     }
 
-    /// Takes every counter out (to write them).
-    fn take(&self) -> Vec<UsageDelta> {
+    /// A copy of every counter (to write them).
+    fn snapshot(&self) -> Vec<UsageDelta> {
         let mut out = Vec::new();
         for shard in &self.shards {
-            let taken = std::mem::take(&mut *shard.lock().unwrap_or_else(|p| p.into_inner()));
-            for (consumer, rows) in taken.consumers {
-                out.extend(rows.into_iter().map(|(r, c)| UsageDelta {
+            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            for (consumer, rows) in &shard.consumers {
+                out.extend(rows.iter().map(|(r, c)| UsageDelta {
                     day: r.day,
                     consumer_id: consumer.to_string(),
-                    key_id: r.key.map(Into::into),
-                    route: r.route.into(),
+                    key_id: r.key.as_deref().map(str::to_string),
+                    route: r.route.to_string(),
                     allowed: c.allowed,
                     limited: c.limited,
                 }));
@@ -123,26 +123,46 @@ impl UsageRecorder {
         out
     }
 
-    /// Writes everything counted so far in one statement; on failure keeps it (merged with
-    /// what arrived meanwhile) for the next attempt. Returns the rows written.
+    /// Subtracts what was written; rows that reach zero are dropped.
+    fn subtract(&self, written: &[UsageDelta]) {
+        for d in written {
+            let mut shard = self
+                .shard(&d.consumer_id)
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let Some(rows) = shard.consumers.get_mut(d.consumer_id.as_str()) else {
+                continue;
+            };
+            let before = rows.len();
+            rows.retain_mut(|(r, c)| {
+                if r.day == d.day && r.key.as_deref() == d.key_id.as_deref() && *r.route == *d.route
+                {
+                    c.allowed -= d.allowed.min(c.allowed);
+                    c.limited -= d.limited.min(c.limited);
+                    c.allowed + c.limited > 0
+                } else {
+                    true
+                }
+            });
+            let removed = before - rows.len();
+            if rows.is_empty() {
+                shard.consumers.remove(d.consumer_id.as_str());
+            }
+            shard.rows -= removed;
+        }
+    }
+
+    /// Writes everything counted so far in one statement. Counters are only reduced once the
+    /// write succeeded, so a failed or interrupted write loses nothing (it is retried later).
+    /// Returns the rows written.
     pub async fn flush(&self, db: &Db) -> Result<usize, DbError> {
-        let deltas = self.take();
+        let deltas = self.snapshot();
         if deltas.is_empty() {
             return Ok(0);
         }
-        match crate::db::usage::record(db, &deltas).await {
-            Ok(_) => Ok(deltas.len()),
-            Err(e) => {
-                for d in deltas {
-                    let counts = Counts {
-                        allowed: d.allowed,
-                        limited: d.limited,
-                    };
-                    self.add(d.day, &d.consumer_id, d.key_id.as_deref(), &d.route, counts);
-                }
-                Err(e)
-            }
-        }
+        crate::db::usage::record(db, &deltas).await?;
+        self.subtract(&deltas);
+        Ok(deltas.len())
     }
 
     /// Rows waiting to be written.
@@ -168,10 +188,13 @@ mod tests {
         u.record("alice", None, "orders", false);
         u.record("bob", Some("k2"), "search", false);
         assert_eq!(u.pending_rows(), 3);
-        let mut rows = u.take();
+        let mut rows = u.snapshot();
         rows.sort_by(|a, b| (&a.consumer_id, &a.key_id).cmp(&(&b.consumer_id, &b.key_id)));
         assert_eq!((rows[1].allowed, rows[1].limited), (3, 1));
         assert_eq!(rows[0].key_id, None);
-        assert_eq!(u.pending_rows(), 0);
+        u.record("alice", Some("k1"), "orders", false);
+        u.subtract(&rows);
+        assert_eq!(u.pending_rows(), 1, "what arrived after the snapshot stays");
+        assert_eq!(u.snapshot()[0].allowed, 1);
     }
 }
