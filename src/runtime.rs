@@ -15,6 +15,8 @@ pub struct Route {
     pub spec: RouteSpec,
     pub pool: Arc<Pool>,
     pub limits: RoutePolicies,
+    /// This route's `tollgate_request_duration_seconds` series, resolved once.
+    pub duration: prometheus::Histogram,
 }
 
 /// One config generation, ready to serve.
@@ -72,6 +74,7 @@ impl Runtime {
                 spec: spec.clone(),
                 pool,
                 limits: limits.for_route(spec, &config)?,
+                duration: crate::metrics::REQUEST_DURATION.with_label_values(&[spec.name.as_str()]),
             });
             routes.push((spec.clone(), route));
         }

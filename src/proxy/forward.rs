@@ -52,20 +52,11 @@ pub fn set_forwarded_headers(
 pub fn set_identity_headers(
     req: &mut RequestHeader,
     names: &IdentityHeaders,
+    forgeable: &[http::HeaderName],
     identity: Option<&Identity>,
 ) -> pingora::Result<()> {
-    for name in [
-        &names.consumer_id,
-        &names.plan,
-        &names.auth_method,
-        &names.scopes,
-    ] {
+    for name in forgeable {
         req.remove_header(name);
-        // CGI-style upstreams read `x_consumer_id` as `x-consumer-id`: remove that too.
-        let underscored = name.as_str().replace('-', "_");
-        if underscored != name.as_str() {
-            req.remove_header(underscored.as_str());
-        }
     }
     let Some(identity) = identity else {
         return Ok(());

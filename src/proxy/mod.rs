@@ -267,7 +267,12 @@ impl ProxyHttp for Gateway {
         forward::set_forwarded_headers(upstream, &downstream)?;
         upstream.insert_header(request_id::HEADER, ctx.request_id.clone())?;
         let settings = ctx.runtime.auth.settings();
-        forward::set_identity_headers(upstream, &settings.identity_headers, ctx.identity.as_ref())?;
+        forward::set_identity_headers(
+            upstream,
+            &settings.identity_headers,
+            ctx.runtime.auth.identity_header_names(),
+            ctx.identity.as_ref(),
+        )?;
         if let Some(route) = &ctx.route {
             let policy = &route.spec.auth;
             if policy.mode != AuthMode::None && !policy.forward_credential {
@@ -284,8 +289,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         if let (Some(route), Some(started)) = (&ctx.route, ctx.upstream_started) {
-            metrics::UPSTREAM_DURATION
-                .with_label_values(&[route.pool.name()])
+            route
+                .pool
+                .upstream_duration()
                 .observe(started.elapsed().as_secs_f64());
         }
         forward::strip_hop_by_hop_response(upstream_response);
@@ -386,9 +392,12 @@ impl ProxyHttp for Gateway {
                 status_text,
             ])
             .inc();
-        metrics::REQUEST_DURATION
-            .with_label_values(&[route.unwrap_or("none")])
-            .observe(elapsed.as_secs_f64());
+        match &ctx.route {
+            Some(r) => r.duration.observe(elapsed.as_secs_f64()),
+            None => metrics::REQUEST_DURATION
+                .with_label_values(&["none"])
+                .observe(elapsed.as_secs_f64()),
+        }
         if let (Some(persistence), Some(identity)) = (self.live.persistence(), &ctx.identity) {
             if let Some(consumer) = identity.consumer_id() {
                 let limited = matches!(ctx.error, Some(ApiError::RateLimited { .. }));

@@ -124,18 +124,23 @@ impl<'a> RequestSubjects<'a> {
         route_name: &str,
         identity: &Identity,
     ) -> Self {
-        let caller = caller_key(identity);
+        let caller_policy = policies.caller_policy(identity);
         let mut out = RequestSubjects {
-            keys: Vec::with_capacity(3),
-            policies: Vec::with_capacity(3),
+            keys: Vec::new(),
+            policies: Vec::new(),
             failure_mode: route.failure_mode,
         };
-        if let Some(p) = policies.caller_policy(identity) {
-            out.keys.push(caller.clone());
-            out.policies.push(p);
+        // Nothing is allocated for a request that no limit applies to.
+        if caller_policy.is_none() && route.per_caller.is_none() && route.global.is_none() {
+            return out;
         }
+        let caller = caller_key(identity);
         if let Some(p) = &route.per_caller {
             out.keys.push(format!("r:{route_name}:{caller}"));
+            out.policies.push(p);
+        }
+        if let Some(p) = caller_policy {
+            out.keys.push(caller);
             out.policies.push(p);
         }
         if let Some(p) = &route.global {

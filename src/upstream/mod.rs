@@ -33,6 +33,8 @@ pub enum PoolError {
 /// A named pool of targets with its selector and health state.
 pub struct Pool {
     spec: UpstreamSpec,
+    /// This pool's `tollgate_upstream_duration_seconds` series, resolved once.
+    upstream_duration: prometheus::Histogram,
     balancer: LoadBalancer<RoundRobin>,
     ca: Option<Arc<CaType>>,
 }
@@ -78,6 +80,8 @@ impl Pool {
             })?)),
         };
         Ok(Pool {
+            upstream_duration: crate::metrics::UPSTREAM_DURATION
+                .with_label_values(&[spec.name.as_str()]),
             spec: spec.clone(),
             balancer,
             ca,
@@ -87,6 +91,11 @@ impl Pool {
     /// The spec this pool was built from.
     pub fn spec(&self) -> &UpstreamSpec {
         &self.spec
+    }
+
+    /// Where to record how long this pool's targets take to answer.
+    pub fn upstream_duration(&self) -> &prometheus::Histogram {
+        &self.upstream_duration
     }
 
     /// The pool's name in the config.
