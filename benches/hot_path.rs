@@ -29,7 +29,7 @@ fn many_routes() -> Config {
 
 fn route_match(c: &mut Criterion) {
     let config = many_routes();
-    let runtime = tollgate::runtime::Runtime::build(config, 1, None).expect("runtime builds");
+    let runtime = tollgate::runtime::Runtime::build(config, 1, None, None).expect("runtime builds");
     let get = http::Method::GET;
     c.bench_function("route_match/1000_routes_hit", |b| {
         b.iter(|| {
@@ -64,7 +64,8 @@ consumers:
 "
     );
     let config = config::parse(&yaml, Path::new(".")).expect("benchmark config is valid");
-    Authenticator::from_config(&config.auth, &config.consumers, None).expect("authenticator builds")
+    Authenticator::from_config(&config.auth, &config.consumers, None, None)
+        .expect("authenticator builds")
 }
 
 const KEY: &str = "tg_AAAAAAAA_BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB";

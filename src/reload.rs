@@ -163,11 +163,17 @@ impl LiveConfig {
 pub struct Supervisor {
     pub live: Arc<LiveConfig>,
     pub access_log: AccessLog,
+    /// Connected at start, so the first requests do not wait for Redis.
+    pub limiter: Arc<crate::proxy::Limiter>,
 }
 
 #[async_trait]
 impl BackgroundService for Supervisor {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        let limiter = Arc::clone(&self.limiter);
+        tokio::spawn(async move {
+            limiter.get().await;
+        });
         let mut health = HealthChecks::default();
         health.reconcile(&self.live.current().pools);
         let mut changed = self.live.changed.subscribe();

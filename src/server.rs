@@ -106,6 +106,7 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
         Supervisor {
             live: Arc::clone(&live),
             access_log: access_log.clone(),
+            limiter,
         },
     ));
 

@@ -294,6 +294,22 @@ impl RateLimiter {
         }
     }
 
+    /// Gives a concurrency slot back and waits until it is free (one Redis round trip, all
+    /// keys at once). For callers that have already answered the client, so that its next
+    /// request finds the slot free.
+    pub async fn release_now(&self, lease: Lease) {
+        match lease.holder {
+            LeaseHolder::Local(keys) => self.inner.local.release(&lease.id, &keys),
+            LeaseHolder::Redis(keys) => {
+                if let Some(remote) = &self.inner.remote {
+                    if !remote.breaker.is_open() {
+                        remote.backend.release(&lease.id, keys).await;
+                    }
+                }
+            }
+        }
+    }
+
     /// Forgets every counter and lease of subject `key`, on Redis and in the local
     /// limiter (operator reset).
     pub async fn reset(&self, key: &str) -> Result<(), LimitError> {

@@ -276,16 +276,23 @@ impl RedisBackend {
             return; // no runtime to run it on: the lease expires after its ttl
         };
         let backend = self.clone();
-        runtime.spawn(async move {
-            for key in keys {
-                let slot = fred::util::redis_keyslot(key.as_bytes());
-                let args = vec![Value::from(key), Value::from(&*id)];
-                if let Err(e) = backend.command("ZREM", slot, args).await {
-                    metrics::backend_error(e.kind());
-                    log::debug!("rate limiting: releasing lease {id} failed: {e}");
-                }
-            }
+        runtime.spawn(async move { backend.release(&id, keys).await });
+    }
+
+    /// Removes lease `id` from every key at once (one command per key, sent together), so
+    /// a released slot is free as soon as this returns.
+    pub(crate) async fn release(&self, id: &str, keys: Vec<String>) {
+        let removals = keys.into_iter().map(|key| {
+            let slot = fred::util::redis_keyslot(key.as_bytes());
+            let args = vec![Value::from(key), Value::from(id)];
+            self.command("ZREM", slot, args)
         });
+        for outcome in futures::future::join_all(removals).await {
+            if let Err(e) = outcome {
+                metrics::backend_error(e.kind());
+                log::debug!("rate limiting: releasing lease {id} failed: {e}");
+            }
+        }
     }
 
     /// Deletes both keys of a subject.

@@ -343,7 +343,12 @@ impl ProxyHttp for Gateway {
         }
         let code = match &error {
             Some(err) if session.response_written().is_none() => {
-                if let Err(write_err) = err.send(session, &ctx.request_id).await {
+                let headers = ctx
+                    .limit
+                    .as_ref()
+                    .map(limit::rate_limit_headers)
+                    .unwrap_or_default();
+                if let Err(write_err) = err.send_with(session, &ctx.request_id, headers).await {
                     log::debug!("cannot send error response: {write_err}");
                 }
                 err.status()
@@ -373,8 +378,10 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         metrics::IN_FLIGHT.dec();
+        // The response has gone out: free the concurrency slot before this connection's
+        // next request is read.
         if let Some(lease) = ctx.limit.as_mut().and_then(|d| d.lease.take()) {
-            self.limiter.get().await.release(lease);
+            self.limiter.get().await.release_now(lease).await;
         }
         let req = session.req_header();
         let status = session.response_written().map_or_else(
