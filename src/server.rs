@@ -1,7 +1,8 @@
 //! Assembles the Pingora server: the proxy service on its listeners, the metrics listener,
-//! and the supervisor (config reload and health checks).
+//! the supervisor (config reload and health checks) and, when configured, the admin API.
 
 use crate::access_log::AccessLog;
+use crate::admin::AdminService;
 use crate::config::{Config, RedisSpec};
 use crate::limit::RedisSettings;
 use crate::metrics::{self, MetricsApp};
@@ -24,6 +25,10 @@ pub enum StartError {
     Tls { address: String, source: TlsError },
     #[error("cannot start the access-log writer: {0}")]
     AccessLog(std::io::Error),
+    #[error("admin service: {0}")]
+    Admin(#[from] crate::db::DbError),
+    #[error("the config has no `admin:` section")]
+    NoAdmin,
     #[error("cannot write pid file {path}: {source}")]
     PidFile {
         path: String,
@@ -94,6 +99,10 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
         },
     ));
 
+    if let Some(admin) = AdminService::from_config(Arc::clone(&live), Arc::clone(&limiter))? {
+        server.add_service(background_service("tollgate admin", admin));
+    }
+
     let pid_file = &config.server.pid_file;
     std::fs::write(pid_file, format!("{}\n", std::process::id())).map_err(|source| {
         StartError::PidFile {
@@ -114,6 +123,36 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
             ))
             .collect::<Vec<_>>()
             .join(", "),
+        snapshot.generation
+    );
+    drop(snapshot);
+    server.run_forever()
+}
+
+/// Runs only the admin API (`tollgate admin`): a Pingora server with the admin service
+/// and nothing else, until a shutdown signal.
+pub fn run_admin(path: &Path) -> Result<(), StartError> {
+    let live = Arc::new(LiveConfig::load(path)?);
+    let snapshot = live.current();
+    let config = &snapshot.config;
+    let conf = ServerConf {
+        threads: 1,
+        grace_period_seconds: Some(config.server.grace_period.as_secs_f64().ceil() as u64),
+        graceful_shutdown_timeout_seconds: Some(
+            config.server.graceful_shutdown_timeout.as_secs_f64().ceil() as u64,
+        ),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    server.bootstrap();
+    let redis = config.rate_limit.redis.as_ref();
+    let limiter = Arc::new(Limiter::new(redis.map(|r| redis_settings(r, config))));
+    let admin =
+        AdminService::from_config(Arc::clone(&live), limiter)?.ok_or(StartError::NoAdmin)?;
+    server.add_service(background_service("tollgate admin", admin));
+    log::info!(
+        "tollgate {} admin API only (config generation {})",
+        env!("CARGO_PKG_VERSION"),
         snapshot.generation
     );
     drop(snapshot);

@@ -914,7 +914,7 @@ fn database(raw: RawDatabase, p: &mut Problems) -> DatabaseSettings {
             String::new()
         }
     };
-    if !url.is_empty() && !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+    if !(url.is_empty() || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         p.push("database.url", "must be a postgres:// URL");
     }
     let pool_size = raw.pool_size.unwrap_or(8);
