@@ -696,10 +696,19 @@ async fn keys_show_their_secret_once_and_never_again() {
         .iter()
         .map(|e| e["action"].as_str().unwrap().to_string())
         .collect();
-    assert!(actions.contains(&"key.create".to_string()), "{actions:?}");
+    for action in ["key.create", "key.update", "key.rotate", "key.revoke"] {
+        assert!(actions.iter().any(|a| a == action), "{action}: {actions:?}");
+    }
+    let actor = actor_of(TOKEN);
     assert!(
-        actions.contains(&"key.rotate".to_string()) || actions.iter().any(|a| a.contains("rotate")),
-        "{actions:?}"
+        audit
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["actor"] == actor.as_str()),
+        "{}",
+        audit.text
     );
 }
 
