@@ -33,6 +33,8 @@ enum Command {
     Serve,
     /// Validate the configuration file and print every problem.
     Check,
+    /// Run only the admin API (the `admin:` section of the configuration).
+    Admin,
     /// Ask the running instance to reload its configuration (sends SIGHUP to the pid in the
     /// configured pid file).
     Reload,
@@ -90,6 +92,14 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Admin => match tollgate::server::run_admin(&cli.config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                log::error!("cannot start: {e}");
+                eprintln!("tollgate: cannot start: {e}");
                 ExitCode::FAILURE
             }
         },

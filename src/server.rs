@@ -1,7 +1,8 @@
 //! Assembles the Pingora server: the proxy service on its listeners, the metrics listener,
-//! and the supervisor (config reload and health checks).
+//! the supervisor (config reload and health checks) and, when configured, the admin API.
 
 use crate::access_log::AccessLog;
+use crate::admin::AdminService;
 use crate::config::{Config, RedisSpec};
 use crate::limit::RedisSettings;
 use crate::metrics::{self, MetricsApp};
@@ -27,6 +28,10 @@ pub enum StartError {
     AccessLog(std::io::Error),
     #[error("database: {0}")]
     Database(crate::db::DbError),
+    #[error("admin service: {0}")]
+    Admin(crate::db::DbError),
+    #[error("the config has no `admin:` section")]
+    NoAdmin,
     #[error("cannot write pid file {path}: {source}")]
     PidFile {
         path: String,
@@ -106,9 +111,13 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
         Supervisor {
             live: Arc::clone(&live),
             access_log: access_log.clone(),
-            limiter,
+            limiter: Arc::clone(&limiter),
         },
     ));
+
+    if let Some(admin) = AdminService::from_config(Arc::clone(&live), Arc::clone(&limiter)).map_err(StartError::Admin)? {
+        server.add_service(background_service("tollgate admin", admin));
+    }
 
     let pid_file = &config.server.pid_file;
     std::fs::write(pid_file, format!("{}\n", std::process::id())).map_err(|source| {
@@ -166,6 +175,38 @@ fn final_usage_flush(persistence: &Persistence) {
             }
         }
     });
+}
+
+/// Runs only the admin API (`tollgate admin`): a Pingora server with the admin service
+/// and nothing else, until a shutdown signal.
+pub fn run_admin(path: &Path) -> Result<(), StartError> {
+    let config = crate::config::load_file(path).map_err(ReloadError::from)?;
+    let live = Arc::new(LiveConfig::new(path, config, None)?);
+    let snapshot = live.current();
+    let config = &snapshot.config;
+    let conf = ServerConf {
+        threads: 1,
+        grace_period_seconds: Some(config.server.grace_period.as_secs_f64().ceil() as u64),
+        graceful_shutdown_timeout_seconds: Some(
+            config.server.graceful_shutdown_timeout.as_secs_f64().ceil() as u64,
+        ),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    server.bootstrap();
+    let redis = config.rate_limit.redis.as_ref();
+    let limiter = Arc::new(Limiter::new(redis.map(|r| redis_settings(r, config))));
+    let admin = AdminService::from_config(Arc::clone(&live), limiter)
+        .map_err(StartError::Admin)?
+        .ok_or(StartError::NoAdmin)?;
+    server.add_service(background_service("tollgate admin", admin));
+    log::info!(
+        "tollgate {} admin API only (config generation {})",
+        env!("CARGO_PKG_VERSION"),
+        snapshot.generation
+    );
+    drop(snapshot);
+    server.run_forever()
 }
 
 /// The limiter's Redis settings from the config.

@@ -187,6 +187,12 @@ fn caller_key(identity: &Identity) -> String {
     }
 }
 
+/// The limiter policy of plan `name` with limits `spec`, built exactly as the proxy
+/// builds it (the admin API peeks at a consumer's windows with it).
+pub fn plan_policy(name: &str, spec: &LimitSpec) -> Result<Policy, LimitSetupError> {
+    policy(name, spec, &format!("plan {name}"))
+}
+
 /// A limiter policy from a config limit. A token bucket of `requests` per `per` with
 /// `burst` holds `burst` tokens and refills `burst` of them in `per × burst / requests`.
 fn policy(name: &str, spec: &LimitSpec, place: &str) -> Result<Policy, LimitSetupError> {

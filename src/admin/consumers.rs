@@ -1,0 +1,288 @@
+//! `/admin/consumers`: who calls the API, on which plan, with which scopes.
+
+use super::auth::Actor;
+use super::error::{check_name, AdminError, ErrorBody, Fields};
+use super::{created, nullable, rfc3339, AdminState, Body, Path, Query, StatusName};
+use crate::db::consumers::{self, Consumer, ConsumerFilter, ConsumerUpdate, NewConsumer};
+use crate::db::{plans, Db, DbError};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub(crate) fn routes() -> OpenApiRouter<AdminState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_consumer, list_consumers))
+        .routes(routes!(get_consumer, update_consumer, delete_consumer))
+}
+
+/// A consumer to create.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerCreate {
+    /// Unique id: 1 to 128 bytes, no control characters.
+    pub id: String,
+    /// Its plan (must exist).
+    #[serde(default)]
+    pub plan: Option<String>,
+    /// Default `active`.
+    #[serde(default)]
+    pub status: Option<StatusName>,
+    /// Scopes granted to its keys.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// A JSON object; default `{}`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+}
+
+/// A change to a consumer; absent fields stay.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerPatch {
+    /// A new plan; `null` takes it off its plan.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub plan: Option<Option<String>>,
+    /// A new status.
+    #[serde(default)]
+    pub status: Option<StatusName>,
+    /// New scopes (replacing all).
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+    /// New metadata (a JSON object).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+}
+
+/// A stored consumer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsumerOut {
+    /// Id.
+    pub id: String,
+    /// Plan.
+    pub plan: Option<String>,
+    /// Status.
+    pub status: StatusName,
+    /// Scopes.
+    pub scopes: Vec<String>,
+    /// Metadata.
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+}
+
+impl From<Consumer> for ConsumerOut {
+    fn from(c: Consumer) -> Self {
+        ConsumerOut {
+            id: c.id,
+            plan: c.plan,
+            status: c.status.into(),
+            scopes: c.scopes,
+            metadata: c.metadata,
+            created_at: rfc3339(c.created_at),
+            updated_at: rfc3339(c.updated_at),
+        }
+    }
+}
+
+/// One page of consumers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsumerPage {
+    /// This page, in order of id.
+    pub items: Vec<ConsumerOut>,
+    /// Pass as `after` for the next page; `null`: this is the last.
+    pub next_after: Option<String>,
+}
+
+/// Filters and paging of the consumer list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ConsumerListQuery {
+    /// Only consumers on this plan.
+    pub plan: Option<String>,
+    /// Only consumers with this status.
+    pub status: Option<StatusName>,
+    /// Only ids after this one (the previous page's `next_after`).
+    pub after: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    pub limit: Option<u32>,
+}
+
+fn check_scopes(fields: &mut Fields, field: &str, scopes: &[String]) {
+    for (i, s) in scopes.iter().enumerate() {
+        check_name(fields, &format!("{field}[{i}]"), s);
+    }
+}
+
+fn check_metadata(fields: &mut Fields, metadata: Option<&Value>) {
+    if let Some(m) = metadata {
+        fields.check(m.is_object(), "metadata", "must be a JSON object");
+    }
+}
+
+/// 400 naming `plan` when the plan does not exist.
+async fn check_plan(db: &Db, plan: Option<&str>) -> Result<(), AdminError> {
+    let Some(plan) = plan else { return Ok(()) };
+    match plans::get(db, plan).await {
+        Ok(_) => Ok(()),
+        Err(DbError::NotFound(_)) => {
+            Err(AdminError::field("plan", format!("no plan named {plan:?}")))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Create a consumer.
+#[utoipa::path(post, path = "/admin/consumers", tag = "consumers", request_body = ConsumerCreate,
+    responses(
+        (status = 201, description = "Created", body = ConsumerOut),
+        (status = 400, description = "Invalid input", body = ErrorBody),
+        (status = 401, description = "No or a wrong admin token", body = ErrorBody),
+        (status = 409, description = "The id is taken", body = ErrorBody),
+    ))]
+pub async fn create_consumer(
+    State(state): State<AdminState>,
+    actor: Actor,
+    Body(body): Body<ConsumerCreate>,
+) -> Result<Response, AdminError> {
+    let mut fields = Fields::default();
+    check_name(&mut fields, "id", &body.id);
+    if let Some(plan) = &body.plan {
+        check_name(&mut fields, "plan", plan);
+    }
+    check_scopes(&mut fields, "scopes", &body.scopes);
+    check_metadata(&mut fields, body.metadata.as_ref());
+    fields.finish()?;
+    let db = state.db()?;
+    check_plan(db, body.plan.as_deref()).await?;
+    let consumer = consumers::create(
+        db,
+        &actor.0,
+        &NewConsumer {
+            id: body.id,
+            plan: body.plan,
+            status: body.status.unwrap_or(StatusName::Active).into(),
+            scopes: body.scopes,
+            metadata: body.metadata.unwrap_or_else(|| serde_json::json!({})),
+        },
+    )
+    .await?;
+    Ok(created(ConsumerOut::from(consumer)))
+}
+
+/// List consumers, in order of id, a page at a time.
+#[utoipa::path(get, path = "/admin/consumers", tag = "consumers", params(ConsumerListQuery),
+    responses(
+        (status = 200, description = "One page", body = ConsumerPage),
+        (status = 400, description = "Invalid query", body = ErrorBody),
+    ))]
+pub async fn list_consumers(
+    State(state): State<AdminState>,
+    Query(q): Query<ConsumerListQuery>,
+) -> Result<Json<ConsumerPage>, AdminError> {
+    let mut fields = Fields::default();
+    if let Some(limit) = q.limit {
+        fields.check(
+            (1..=1000).contains(&limit),
+            "limit",
+            "must be between 1 and 1000",
+        );
+    }
+    fields.finish()?;
+    let page = consumers::list(
+        state.db()?,
+        &ConsumerFilter {
+            plan: q.plan,
+            status: q.status.map(Into::into),
+            after: q.after,
+            limit: q.limit.unwrap_or(100),
+        },
+    )
+    .await?;
+    Ok(Json(ConsumerPage {
+        items: page.items.into_iter().map(ConsumerOut::from).collect(),
+        next_after: page.next_after,
+    }))
+}
+
+/// One consumer.
+#[utoipa::path(get, path = "/admin/consumers/{id}", tag = "consumers",
+    params(("id" = String, Path, description = "Consumer id")),
+    responses(
+        (status = 200, description = "The consumer", body = ConsumerOut),
+        (status = 404, description = "No such consumer", body = ErrorBody),
+    ))]
+pub async fn get_consumer(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Json<ConsumerOut>, AdminError> {
+    Ok(Json(consumers::get(state.db()?, &id).await?.into()))
+}
+
+/// Change a consumer.
+#[utoipa::path(patch, path = "/admin/consumers/{id}", tag = "consumers", request_body = ConsumerPatch,
+    params(("id" = String, Path, description = "Consumer id")),
+    responses(
+        (status = 200, description = "The changed consumer", body = ConsumerOut),
+        (status = 400, description = "Invalid input", body = ErrorBody),
+        (status = 404, description = "No such consumer", body = ErrorBody),
+    ))]
+pub async fn update_consumer(
+    State(state): State<AdminState>,
+    actor: Actor,
+    Path(id): Path<String>,
+    Body(body): Body<ConsumerPatch>,
+) -> Result<Json<ConsumerOut>, AdminError> {
+    let mut fields = Fields::default();
+    if let Some(Some(plan)) = &body.plan {
+        check_name(&mut fields, "plan", plan);
+    }
+    if let Some(scopes) = &body.scopes {
+        check_scopes(&mut fields, "scopes", scopes);
+    }
+    check_metadata(&mut fields, body.metadata.as_ref());
+    fields.finish()?;
+    let db = state.db()?;
+    check_plan(db, body.plan.as_ref().and_then(|p| p.as_deref())).await?;
+    let consumer = consumers::update(
+        db,
+        &actor.0,
+        &id,
+        &ConsumerUpdate {
+            plan: body.plan,
+            status: body.status.map(Into::into),
+            scopes: body.scopes,
+            metadata: body.metadata,
+        },
+    )
+    .await?;
+    Ok(Json(consumer.into()))
+}
+
+/// Delete a consumer and its keys.
+#[utoipa::path(delete, path = "/admin/consumers/{id}", tag = "consumers",
+    params(("id" = String, Path, description = "Consumer id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such consumer", body = ErrorBody),
+        (status = 409, description = "A user account is linked to it", body = ErrorBody),
+    ))]
+pub async fn delete_consumer(
+    State(state): State<AdminState>,
+    actor: Actor,
+    Path(id): Path<String>,
+) -> Result<StatusCode, AdminError> {
+    consumers::delete(state.db()?, &actor.0, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

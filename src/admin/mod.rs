@@ -1,0 +1,427 @@
+//! The admin service: a JSON REST API for operators (plans, consumers, API keys, usage,
+//! rate-limit state, config reload, audit log) on PostgreSQL, with an OpenAPI 3 document
+//! generated from the code at `GET /openapi.json`.
+//!
+//! It is a Pingora background service ([`AdminService`]) that serves an axum router on
+//! `admin.address` until the server shuts down. Every `/admin/*` endpoint needs
+//! `Authorization: Bearer <token>` (see [`auth`]); every error has the gateway's JSON shape
+//! (see [`error`]); every answer carries `X-Request-Id`.
+
+pub mod auth;
+pub mod consumers;
+pub mod error;
+pub mod keys;
+pub mod ops;
+pub mod plans;
+
+use crate::db::{self, Db, DbOptions};
+use crate::proxy::{request_id, Limiter};
+use crate::reload::LiveConfig;
+use async_trait::async_trait;
+use auth::{Actor, AdminAuth};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use error::{AdminError, ErrorBody, REQUEST_ID};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use ring::rand::SystemRandom;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::OpenApi as OpenApiDoc;
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AdminState {
+    inner: Arc<StateInner>,
+}
+
+struct StateInner {
+    db: Option<Db>,
+    live: Arc<LiveConfig>,
+    limiter: Arc<Limiter>,
+    rng: SystemRandom,
+}
+
+impl AdminState {
+    /// State over `db` (`None`: the data endpoints answer 503 `no_database`), the live
+    /// config (reload, pepper) and the shared limiter.
+    pub fn new(db: Option<Db>, live: Arc<LiveConfig>, limiter: Arc<Limiter>) -> Self {
+        AdminState {
+            inner: Arc::new(StateInner {
+                db,
+                live,
+                limiter,
+                rng: SystemRandom::new(),
+            }),
+        }
+    }
+
+    /// The database, or 503 `no_database`.
+    pub(crate) fn db(&self) -> Result<&Db, AdminError> {
+        self.inner.db.as_ref().ok_or(AdminError::NoDatabase)
+    }
+
+    pub(crate) fn live(&self) -> &Arc<LiveConfig> {
+        &self.inner.live
+    }
+
+    pub(crate) fn limiter(&self) -> &Limiter {
+        &self.inner.limiter
+    }
+
+    pub(crate) fn rng(&self) -> &SystemRandom {
+        &self.inner.rng
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "tollgate admin API",
+        description = "Operator API of the tollgate gateway: plans, consumers, API keys, usage, limits, reload, audit."
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut OpenApiDoc) {
+        if let Some(components) = openapi.components.as_mut() {
+            components.add_security_scheme(
+                "admin_token",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+        }
+    }
+}
+
+/// The `/admin/*` endpoints with their OpenAPI description (no auth layer yet).
+pub fn admin_routes() -> OpenApiRouter<AdminState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(plans::routes())
+        .merge(consumers::routes())
+        .merge(keys::routes())
+        .merge(ops::routes())
+}
+
+/// The whole admin application and its OpenAPI document: the authenticated `/admin/*`
+/// endpoints, `GET /openapi.json` and `GET /health` (both open), JSON 404/405 fallbacks,
+/// and `X-Request-Id` on every answer.
+pub fn app(state: AdminState, auth: AdminAuth) -> (axum::Router, OpenApiDoc) {
+    let (admin, mut doc) = admin_routes()
+        .route_layer(middleware::from_fn_with_state(auth, auth::require_token))
+        .split_for_parts();
+    doc.paths.paths.iter_mut().for_each(|(_, item)| {
+        for op in operations_mut(item) {
+            op.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
+                "admin_token",
+                Vec::<String>::new(),
+            )]);
+        }
+    });
+    let document = Arc::new(doc.clone());
+    let router = admin
+        .route(
+            "/openapi.json",
+            get(move || {
+                let document = Arc::clone(&document);
+                async move { axum::Json(document.as_ref().clone()) }
+            }),
+        )
+        .route("/health", get(health))
+        .fallback(|| async { AdminError::RouteNotFound })
+        .method_not_allowed_fallback(|| async { AdminError::MethodNotAllowed })
+        .with_state(state)
+        .layer(middleware::from_fn(with_request_id));
+    (router, doc)
+}
+
+fn operations_mut(
+    item: &mut utoipa::openapi::PathItem,
+) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    [
+        item.get.as_mut(),
+        item.put.as_mut(),
+        item.post.as_mut(),
+        item.delete.as_mut(),
+        item.patch.as_mut(),
+    ]
+    .into_iter()
+    .flatten()
+}
+
+async fn health() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+/// Generates the request id, makes it visible to error bodies and adds the header.
+async fn with_request_id(request: Request, next: Next) -> Response {
+    let id = request_id::generate();
+    let text = id.to_str().unwrap_or_default().to_string();
+    let mut response = REQUEST_ID.scope(text, next.run(request)).await;
+    response.headers_mut().insert("x-request-id", id);
+    response
+}
+
+/// The admin service: serves [`app`] on the configured address until shutdown.
+pub struct AdminService {
+    address: SocketAddr,
+    state: AdminState,
+    auth: AdminAuth,
+}
+
+impl AdminService {
+    /// The service for the current config of `live`; `None` when it has no `admin:`
+    /// section. Fails for an unusable database URL or pool size.
+    pub fn from_config(
+        live: Arc<LiveConfig>,
+        limiter: Arc<Limiter>,
+    ) -> Result<Option<Self>, db::DbError> {
+        let snapshot = live.current();
+        let Some(admin) = snapshot.config.admin.clone() else {
+            return Ok(None);
+        };
+        let db = match &snapshot.config.database {
+            None => None,
+            Some(settings) => Some(Db::lazy(
+                settings.url(),
+                &DbOptions {
+                    pool_size: settings.pool_size,
+                    ..DbOptions::default()
+                },
+            )?),
+        };
+        drop(snapshot);
+        Ok(Some(AdminService {
+            address: admin.address,
+            auth: AdminAuth::new(&admin.tokens),
+            state: AdminState::new(db, live, limiter),
+        }))
+    }
+}
+
+#[async_trait]
+impl BackgroundService for AdminService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        if let Ok(db) = self.state.db() {
+            match db::migrate(db).await {
+                Ok(_) => {}
+                Err(e) => log::error!("admin: database migrations failed: {e}"),
+            }
+        }
+        // Binding may fail while an old process (graceful upgrade) still holds the port:
+        // retry until it is free or the server shuts down.
+        let listener = loop {
+            match tokio::net::TcpListener::bind(self.address).await {
+                Ok(l) => break l,
+                Err(e) => {
+                    log::error!("admin: cannot listen on {}: {e}; retrying", self.address);
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.changed() => if *shutdown.borrow() { return },
+                    }
+                }
+            }
+        };
+        log::info!("admin API listening on {}", self.address);
+        let (router, _) = app(self.state.clone(), self.auth.clone());
+        let stop = async move {
+            while !*shutdown.borrow() {
+                if shutdown.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            log::error!("admin: server failed: {e}");
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------
+// Extractors whose rejections have the admin error shape
+// ------------------------------------------------------------------------------------
+
+/// A JSON body; malformed JSON or a wrong content type is a JSON error.
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = AdminError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, AdminError> {
+        let axum::Json(value) = axum::Json::<T>::from_request(req, state).await?;
+        Ok(Body(value))
+    }
+}
+
+/// A query string.
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = AdminError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AdminError> {
+        let axum::extract::Query(value) =
+            axum::extract::Query::<T>::from_request_parts(parts, state).await?;
+        Ok(Query(value))
+    }
+}
+
+/// Path parameters.
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = AdminError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AdminError> {
+        let axum::extract::Path(value) =
+            axum::extract::Path::<T>::from_request_parts(parts, state).await?;
+        Ok(Path(value))
+    }
+}
+
+/// The caller, as the auth middleware recorded it.
+impl<S: Send + Sync> FromRequestParts<S> for Actor {
+    type Rejection = AdminError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AdminError> {
+        parts
+            .extensions
+            .get::<Actor>()
+            .cloned()
+            .ok_or(AdminError::Unauthorized)
+    }
+}
+
+// ------------------------------------------------------------------------------------
+// Shared helpers
+// ------------------------------------------------------------------------------------
+
+/// RFC 3339, UTC, whole seconds.
+pub(crate) fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Parses an RFC 3339 time given in `field`.
+pub(crate) fn parse_time(
+    fields: &mut error::Fields,
+    field: &str,
+    text: &str,
+) -> Option<SystemTime> {
+    match humantime::parse_rfc3339_weak(text) {
+        Ok(t) => Some(t),
+        Err(_) => {
+            fields.push(field, "must be an RFC 3339 time, e.g. 2030-01-31T12:00:00Z");
+            None
+        }
+    }
+}
+
+/// For PATCH fields that may be set to `null`: absent → `None`, `null` → `Some(None)`.
+pub(crate) fn nullable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// A consumer or key status as the API spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusName {
+    /// Usable.
+    Active,
+    /// Refused.
+    Disabled,
+}
+
+impl From<StatusName> for crate::auth::store::Status {
+    fn from(s: StatusName) -> Self {
+        match s {
+            StatusName::Active => crate::auth::store::Status::Active,
+            StatusName::Disabled => crate::auth::store::Status::Disabled,
+        }
+    }
+}
+
+impl From<crate::auth::store::Status> for StatusName {
+    fn from(s: crate::auth::store::Status) -> Self {
+        match s {
+            crate::auth::store::Status::Active => StatusName::Active,
+            crate::auth::store::Status::Disabled => StatusName::Disabled,
+        }
+    }
+}
+
+/// `201 Created` with a JSON body.
+pub(crate) fn created<T: serde::Serialize>(body: T) -> Response {
+    (http::StatusCode::CREATED, axum::Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every route of the router is in the document: the document is built from the same
+    /// `OpenApiRouter`, so this checks the expected list against it.
+    #[test]
+    fn the_document_lists_every_admin_route() {
+        let (_, doc) = admin_routes().split_for_parts();
+        let mut listed: Vec<String> = Vec::new();
+        for (path, item) in &doc.paths.paths {
+            for (method, op) in [
+                ("GET", &item.get),
+                ("POST", &item.post),
+                ("PATCH", &item.patch),
+                ("DELETE", &item.delete),
+                ("PUT", &item.put),
+            ] {
+                if op.is_some() {
+                    listed.push(format!("{method} {path}"));
+                }
+            }
+        }
+        listed.sort();
+        let mut expected = vec![
+            "POST /admin/plans",
+            "GET /admin/plans",
+            "GET /admin/plans/{name}",
+            "PATCH /admin/plans/{name}",
+            "DELETE /admin/plans/{name}",
+            "POST /admin/consumers",
+            "GET /admin/consumers",
+            "GET /admin/consumers/{id}",
+            "PATCH /admin/consumers/{id}",
+            "DELETE /admin/consumers/{id}",
+            "POST /admin/consumers/{id}/keys",
+            "GET /admin/consumers/{id}/keys",
+            "GET /admin/keys/{key_id}",
+            "PATCH /admin/keys/{key_id}",
+            "POST /admin/keys/{key_id}/rotate",
+            "POST /admin/keys/{key_id}/revoke",
+            "GET /admin/usage",
+            "GET /admin/consumers/{id}/limits",
+            "DELETE /admin/consumers/{id}/limits",
+            "POST /admin/reload",
+            "GET /admin/audit",
+        ];
+        expected.sort();
+        assert_eq!(listed, expected);
+    }
+}

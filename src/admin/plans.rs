@@ -1,0 +1,287 @@
+//! `/admin/plans`: named sets of rate-limit windows that consumers are put on.
+
+use super::auth::Actor;
+use super::error::{check_name, AdminError, ErrorBody, Fields};
+use super::{created, nullable, rfc3339, AdminState, Body, Path};
+use crate::db::plans::{self, Algorithm, Limit, NewPlan, Plan, PlanUpdate};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub(crate) fn routes() -> OpenApiRouter<super::AdminState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_plan, list_plans))
+        .routes(routes!(get_plan, update_plan, delete_plan))
+}
+
+/// How a plan's windows are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AlgorithmName {
+    /// Counters reset at each window boundary.
+    FixedWindow,
+    /// The previous window's count weighs in proportionally.
+    SlidingWindow,
+    /// Tokens refill continuously up to the burst size.
+    TokenBucket,
+}
+
+impl From<AlgorithmName> for Algorithm {
+    fn from(a: AlgorithmName) -> Self {
+        match a {
+            AlgorithmName::FixedWindow => Algorithm::FixedWindow,
+            AlgorithmName::SlidingWindow => Algorithm::SlidingWindow,
+            AlgorithmName::TokenBucket => Algorithm::TokenBucket,
+        }
+    }
+}
+
+impl From<Algorithm> for AlgorithmName {
+    fn from(a: Algorithm) -> Self {
+        match a {
+            Algorithm::FixedWindow => AlgorithmName::FixedWindow,
+            Algorithm::SlidingWindow => AlgorithmName::SlidingWindow,
+            Algorithm::TokenBucket => AlgorithmName::TokenBucket,
+        }
+    }
+}
+
+/// One window: at most `requests` per `per_seconds` seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitBody {
+    /// Requests allowed per window (at least 1).
+    pub requests: u64,
+    /// The window's length in seconds (at least 1).
+    pub per_seconds: u64,
+    /// Token buckets: the bucket size (at least 1); default `requests`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+}
+
+/// A plan to create.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanCreate {
+    /// Unique name: 1 to 128 bytes, no control characters.
+    pub name: String,
+    /// Default `fixed_window`.
+    #[serde(default)]
+    pub algorithm: Option<AlgorithmName>,
+    /// The windows; every one must allow a request.
+    pub limits: Vec<LimitBody>,
+    /// Most requests in flight at once per consumer.
+    #[serde(default)]
+    pub concurrency: Option<u32>,
+}
+
+/// A change to a plan; absent fields stay.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanPatch {
+    /// A new algorithm.
+    #[serde(default)]
+    pub algorithm: Option<AlgorithmName>,
+    /// New windows (replacing all).
+    #[serde(default)]
+    pub limits: Option<Vec<LimitBody>>,
+    /// `null` removes the concurrency cap.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<u32>)]
+    pub concurrency: Option<Option<u32>>,
+}
+
+/// A stored plan.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PlanOut {
+    /// Name.
+    pub name: String,
+    /// Algorithm.
+    pub algorithm: AlgorithmName,
+    /// Windows.
+    pub limits: Vec<LimitBody>,
+    /// Concurrency cap; `null`: none.
+    pub concurrency: Option<u32>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+}
+
+impl From<Plan> for PlanOut {
+    fn from(p: Plan) -> Self {
+        PlanOut {
+            name: p.name,
+            algorithm: p.algorithm.into(),
+            limits: p
+                .limits
+                .into_iter()
+                .map(|l| LimitBody {
+                    requests: l.requests,
+                    per_seconds: l.per_seconds,
+                    burst: l.burst,
+                })
+                .collect(),
+            concurrency: p.concurrency,
+            created_at: rfc3339(p.created_at),
+            updated_at: rfc3339(p.updated_at),
+        }
+    }
+}
+
+/// Largest value that survives `jsonb` exactly.
+const MAX_COUNT: u64 = 1 << 53;
+
+fn check_limits(fields: &mut Fields, limits: &[LimitBody]) -> Vec<Limit> {
+    fields.check(
+        !limits.is_empty(),
+        "limits",
+        "must have at least one window",
+    );
+    for (i, l) in limits.iter().enumerate() {
+        for (name, value) in [
+            ("requests", Some(l.requests)),
+            ("per_seconds", Some(l.per_seconds)),
+            ("burst", l.burst),
+        ] {
+            let field = format!("limits[{i}].{name}");
+            match value {
+                Some(0) => fields.push(field, "must be at least 1"),
+                Some(n) if n > MAX_COUNT => {
+                    fields.push(field, format!("must be at most {MAX_COUNT}"))
+                }
+                _ => {}
+            }
+        }
+    }
+    limits
+        .iter()
+        .map(|l| Limit {
+            requests: l.requests,
+            per_seconds: l.per_seconds,
+            burst: l.burst,
+        })
+        .collect()
+}
+
+fn check_concurrency(fields: &mut Fields, concurrency: Option<u32>) {
+    if let Some(n) = concurrency {
+        fields.check(
+            (1..=i32::MAX as u32).contains(&n),
+            "concurrency",
+            format!("must be between 1 and {}", i32::MAX),
+        );
+    }
+}
+
+/// Create a plan.
+#[utoipa::path(post, path = "/admin/plans", tag = "plans", request_body = PlanCreate,
+    responses(
+        (status = 201, description = "Created", body = PlanOut),
+        (status = 400, description = "Invalid input", body = ErrorBody),
+        (status = 401, description = "No or a wrong admin token", body = ErrorBody),
+        (status = 409, description = "The name is taken", body = ErrorBody),
+        (status = 503, description = "No database", body = ErrorBody),
+    ))]
+pub async fn create_plan(
+    State(state): State<AdminState>,
+    actor: Actor,
+    Body(body): Body<PlanCreate>,
+) -> Result<Response, AdminError> {
+    let mut fields = Fields::default();
+    check_name(&mut fields, "name", &body.name);
+    let limits = check_limits(&mut fields, &body.limits);
+    check_concurrency(&mut fields, body.concurrency);
+    fields.finish()?;
+    let plan = plans::create(
+        state.db()?,
+        &actor.0,
+        &NewPlan {
+            name: body.name,
+            algorithm: body.algorithm.unwrap_or(AlgorithmName::FixedWindow).into(),
+            limits,
+            concurrency: body.concurrency,
+        },
+    )
+    .await?;
+    Ok(created(PlanOut::from(plan)))
+}
+
+/// Every plan, by name.
+#[utoipa::path(get, path = "/admin/plans", tag = "plans",
+    responses(
+        (status = 200, description = "The plans", body = Vec<PlanOut>),
+        (status = 401, description = "No or a wrong admin token", body = ErrorBody),
+    ))]
+pub async fn list_plans(State(state): State<AdminState>) -> Result<Json<Vec<PlanOut>>, AdminError> {
+    let plans = plans::list(state.db()?).await?;
+    Ok(Json(plans.into_iter().map(PlanOut::from).collect()))
+}
+
+/// One plan.
+#[utoipa::path(get, path = "/admin/plans/{name}", tag = "plans",
+    params(("name" = String, Path, description = "Plan name")),
+    responses(
+        (status = 200, description = "The plan", body = PlanOut),
+        (status = 404, description = "No such plan", body = ErrorBody),
+    ))]
+pub async fn get_plan(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+) -> Result<Json<PlanOut>, AdminError> {
+    Ok(Json(plans::get(state.db()?, &name).await?.into()))
+}
+
+/// Change a plan.
+#[utoipa::path(patch, path = "/admin/plans/{name}", tag = "plans", request_body = PlanPatch,
+    params(("name" = String, Path, description = "Plan name")),
+    responses(
+        (status = 200, description = "The changed plan", body = PlanOut),
+        (status = 400, description = "Invalid input", body = ErrorBody),
+        (status = 404, description = "No such plan", body = ErrorBody),
+    ))]
+pub async fn update_plan(
+    State(state): State<AdminState>,
+    actor: Actor,
+    Path(name): Path<String>,
+    Body(body): Body<PlanPatch>,
+) -> Result<Json<PlanOut>, AdminError> {
+    let mut fields = Fields::default();
+    let limits = body.limits.as_deref().map(|l| check_limits(&mut fields, l));
+    check_concurrency(&mut fields, body.concurrency.flatten());
+    fields.finish()?;
+    let plan = plans::update(
+        state.db()?,
+        &actor.0,
+        &name,
+        &PlanUpdate {
+            algorithm: body.algorithm.map(Into::into),
+            limits,
+            concurrency: body.concurrency,
+        },
+    )
+    .await?;
+    Ok(Json(plan.into()))
+}
+
+/// Delete a plan (409 while a consumer is on it).
+#[utoipa::path(delete, path = "/admin/plans/{name}", tag = "plans",
+    params(("name" = String, Path, description = "Plan name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such plan", body = ErrorBody),
+        (status = 409, description = "Consumers are on it", body = ErrorBody),
+    ))]
+pub async fn delete_plan(
+    State(state): State<AdminState>,
+    actor: Actor,
+    Path(name): Path<String>,
+) -> Result<StatusCode, AdminError> {
+    plans::delete(state.db()?, &actor.0, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
