@@ -115,7 +115,9 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
         },
     ));
 
-    if let Some(admin) = AdminService::from_config(Arc::clone(&live), Arc::clone(&limiter)).map_err(StartError::Admin)? {
+    if let Some(admin) = AdminService::from_config(Arc::clone(&live), Arc::clone(&limiter))
+        .map_err(StartError::Admin)?
+    {
         server.add_service(background_service("tollgate admin", admin));
     }
 

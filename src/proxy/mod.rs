@@ -333,14 +333,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let error = ctx.error.take().or_else(|| ApiError::from_proxy_error(e));
-        // The connection can carry the next request only if this one was read to its end and
-        // our answer is the whole response; Pingora also closes it anyway once an upstream was
-        // chosen. Otherwise say `Connection: close` so the client does not reuse it.
-        let reusable =
-            ctx.tried.is_empty() && session.response_written().is_none() && session.is_body_done();
-        if !reusable {
-            session.set_keepalive(None);
-        }
+        // Pingora closes the client connection after a proxying failure: say
+        // `Connection: close` so the client does not send its next request on it.
+        session.set_keepalive(None);
         let code = match &error {
             Some(err) if session.response_written().is_none() => {
                 let headers = ctx
@@ -356,11 +351,10 @@ impl ProxyHttp for Gateway {
             Some(err) => err.status(),
             None => 0,
         };
-        let answered = error.is_some();
         ctx.error = error;
         FailToProxy {
             error_code: code,
-            can_reuse_downstream: reusable && answered,
+            can_reuse_downstream: false,
         }
     }
 
