@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building or testing tollgate needs and this machine lacks (Debian/Ubuntu).
 #   scripts/ensure-deps.sh build   cmake, pkg-config, libssl-dev (Pingora's build)
-#   scripts/ensure-deps.sh test    the above plus redis-server, PostgreSQL, promtool, openssl
+#   scripts/ensure-deps.sh test    the above plus redis-server, PostgreSQL, promtool, openssl, node
 #   scripts/ensure-deps.sh bench   the above plus wrk and nginx
 # Nothing is installed when everything is present; installing needs root (or sudo).
 set -euo pipefail
@@ -25,6 +25,8 @@ if [[ "${1:-build}" != build ]]; then
   need_cmd promtool prometheus
   need_cmd openssl openssl
   need_cmd runuser util-linux
+  # tests/loadtest_scripts.rs syntax-checks the k6 scripts with node.
+  need_cmd node nodejs
 fi
 if [[ "${1:-build}" == bench ]]; then
   need_cmd wrk wrk
