@@ -34,6 +34,16 @@ test: test-deps
 check: deps
 	$(CARGO) run --release -- check -c $(CONFIG)
 
+## Benchmarks (not part of `make test`): tollgate against nginx with wrk, pinned to CPUs, idle-
+## connection memory, 1,000 routes / 100,000 keys, then the criterion micro-benchmarks
+## (cargo bench --bench hot_path). Results: loadtest/RESULTS.md. About 8 minutes; options via
+## BENCH_ARGS, e.g. make bench BENCH_ARGS="--quick --no-criterion" (see loadtest/bench.py --help).
+BENCH_ARGS ?=
+bench: bench-deps
+	@command -v python3 >/dev/null || { echo "make bench needs python3 (apt-get install python3)" >&2; exit 1; }
+	$(CARGO) build --release
+	python3 loadtest/bench.py $(BENCH_ARGS)
+
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
