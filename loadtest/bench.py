@@ -18,9 +18,11 @@ Load: wrk, 1 thread, 64 keep-alive connections. The proxy under test runs on CPU
 the upstream and Redis on CPU 1 (taskset). tollgate: server.threads 1, no access log.
 Results go to loadtest/RESULTS.md (or --out) with the machine and the exact commands.
 
-Needs: target/release/tollgate (built by `make bench`), wrk, nginx, redis-server, openssl,
-taskset, curl-free (stdlib only) Python 3.9+. Every process it starts is stopped on exit,
-also on Ctrl-C / SIGTERM; they also get SIGKILL if this script is killed (PR_SET_PDEATHSIG).
+Needs: target/release/tollgate (built by `make bench`), wrk, nginx, redis-server, redis-cli,
+openssl, taskset, cargo (for criterion) and Python 3.9+ (standard library only). Every process
+it starts is stopped on exit, also on Ctrl-C / SIGTERM / SIGHUP; if this script is killed
+outright, its children get SIGKILL (PR_SET_PDEATHSIG) and the nginx workers that outlive their
+master are stopped by the next run.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ LOAD_CPU = 1
 PEPPER_ENV = "TOLLGATE_KEY_PEPPER"
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 JWT_ISSUER = "https://bench.tollgate.invalid/"
+# More than this share of the machine used by other processes makes a run "busy".
+BUSY_SHARE = 0.05
 # A quota that never refuses during a benchmark.
 NEVER_LIMIT = 1_000_000_000
 
@@ -116,6 +120,8 @@ class Harness:
         line = (prefix + " " if prefix else "") + shlex.join(argv)
         for secret, placeholder in self.masks.items():
             line = line.replace(secret, placeholder)
+        # Placeholders must expand when the line is pasted into a shell: no single quotes.
+        line = re.sub(r"'([^'$]*\$[A-Z][A-Z0-9_]*[^']*)'", r'"\1"', line)
         if line not in self._seen:
             self._seen.add(line)
             self.commands.append((what, line))
@@ -172,6 +178,30 @@ class Harness:
     def stop_all(self) -> None:
         for proc in list(reversed(self.procs)):
             self.stop(proc, timeout=3.0)
+
+
+def clean_stale_runs() -> None:
+    """Stops what an earlier run that was killed (SIGKILL) left behind: nginx workers outlive
+    their master, which dies with the harness. Such processes have their cwd in the old run's
+    dir, whose harness.pid names a process that is gone."""
+    for d in Path(tempfile.gettempdir()).glob("tollgate-bench-*"):
+        try:
+            pid = int((d / "harness.pid").read_text())
+        except (OSError, ValueError):
+            continue  # not ours, or still being set up
+        try:
+            if "bench.py" in Path(f"/proc/{pid}/cmdline").read_text():
+                continue  # still running
+        except OSError:
+            pass
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                if os.readlink(proc / "cwd").startswith(str(d)):
+                    os.kill(int(proc.name), signal.SIGKILL)
+                    log(f"stopped {proc.name}, left behind by a killed run in {d}")
+            except OSError:
+                pass
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def free_port() -> int:
@@ -526,7 +556,7 @@ class Bench:
         conf = self.run_dir / f"{name}.yaml"
         conf.write_text(yaml)
         env = {PEPPER_ENV: self.pepper}
-        shown_env = {PEPPER_ENV: "<random>"}
+        shown_env = {PEPPER_ENV: "$PEPPER"}
         argv = [str(self.binary), "-c", str(conf)]
         check = subprocess.run(argv[:1] + ["check"] + argv[1:], capture_output=True, text=True,
                                env=dict(os.environ, **env), timeout=300)
@@ -788,12 +818,48 @@ def proc_meminfo_gib() -> float:
     return int(m.group(1)) / 2**20 if m else 0.0
 
 
+class CpuAccount:
+    """CPU time used on the whole machine versus by this script and its children, between
+    start() and stop(): what is left is other processes' load, i.e. noise."""
+
+    @staticmethod
+    def machine_busy_seconds() -> float:
+        f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        # user nice system idle iowait irq softirq steal ...
+        return (f[0] + f[1] + f[2] + f[5] + f[6] + (f[7] if len(f) > 7 else 0)) / CLOCK_TICKS
+
+    @staticmethod
+    def own_seconds() -> float:
+        total = 0.0
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+            u = resource.getrusage(who)
+            total += u.ru_utime + u.ru_stime
+        return total
+
+    def start(self) -> None:
+        self.t0, self.m0, self.o0 = time.monotonic(), self.machine_busy_seconds(), self.own_seconds()
+
+    def stop(self) -> tuple[float, float]:
+        """(other processes' CPU seconds, their share of the machine). Call after every child
+        has been reaped (its time counts only then)."""
+        wall = time.monotonic() - self.t0
+        other = max(0.0, (self.machine_busy_seconds() - self.m0) - (self.own_seconds() - self.o0))
+        return other, other / (wall * (os.cpu_count() or 1)) if wall > 0 else 0.0
+
+
+def machine_busy_share(seconds: float = 2.0) -> float:
+    """Share of all CPUs busy over a short sample (before anything is started)."""
+    b0, t0 = CpuAccount.machine_busy_seconds(), time.monotonic()
+    time.sleep(seconds)
+    return (CpuAccount.machine_busy_seconds() - b0) / ((time.monotonic() - t0) * (os.cpu_count() or 1))
+
+
 def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def report(b: Bench, args: argparse.Namespace, mach: dict[str, str], load_before: str, load_after: str,
-           started: float) -> str:
+           started: float, idle_share: float, other: tuple[float, float] | None) -> str:
     res = b.results
 
     def med(key: str, field: str) -> float | None:
@@ -822,7 +888,10 @@ def report(b: Bench, args: argparse.Namespace, mach: dict[str, str], load_before
         rows.append(f"| {key} | {r['label']} | {m:,.0f} | {spread} | {fmt_ms(med(key, 'p50'))} | "
                     f"{fmt_ms(med(key, 'p99'))} | {ratio_b} | {ratio_a} | {cpu} | {rss} | {r['errors']} |")
 
-    busy = float(load_before.split()[0]) > 0.5
+    # What ran beside the load tests decides; the sample before the start only when they did not finish.
+    busy = other[1] > BUSY_SHARE if other is not None else idle_share > BUSY_SHARE
+    noise = (f"other processes used {other[0]:.0f} CPU-seconds, {other[1]:.0%} of the machine, during the "
+             "load tests" if other else "the load tests did not complete")
     out = [
         "# tollgate benchmark results",
         "",
@@ -833,8 +902,8 @@ def report(b: Bench, args: argparse.Namespace, mach: dict[str, str], load_before
     if args.quick:
         out += ["> **Quick trial run (`--quick`)**: short runs; the numbers only show that the harness works.", ""]
     if busy:
-        out += [f"> **The machine was busy** when the run started (load average {load_before}): the numbers are "
-                "noisy. Re-run `make bench` on a quiet machine for figures to keep.", ""]
+        out += [f"> **The machine was busy** ({noise}; {idle_share:.0%} of the CPUs were busy before the start): "
+                "the numbers are noisy. Re-run `make bench` on a quiet machine for figures to keep.", ""]
     out += [
         "## Machine",
         "",
@@ -842,7 +911,8 @@ def report(b: Bench, args: argparse.Namespace, mach: dict[str, str], load_before
         f"- kernel: {mach['kernel']}",
         f"- tollgate commit: {mach['commit']}",
         f"- {mach['rustc']}; {mach['nginx']}; {mach['wrk']}; {mach['redis'].split(' sha=')[0]}; Python {mach['python']}",
-        f"- load average (1, 5, 15 min): {load_before} at the start, {load_after} at the end",
+        f"- other load: {idle_share:.0%} of the CPUs busy in a 2 s sample before the run; {noise}; "
+        f"load average (1, 5, 15 min) {load_before} at the start, {load_after} at the end",
         "",
         "## Throughput and latency",
         "",
@@ -922,7 +992,8 @@ def report(b: Bench, args: argparse.Namespace, mach: dict[str, str], load_before
                                                    if len(f.splitlines()) > 1 else "") for f in b.failures]
         out.append("")
 
-    out += ["## Commands", "", "Placeholders: `$RUN` is the run's temp dir; `$API_KEY`, `$API_KEY_H`, `$JWT_RS256`, `$JWT_ES256` are the throw-away credentials the run generated; ports were free loopback ports.", "", "```sh",
+    out += ["## Commands", "", "Placeholders: `$RUN` is the run's temp dir; `$PEPPER` the random pepper; `$API_KEY`, `$API_KEY_H`, `$JWT_RS256`, `$JWT_ES256` are the throw-away credentials the run generated; ports were free loopback ports.", "", "```sh",
+            f"# this run: {shlex.join(['python3', 'loadtest/bench.py'] + sys.argv[1:])}",
             f"ulimit -n $(ulimit -Hn)   # {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}"]
     for what, line in b.h.commands:
         out.append(f"# {what}")
@@ -983,8 +1054,10 @@ def main() -> int:
     pin = (os.cpu_count() or 1) >= 2
     if not pin:
         log("fewer than 2 CPUs: nothing will be pinned")
+    clean_stale_runs()
     run_dir = Path(tempfile.mkdtemp(prefix="tollgate-bench-"))
     os.chmod(run_dir, 0o755)  # nginx workers may run as another user
+    (run_dir / "harness.pid").write_text(str(os.getpid()))
     h = Harness(run_dir, pin)
 
     def on_signal(signum, _frame):
@@ -995,20 +1068,29 @@ def main() -> int:
 
     mach = machine()
     load_before = loadavg()
-    if float(load_before.split()[0]) > 0.5:
-        log(f"warning: the machine is busy (load average {load_before}); the numbers will be noisy")
+    idle_share = machine_busy_share()
+    if idle_share > BUSY_SHARE:
+        log(f"warning: the machine is busy ({idle_share:.0%} of the CPUs in use before starting); "
+            "the numbers will be noisy")
     log(f"run dir {run_dir}; results to {args.out}")
     bench = Bench(args, h)
+    account = CpuAccount()
+    other = None
     code = 0
     try:
+        account.start()
         bench.start_upstream()
         bench.run_cases()
         bench.idle_connections()
         h.stop_all()
+        other = account.stop()
+        log(f"other processes used {other[1]:.0%} of the machine during the load tests")
         bench.criterion()
     except KeyboardInterrupt as e:
         log(f"interrupted ({e}); stopping everything")
         h.stop_all()
+        if not args.keep:
+            shutil.rmtree(run_dir, ignore_errors=True)
         return 130
     except BenchError as e:
         bench.failures.append(str(e))
@@ -1016,7 +1098,7 @@ def main() -> int:
     finally:
         h.stop_all()
     load_after = loadavg()
-    text = report(bench, args, mach, load_before, load_after, started)
+    text = report(bench, args, mach, load_before, load_after, started, idle_share, other)
     Path(args.out).write_text(text)
     if args.keep:
         log(f"kept {run_dir}")

@@ -2,9 +2,6 @@
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc serves Pingora's many small per-request allocations faster than glibc's malloc.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
