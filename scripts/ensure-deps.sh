@@ -31,6 +31,7 @@ fi
 if [[ "${1:-build}" == bench ]]; then
   need_cmd wrk wrk
   need_cmd nginx nginx-light
+  need_cmd python3 python3
 fi
 
 [[ ${#want[@]} -eq 0 ]] && exit 0
