@@ -96,7 +96,7 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
     let buffers = L4BufferSettings::new(LISTENER_READ_BUFFER, DEFAULT_L4_WRITE_BUFFER_SIZE);
     for listener in &config.listeners {
         let address = listener.address.to_string();
-        let endpoint = ListenerConfig::tcp(address.clone()).l4_buffer(buffers.clone());
+        let endpoint = ListenerConfig::tcp(address.clone()).l4_buffer(buffers);
         let endpoint = match &listener.tls {
             None => endpoint,
             Some(t) => endpoint.tls(tls::settings(t).map_err(|source| StartError::Tls {
