@@ -216,7 +216,7 @@ pub async fn get_limits(
 ) -> Result<Json<LimitsOut>, AdminError> {
     let db = state.db()?;
     let consumer = consumers::get(db, &id).await?;
-    let subject = format!("c:{id}");
+    let subject = crate::proxy::rate_limit::consumer_subject(&id);
     let mut windows = Vec::new();
     if let Some(plan_name) = &consumer.plan {
         let plan = plans::get(db, plan_name).await?;
@@ -265,7 +265,7 @@ pub async fn reset_limits(
 ) -> Result<StatusCode, AdminError> {
     let db = state.db()?;
     consumers::get(db, &id).await?;
-    let subject = format!("c:{id}");
+    let subject = crate::proxy::rate_limit::consumer_subject(&id);
     state
         .limiter()
         .get()

@@ -182,9 +182,14 @@ impl<'a> RequestSubjects<'a> {
 /// `c:<consumer>` or `ip:<address>`.
 fn caller_key(identity: &Identity) -> String {
     match identity.consumer_id() {
-        Some(id) => format!("c:{id}"),
+        Some(id) => consumer_subject(id),
         None => format!("ip:{}", identity.client_ip),
     }
+}
+
+/// The limiter subject of a consumer (shared with the admin API's peek and reset).
+pub fn consumer_subject(consumer_id: &str) -> String {
+    format!("c:{consumer_id}")
 }
 
 /// The limiter policy of plan `name` with limits `spec`, built exactly as the proxy
