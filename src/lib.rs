@@ -5,6 +5,7 @@
 //! [`proxy`] (the `ProxyHttp` phases) → [`router`] and [`upstream`].
 
 pub mod access_log;
+pub mod account;
 pub mod admin;
 pub mod auth;
 pub mod config;

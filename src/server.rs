@@ -1,19 +1,22 @@
 //! Assembles the Pingora server: the proxy service on its listeners, the metrics listener,
-//! the supervisor (config reload and health checks) and, when configured, the admin API.
+//! the supervisor (config reload and health checks) and, when configured, the admin API
+//! and the follower of token revocations.
 
 use crate::access_log::AccessLog;
 use crate::admin::AdminService;
+use crate::auth::revocation::RevocationBus;
 use crate::config::{Config, RedisSpec};
 use crate::limit::RedisSettings;
 use crate::metrics::{self, MetricsApp};
 use crate::persistence::Persistence;
 use crate::proxy::{Gateway, Limiter};
 use crate::reload::{LiveConfig, ReloadError, Supervisor};
+use crate::runtime::Runtime;
 use crate::tls::{self, TlsError};
 use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::{RunArgs, Server};
-use pingora::services::background::background_service;
+use pingora::server::{RunArgs, Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService, GenBackgroundService};
 use pingora::services::listening::Service;
 use std::path::Path;
 use std::sync::Arc;
@@ -122,8 +125,13 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
         },
     ));
 
-    if let Some(admin) = AdminService::from_config(Arc::clone(&live), Arc::clone(&limiter))
-        .map_err(StartError::Admin)?
+    let revocations = revocation_bus(&snapshot, redis.map(|r| redis_settings(r, config)));
+    if let Some(follower) = revocation_follower(&revocations, config) {
+        server.add_service(follower);
+    }
+    if let Some(admin) =
+        AdminService::from_config(Arc::clone(&live), Arc::clone(&limiter), revocations)
+            .map_err(StartError::Admin)?
     {
         server.add_service(background_service("tollgate admin", admin));
     }
@@ -205,7 +213,11 @@ pub fn run_admin(path: &Path) -> Result<(), StartError> {
     server.bootstrap();
     let redis = config.rate_limit.redis.as_ref();
     let limiter = Arc::new(Limiter::new(redis.map(|r| redis_settings(r, config))));
-    let admin = AdminService::from_config(Arc::clone(&live), limiter)
+    let revocations = revocation_bus(&snapshot, redis.map(|r| redis_settings(r, config)));
+    if let Some(follower) = revocation_follower(&revocations, config) {
+        server.add_service(follower);
+    }
+    let admin = AdminService::from_config(Arc::clone(&live), limiter, revocations)
         .map_err(StartError::Admin)?
         .ok_or(StartError::NoAdmin)?;
     server.add_service(background_service("tollgate admin", admin));
@@ -216,6 +228,38 @@ pub fn run_admin(path: &Path) -> Result<(), StartError> {
     );
     drop(snapshot);
     server.run_forever()
+}
+
+/// The bus that shares logouts, feeding the revoked-token set the proxy checks.
+fn revocation_bus(snapshot: &Runtime, redis: Option<RedisSettings>) -> Arc<RevocationBus> {
+    Arc::new(RevocationBus::new(
+        Arc::clone(snapshot.auth.revoked_tokens()),
+        redis,
+    ))
+}
+
+/// Follows logouts made on other instances: with the account API and Redis only (without
+/// Redis, logouts are made and checked in this one process).
+fn revocation_follower(
+    bus: &Arc<RevocationBus>,
+    config: &Config,
+) -> Option<GenBackgroundService<RevocationFollower>> {
+    (config.account.is_some() && config.rate_limit.redis.is_some()).then(|| {
+        background_service(
+            "tollgate token revocations",
+            RevocationFollower(Arc::clone(bus)),
+        )
+    })
+}
+
+/// Runs [`RevocationBus::follow`] as a Pingora background service.
+pub struct RevocationFollower(Arc<RevocationBus>);
+
+#[async_trait::async_trait]
+impl BackgroundService for RevocationFollower {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.0.follow(shutdown).await;
+    }
 }
 
 /// The limiter's Redis settings from the config.

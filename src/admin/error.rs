@@ -33,6 +33,15 @@ pub enum AdminError {
     },
     /// 401 `unauthorized`: no or an unknown admin token.
     Unauthorized,
+    /// 401 for the account API; `code` says why (`invalid_credentials`,
+    /// `missing_token`, `invalid_token`, `expired_token`, `revoked_token`,
+    /// `invalid_refresh_token`, `refresh_token_reused`).
+    Unauthenticated {
+        /// Machine-readable reason.
+        code: &'static str,
+        /// What went wrong, for a human.
+        message: String,
+    },
     /// 403 `forbidden`.
     Forbidden(String),
     /// 404 `not_found`: the thing named in the path does not exist.
@@ -43,6 +52,13 @@ pub enum AdminError {
     MethodNotAllowed,
     /// 409 `conflict`: a duplicate, or a row still in use.
     Conflict(String),
+    /// 429 `rate_limited`: too many attempts; retry after `retry_after` seconds.
+    TooManyRequests {
+        /// What was limited.
+        message: String,
+        /// Seconds until an attempt can succeed (`Retry-After`).
+        retry_after: u64,
+    },
     /// 415 `unsupported_media_type`: the body is not `application/json`.
     UnsupportedMediaType(String),
     /// 422 `invalid_config`: a reload was refused; the running config stays.
@@ -98,7 +114,10 @@ impl AdminError {
     pub fn status(&self) -> StatusCode {
         match self {
             AdminError::Invalid { .. } => StatusCode::BAD_REQUEST,
-            AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AdminError::Unauthorized | AdminError::Unauthenticated { .. } => {
+                StatusCode::UNAUTHORIZED
+            }
+            AdminError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             AdminError::Forbidden(_) => StatusCode::FORBIDDEN,
             AdminError::NotFound(_) | AdminError::RouteNotFound => StatusCode::NOT_FOUND,
             AdminError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -118,6 +137,8 @@ impl AdminError {
         match self {
             AdminError::Invalid { .. } => "invalid_request",
             AdminError::Unauthorized => "unauthorized",
+            AdminError::Unauthenticated { code, .. } => code,
+            AdminError::TooManyRequests { .. } => "rate_limited",
             AdminError::Forbidden(_) => "forbidden",
             AdminError::NotFound(_) => "not_found",
             AdminError::RouteNotFound => "route_not_found",
@@ -140,6 +161,8 @@ impl AdminError {
             AdminError::Unauthorized => {
                 "this endpoint needs `Authorization: Bearer <admin token>`".into()
             }
+            AdminError::Unauthenticated { message, .. }
+            | AdminError::TooManyRequests { message, .. } => message.clone(),
             AdminError::Forbidden(m)
             | AdminError::NotFound(m)
             | AdminError::Conflict(m)
@@ -186,11 +209,27 @@ impl IntoResponse for AdminError {
             _ => {}
         }
         let mut response = (self.status(), axum::Json(self.body())).into_response();
-        if matches!(self, AdminError::Unauthorized) {
-            response.headers_mut().insert(
-                http::header::WWW_AUTHENTICATE,
-                http::HeaderValue::from_static(r#"Bearer realm="tollgate-admin""#),
-            );
+        let headers = response.headers_mut();
+        match &self {
+            AdminError::Unauthorized => {
+                headers.insert(
+                    http::header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static(r#"Bearer realm="tollgate-admin""#),
+                );
+            }
+            AdminError::Unauthenticated { code, .. } => {
+                let value = format!(r#"Bearer realm="tollgate-account", error="{code}""#);
+                if let Ok(value) = http::HeaderValue::try_from(value) {
+                    headers.insert(http::header::WWW_AUTHENTICATE, value);
+                }
+            }
+            AdminError::TooManyRequests { retry_after, .. } => {
+                headers.insert(
+                    http::header::RETRY_AFTER,
+                    http::HeaderValue::from(*retry_after),
+                );
+            }
+            _ => {}
         }
         response
     }

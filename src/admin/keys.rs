@@ -182,6 +182,19 @@ pub async fn create_key(
     Path(consumer_id): Path<String>,
     Body(body): Body<KeyCreate>,
 ) -> Result<Response, AdminError> {
+    Ok(created(
+        create_key_for(&state, &actor.0, consumer_id, body).await?,
+    ))
+}
+
+/// Validates `body` and creates a key for consumer `consumer_id` (shared with the
+/// account API, where users create their own keys).
+pub(crate) async fn create_key_for(
+    state: &AdminState,
+    actor: &str,
+    consumer_id: String,
+    body: KeyCreate,
+) -> Result<KeyCreated, AdminError> {
     let mut fields = Fields::default();
     check_label(&mut fields, body.name.as_deref());
     check_scopes(&mut fields, body.scopes.as_deref());
@@ -192,10 +205,10 @@ pub async fn create_key(
     fields.finish()?;
     let db = state.db()?;
     consumers::get(db, &consumer_id).await?;
-    let (secret, prefix, hash) = new_secret(&state)?;
+    let (secret, prefix, hash) = new_secret(state)?;
     let key = keys::create(
         db,
-        &actor.0,
+        actor,
         &NewApiKey {
             id: None,
             consumer_id,
@@ -207,10 +220,10 @@ pub async fn create_key(
         },
     )
     .await?;
-    Ok(created(KeyCreated {
+    Ok(KeyCreated {
         key: key.into(),
         secret,
-    }))
+    })
 }
 
 /// A consumer's keys, oldest first (no secrets, no hashes).

@@ -14,6 +14,8 @@ pub mod keys;
 pub mod ops;
 pub mod plans;
 
+use crate::account::password::Passwords;
+use crate::auth::revocation::RevocationBus;
 use crate::db::{self, Db, DbOptions};
 use crate::proxy::{request_id, Limiter};
 use crate::reload::LiveConfig;
@@ -48,18 +50,27 @@ struct StateInner {
     db: Option<Db>,
     live: Arc<LiveConfig>,
     limiter: Arc<Limiter>,
+    revocations: Arc<RevocationBus>,
+    passwords: Passwords,
     rng: SystemRandom,
 }
 
 impl AdminState {
     /// State over `db` (`None`: the data endpoints answer 503 `no_database`), the live
-    /// config (reload, pepper) and the shared limiter.
-    pub fn new(db: Option<Db>, live: Arc<LiveConfig>, limiter: Arc<Limiter>) -> Self {
+    /// config (reload, pepper), the shared limiter and the token revocation bus.
+    pub fn new(
+        db: Option<Db>,
+        live: Arc<LiveConfig>,
+        limiter: Arc<Limiter>,
+        revocations: Arc<RevocationBus>,
+    ) -> Self {
         AdminState {
             inner: Arc::new(StateInner {
                 db,
                 live,
                 limiter,
+                revocations,
+                passwords: Passwords::default(),
                 rng: SystemRandom::new(),
             }),
         }
@@ -81,13 +92,21 @@ impl AdminState {
     pub(crate) fn rng(&self) -> &SystemRandom {
         &self.inner.rng
     }
+
+    pub(crate) fn revocations(&self) -> &RevocationBus {
+        &self.inner.revocations
+    }
+
+    pub(crate) fn passwords(&self) -> &Passwords {
+        &self.inner.passwords
+    }
 }
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "tollgate admin API",
-        description = "Operator API of the tollgate gateway: plans, consumers, API keys, usage, limits, reload, audit."
+        description = "Operator API of the tollgate gateway (plans, consumers, API keys, usage, limits, reload, audit; admin token) and the account API (register, log in, own keys and usage; access token)."
     ),
     components(schemas(ErrorBody)),
     modifiers(&BearerAuth)
@@ -102,6 +121,15 @@ impl Modify for BearerAuth {
             components.add_security_scheme(
                 "admin_token",
                 SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+            components.add_security_scheme(
+                "access_token",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .bearer_format("JWT")
+                        .build(),
+                ),
             );
         }
     }
@@ -122,15 +150,20 @@ pub fn admin_routes() -> OpenApiRouter<AdminState> {
 pub fn app(state: AdminState, auth: AdminAuth) -> (axum::Router, OpenApiDoc) {
     let (admin, mut doc) = admin_routes()
         .route_layer(middleware::from_fn_with_state(auth, auth::require_token))
+        .merge(crate::account::routes())
         .split_for_parts();
-    doc.paths.paths.iter_mut().for_each(|(_, item)| {
-        for op in operations_mut(item) {
-            op.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
-                "admin_token",
-                Vec::<String>::new(),
-            )]);
-        }
-    });
+    doc.paths
+        .paths
+        .iter_mut()
+        .filter(|(path, _)| path.starts_with("/admin/"))
+        .for_each(|(_, item)| {
+            for op in operations_mut(item) {
+                op.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
+                    "admin_token",
+                    Vec::<String>::new(),
+                )]);
+            }
+        });
     let document = Arc::new(doc.clone());
     let router = admin
         .route(
@@ -188,6 +221,7 @@ impl AdminService {
     pub fn from_config(
         live: Arc<LiveConfig>,
         limiter: Arc<Limiter>,
+        revocations: Arc<RevocationBus>,
     ) -> Result<Option<Self>, db::DbError> {
         let snapshot = live.current();
         let Some(admin) = snapshot.config.admin.clone() else {
@@ -207,7 +241,7 @@ impl AdminService {
         Ok(Some(AdminService {
             address: admin.address,
             auth: AdminAuth::new(&admin.tokens),
-            state: AdminState::new(db, live, limiter),
+            state: AdminState::new(db, live, limiter, revocations),
         }))
     }
 }
@@ -244,7 +278,8 @@ impl BackgroundService for AdminService {
                 }
             }
         };
-        if let Err(e) = axum::serve(listener, router)
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(listener, service)
             .with_graceful_shutdown(stop)
             .await
         {

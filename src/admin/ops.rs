@@ -111,6 +111,12 @@ pub async fn get_usage(
     State(state): State<AdminState>,
     Query(q): Query<UsageParams>,
 ) -> Result<Json<UsageOut>, AdminError> {
+    Ok(Json(usage_for(&state, q).await?))
+}
+
+/// Validates `q` and reads the matching counters (shared with the account API, which
+/// fixes the consumer to the caller's own).
+pub(crate) async fn usage_for(state: &AdminState, q: UsageParams) -> Result<UsageOut, AdminError> {
     let mut fields = Fields::default();
     let from = parse_day(&mut fields, "from", q.from.as_deref());
     let to = parse_day(&mut fields, "to", q.to.as_deref());
@@ -131,11 +137,11 @@ pub async fn get_usage(
         },
     )
     .await?;
-    Ok(Json(UsageOut {
+    Ok(UsageOut {
         from: from.to_string(),
         to: to.to_string(),
         rows: rows.into_iter().map(Into::into).collect(),
-    }))
+    })
 }
 
 // ------------------------------------------------------------------------------------
@@ -214,9 +220,18 @@ pub async fn get_limits(
     State(state): State<AdminState>,
     Path(id): Path<String>,
 ) -> Result<Json<LimitsOut>, AdminError> {
+    let consumer = consumers::get(state.db()?, &id).await?;
+    Ok(Json(consumer_standing(&state, consumer).await?))
+}
+
+/// A consumer's windows under its (database) plan, as they stand now; counts nothing
+/// (shared with the account API's usage).
+pub(crate) async fn consumer_standing(
+    state: &AdminState,
+    consumer: consumers::Consumer,
+) -> Result<LimitsOut, AdminError> {
     let db = state.db()?;
-    let consumer = consumers::get(db, &id).await?;
-    let subject = crate::proxy::rate_limit::consumer_subject(&id);
+    let subject = crate::proxy::rate_limit::consumer_subject(&consumer.id);
     let mut windows = Vec::new();
     if let Some(plan_name) = &consumer.plan {
         let plan = plans::get(db, plan_name).await?;
@@ -242,12 +257,12 @@ pub async fn get_limits(
             })
             .collect();
     }
-    Ok(Json(LimitsOut {
+    Ok(LimitsOut {
         consumer: consumer.id,
         plan: consumer.plan,
         subject,
         windows,
-    }))
+    })
 }
 
 /// Reset every window of a consumer (subject `c:<id>`).

@@ -3,7 +3,6 @@
 //! right and the first address that is not a trusted proxy is the client.
 
 use ipnet::IpNet;
-use pingora::http::RequestHeader;
 use std::net::IpAddr;
 
 /// The configured trusted proxy networks.
@@ -16,20 +15,19 @@ impl TrustedProxies {
     }
 
     /// The client address for a request that arrived from `peer`.
-    pub fn client_ip(&self, peer: IpAddr, req: &RequestHeader) -> IpAddr {
+    pub fn client_ip(&self, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
         let peer = canonical(peer);
         if self.0.is_empty() || !self.trusts(peer) {
             return peer;
         }
-        let xff: Vec<&str> = req
-            .headers
+        let xff: Vec<&str> = headers
             .get_all("x-forwarded-for")
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .collect();
         let chain: Vec<&str> = if xff.is_empty() {
-            req.headers
+            headers
                 .get_all("forwarded")
                 .iter()
                 .filter_map(|v| v.to_str().ok())
@@ -90,10 +88,13 @@ fn canonical(ip: IpAddr) -> IpAddr {
 mod tests {
     use super::*;
 
-    fn req(headers: &[(&str, &str)]) -> RequestHeader {
-        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+    fn req(headers: &[(&str, &str)]) -> http::HeaderMap {
+        let mut r = http::HeaderMap::new();
         for (k, v) in headers {
-            r.append_header(k.to_string(), *v).unwrap();
+            r.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(v).unwrap(),
+            );
         }
         r
     }

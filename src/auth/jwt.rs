@@ -39,6 +39,8 @@ pub enum JwtError {
     BadAudience,
     #[error("the token lacks a required claim: {0}")]
     MissingClaim(String),
+    #[error("the token has been revoked (logged out)")]
+    Revoked,
 }
 
 /// What a verified token says about its bearer.

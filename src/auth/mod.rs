@@ -7,6 +7,7 @@
 pub mod api_key;
 pub mod client_ip;
 pub mod jwt;
+pub mod revocation;
 pub mod store;
 
 use crate::config::{AuthMode, AuthSettings, ConsumerSpec, RouteAuth};
@@ -14,6 +15,7 @@ use api_key::{KeyHash, KeyHasher};
 use client_ip::TrustedProxies;
 use jwt::{JwtError, JwtVerifier, TokenIdentity};
 use pingora::http::RequestHeader;
+use revocation::RevokedTokens;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -129,6 +131,8 @@ pub struct Authenticator {
     hasher: Option<KeyHasher>,
     store: CachedStore,
     jwt: JwtVerifier,
+    /// Token ids revoked by a logout; shared by every config generation.
+    revoked: Arc<RevokedTokens>,
     trusted: TrustedProxies,
 }
 
@@ -170,6 +174,7 @@ impl Authenticator {
             hasher: settings.pepper.as_ref().map(|p| KeyHasher::new(p.expose())),
             store: CachedStore::new(store, &settings.cache),
             jwt: JwtVerifier::build(&settings.issuers, previous.map(|p| &p.jwt))?,
+            revoked: previous.map_or_else(Default::default, |p| Arc::clone(&p.revoked)),
             trusted: TrustedProxies(settings.trusted_proxies.clone()),
             settings: settings.clone(),
         })
@@ -190,6 +195,11 @@ impl Authenticator {
         &self.jwt
     }
 
+    /// The revoked token ids this checks (the same set across reloads).
+    pub fn revoked_tokens(&self) -> &Arc<RevokedTokens> {
+        &self.revoked
+    }
+
     /// The settings this was built from.
     pub fn settings(&self) -> &AuthSettings {
         &self.settings
@@ -197,7 +207,7 @@ impl Authenticator {
 
     /// The client's address, believing forwarding headers only from trusted proxies.
     pub fn client_ip(&self, peer: IpAddr, req: &RequestHeader) -> IpAddr {
-        self.trusted.client_ip(peer, req)
+        self.trusted.client_ip(peer, &req.headers)
     }
 
     /// The credential the request presents: API key first, then bearer token.
@@ -309,6 +319,13 @@ impl Authenticator {
             .verify(token)
             .await
             .map_err(AuthError::InvalidToken)?;
+        if identity
+            .token_id
+            .as_deref()
+            .is_some_and(|jti| self.revoked.is_revoked(jti))
+        {
+            return Err(AuthError::InvalidToken(JwtError::Revoked));
+        }
         // A token for a consumer the store knows is subject to that consumer's status.
         let known = self
             .store

@@ -43,6 +43,8 @@ pub struct Config {
     pub database: Option<DatabaseSettings>,
     /// `None`: no admin service.
     pub admin: Option<AdminSettings>,
+    /// `None`: no account API.
+    pub account: Option<AccountSettings>,
 }
 
 /// Counts of requests are written to the database this often (never per request).
@@ -73,6 +75,37 @@ pub struct AdminSettings {
     /// Accepted bearer tokens (from the environment); empty only on a loopback address.
     pub tokens: Vec<Secret>,
 }
+
+/// The account API: end users register, log in and manage their own keys. Its access
+/// tokens are JWTs (HS256) that the proxy verifies like any configured issuer's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountSettings {
+    /// `iss` of the access tokens (also added to the proxy's JWT issuers).
+    pub issuer: String,
+    /// `aud` of the access tokens, if any (the proxy then requires it).
+    pub audience: Option<String>,
+    /// The HS256 signing key, from the environment.
+    pub signing_secret: Secret,
+    /// Lifetime of an access token.
+    pub access_token_ttl: Duration,
+    /// Lifetime of a refresh token (each refresh issues a new one).
+    pub refresh_token_ttl: Duration,
+    /// The plan of a newly registered account (a database plan); `None`: the default.
+    pub default_plan: Option<String>,
+    /// Login attempts allowed per account (e-mail address).
+    pub login_per_account: WindowSpec,
+    /// Login attempts allowed per client address.
+    pub login_per_ip: WindowSpec,
+}
+
+/// The `iss` of account access tokens when the file does not say.
+pub const DEFAULT_ACCOUNT_ISSUER: &str = "tollgate";
+/// The environment variable holding the account token signing key by default.
+pub const DEFAULT_ACCOUNT_SECRET_ENV: &str = "TOLLGATE_ACCOUNT_SECRET";
+/// Access tokens live this long by default: short, since only logout revokes them.
+pub const DEFAULT_ACCESS_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
+/// Refresh tokens live this long by default.
+pub const DEFAULT_REFRESH_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Where API keys are read from when the file does not say.
 pub const DEFAULT_API_KEY_HEADER: &str = "x-api-key";

@@ -29,6 +29,7 @@ pub struct RawConfig {
     pub rate_limit: RawRateLimit,
     pub database: Option<RawDatabase>,
     pub admin: Option<RawAdmin>,
+    pub account: Option<RawAccount>,
 }
 
 /// The PostgreSQL database for consumers, keys, plans, users and usage.
@@ -47,6 +48,28 @@ pub struct RawDatabase {
 pub struct RawAdmin {
     pub address: String,
     pub tokens_env: Option<String>,
+}
+
+/// The account API (self-service users), served by the admin service.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccount {
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub signing_secret_env: Option<String>,
+    pub access_token_ttl: Option<String>,
+    pub refresh_token_ttl: Option<String>,
+    pub default_plan: Option<String>,
+    #[serde(default)]
+    pub login_throttle: RawLoginThrottle,
+}
+
+/// How many login attempts are allowed per account and per client address.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLoginThrottle {
+    pub per_account: Option<RawWindow>,
+    pub per_ip: Option<RawWindow>,
 }
 
 /// How callers are identified and verified.

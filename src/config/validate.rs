@@ -37,7 +37,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<String>> 
     let plan_names: HashSet<&str> = plans.iter().map(|plan| plan.name.as_str()).collect();
     let consumers = consumers(raw.consumers, &plan_names, &mut p);
     let any_keys = consumers.iter().any(|c| !c.keys.is_empty());
-    let auth = auth(raw.auth, base_dir, &plan_names, any_keys, &mut p);
+    let mut auth = auth(raw.auth, base_dir, &plan_names, any_keys, &mut p);
     let rate_limit = rate_limit(raw.rate_limit, &plan_names, &mut p);
     let database = raw.database.map(|d| database(d, &mut p));
     if database.is_some() && !consumers.is_empty() {
@@ -47,6 +47,29 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<String>> 
         );
     }
     let admin = raw.admin.map(|a| admin(a, &mut p));
+    let account = raw.account.map(|a| {
+        if database.is_none() {
+            p.push("account", "the account API needs `database:`");
+        }
+        if admin.is_none() {
+            p.push(
+                "account",
+                "the account API is served by the admin service: add `admin:`",
+            );
+        }
+        let settings = account(a, &mut p);
+        if auth.issuers.iter().any(|i| i.issuer == settings.issuer) {
+            p.push(
+                "account.issuer",
+                format!(
+                    "{:?} is also an auth.jwt issuer; account tokens need an issuer of their own",
+                    settings.issuer
+                ),
+            );
+        }
+        auth.issuers.push(account_issuer(&settings));
+        settings
+    });
     let names: HashSet<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
     let routes = routes(raw.routes, &names, &auth, &mut p);
     if p.0.is_empty() {
@@ -62,6 +85,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<String>> 
             rate_limit,
             database,
             admin,
+            account,
         })
     } else {
         Err(p.into_vec())
@@ -959,6 +983,106 @@ fn admin(raw: RawAdmin, p: &mut Problems) -> AdminSettings {
         );
     }
     AdminSettings { address, tokens }
+}
+
+fn account(raw: RawAccount, p: &mut Problems) -> AccountSettings {
+    let issuer = raw
+        .issuer
+        .unwrap_or_else(|| DEFAULT_ACCOUNT_ISSUER.to_string());
+    if issuer.is_empty() {
+        p.push("account.issuer", "must not be empty");
+    }
+    let env = raw
+        .signing_secret_env
+        .unwrap_or_else(|| DEFAULT_ACCOUNT_SECRET_ENV.to_string());
+    let secret = match std::env::var(&env) {
+        Ok(v) if v.len() >= 32 => v.into_bytes(),
+        Ok(_) => {
+            p.push(
+                "account.signing_secret_env",
+                format!("${env} must hold at least 32 bytes"),
+            );
+            Vec::new()
+        }
+        Err(_) => {
+            p.push("account.signing_secret_env", format!("${env} is not set"));
+            Vec::new()
+        }
+    };
+    let access_token_ttl = duration(
+        raw.access_token_ttl,
+        "account.access_token_ttl",
+        DEFAULT_ACCESS_TOKEN_TTL,
+        p,
+    );
+    if !(Duration::from_secs(10)..=Duration::from_secs(24 * 3600)).contains(&access_token_ttl) {
+        p.push("account.access_token_ttl", "must be between 10s and 24h");
+    }
+    let refresh_token_ttl = duration(
+        raw.refresh_token_ttl,
+        "account.refresh_token_ttl",
+        DEFAULT_REFRESH_TOKEN_TTL,
+        p,
+    );
+    if refresh_token_ttl <= access_token_ttl || refresh_token_ttl > Duration::from_secs(366 * 86400)
+    {
+        p.push(
+            "account.refresh_token_ttl",
+            "must be longer than access_token_ttl and at most 366d",
+        );
+    }
+    if let Some(plan) = &raw.default_plan {
+        check_name(plan, "account.default_plan", p);
+    }
+    let throttle = |w: Option<RawWindow>, place: &str, default_requests: u64, p: &mut Problems| {
+        let w = w.unwrap_or(RawWindow {
+            requests: default_requests,
+            per: "1m".into(),
+            burst: None,
+        });
+        let spec = limit_spec(None, vec![w], None, place, p);
+        spec.windows.into_iter().next().unwrap_or(WindowSpec {
+            requests: default_requests,
+            per: Duration::from_secs(60),
+            burst: None,
+        })
+    };
+    AccountSettings {
+        issuer,
+        audience: raw.audience,
+        signing_secret: Secret::new(secret),
+        access_token_ttl,
+        refresh_token_ttl,
+        default_plan: raw.default_plan,
+        login_per_account: throttle(
+            raw.login_throttle.per_account,
+            "account.login_throttle.per_account",
+            5,
+            p,
+        ),
+        login_per_ip: throttle(
+            raw.login_throttle.per_ip,
+            "account.login_throttle.per_ip",
+            30,
+            p,
+        ),
+    }
+}
+
+/// The proxy-side issuer of account access tokens: HS256 under the signing secret, the
+/// consumer in `sub`, the plan in `plan`, and a `jti` (logout blocks it).
+fn account_issuer(account: &AccountSettings) -> IssuerSpec {
+    IssuerSpec {
+        issuer: account.issuer.clone(),
+        audiences: account.audience.iter().cloned().collect(),
+        algorithms: vec![jsonwebtoken::Algorithm::HS256],
+        leeway: DEFAULT_JWT_LEEWAY,
+        required_claims: vec!["exp".into(), "sub".into(), "jti".into()],
+        consumer_claim: "sub".into(),
+        plan_claim: Some("plan".into()),
+        default_plan: None,
+        keys: vec![JwtKeySource::Secret(account.signing_secret.clone())],
+    }
 }
 
 fn failure_mode(raw: &str, place: &str, p: &mut Problems) -> FailureMode {

@@ -106,13 +106,25 @@ macro_rules! columns {
 /// Creates a consumer. [`DbError::Conflict`] if the id is taken, [`DbError::Invalid`] if
 /// the plan does not exist.
 pub async fn create(db: &Db, actor: &str, consumer: &NewConsumer) -> Result<Consumer, DbError> {
+    let context = format!("create consumer {:?}", consumer.id);
+    let mut client = db.client().await?;
+    let tx = begin(&mut client, &context).await?;
+    let created = create_in(&tx, actor, consumer).await?;
+    commit(tx, &context).await?;
+    Ok(created)
+}
+
+/// [`create`] inside the caller's transaction (audited, and notified on commit).
+pub(crate) async fn create_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    actor: &str,
+    consumer: &NewConsumer,
+) -> Result<Consumer, DbError> {
     check_actor(actor)?;
     check_name("consumer id", &consumer.id)?;
     check_scopes(&consumer.scopes)?;
     check_metadata(&consumer.metadata)?;
     let context = format!("create consumer {:?}", consumer.id);
-    let mut client = db.client().await?;
-    let tx = begin(&mut client, &context).await?;
     let row = tx
         .query_one(
             concat!(
@@ -132,7 +144,7 @@ pub async fn create(db: &Db, actor: &str, consumer: &NewConsumer) -> Result<Cons
         .map_err(|e| DbError::from_pg(&context, e))?;
     let created = from_row(&row)?;
     audit::append(
-        &tx,
+        tx,
         &NewAuditEntry {
             actor,
             action: "consumer.create",
@@ -143,13 +155,12 @@ pub async fn create(db: &Db, actor: &str, consumer: &NewConsumer) -> Result<Cons
     )
     .await?;
     change::notify(
-        &tx,
+        tx,
         &Change::Consumer {
             id: created.id.clone(),
         },
     )
     .await?;
-    commit(tx, &context).await?;
     Ok(created)
 }
 

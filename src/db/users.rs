@@ -2,6 +2,7 @@
 //! by the caller (argon2id); this module stores the hash as given.
 
 use super::audit::{self, NewAuditEntry};
+use super::consumers::{self, NewConsumer};
 use super::{begin, check_actor, col, commit, Db, DbError};
 use serde_json::json;
 use std::fmt;
@@ -103,6 +104,73 @@ pub async fn create(db: &Db, actor: &str, user: &NewUser) -> Result<User, DbErro
     Ok(created)
 }
 
+/// A self-registered account: a user and the consumer it manages, both with id `id`.
+#[derive(Clone, PartialEq)]
+pub struct Registration {
+    /// The id of both rows (`usr_` + 32 hex digits, chosen by the caller).
+    pub id: String,
+    /// E-mail address (stored lower-cased).
+    pub email: String,
+    /// The password hash (PHC string).
+    pub password_hash: String,
+    /// The consumer's plan (must exist); `None`: the default plan.
+    pub plan: Option<String>,
+}
+
+impl fmt::Debug for Registration {
+    /// Leaves the password hash out.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registration")
+            .field("id", &self.id)
+            .field("email", &self.email)
+            .field("plan", &self.plan)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Creates a user and its own consumer in one transaction (audited as `actor`, the
+/// consumer change notified). [`DbError::Conflict`] if the e-mail address or the id is
+/// taken, [`DbError::Invalid`] for a malformed address or a missing plan.
+pub async fn register(db: &Db, actor: &str, registration: &Registration) -> Result<User, DbError> {
+    let email = normalize_email(&registration.email)?;
+    if registration.password_hash.is_empty() {
+        return Err(DbError::Invalid("password hash: empty".into()));
+    }
+    let context = format!("register user {email:?}");
+    let mut client = db.client().await?;
+    let tx = begin(&mut client, &context).await?;
+    let consumer = NewConsumer {
+        plan: registration.plan.clone(),
+        ..NewConsumer::new(registration.id.clone())
+    };
+    consumers::create_in(&tx, actor, &consumer).await?;
+    let row = tx
+        .query_one(
+            concat!(
+                "INSERT INTO users (id, email, password_hash, consumer_id)
+                 VALUES ($1, $2, $3, $1) RETURNING ",
+                columns!()
+            ),
+            &[&registration.id, &email, &registration.password_hash],
+        )
+        .await
+        .map_err(|e| DbError::from_pg(&context, e))?;
+    let created = from_row(&row)?;
+    audit::append(
+        &tx,
+        &NewAuditEntry {
+            actor,
+            action: "user.register",
+            target_type: "user",
+            target_id: &created.id,
+            details: &json!({"email": created.email, "plan": registration.plan}),
+        },
+    )
+    .await?;
+    commit(tx, &context).await?;
+    Ok(created)
+}
+
 /// The user with this e-mail address (any case), if any.
 pub async fn find_by_email(db: &Db, email: &str) -> Result<Option<User>, DbError> {
     let email = email.trim().to_lowercase();
@@ -133,14 +201,19 @@ pub async fn get(db: &Db, id: &str) -> Result<User, DbError> {
     from_row(&row)
 }
 
-/// Trims and lower-cases an address and checks its rough shape (`local@domain`).
-fn normalize_email(email: &str) -> Result<String, DbError> {
-    let email = email.trim().to_lowercase();
-    let ok = email.len() <= 254
+/// Whether `email` has the rough shape of an address (`local@domain`, at most 254
+/// bytes, no spaces or control characters).
+pub fn is_plausible_email(email: &str) -> bool {
+    email.len() <= 254
         && !email.chars().any(|c| c.is_whitespace() || c.is_control())
         && matches!(email.split_once('@'), Some((local, domain))
-            if !local.is_empty() && !domain.is_empty() && !domain.contains('@'));
-    if ok {
+            if !local.is_empty() && !domain.is_empty() && !domain.contains('@'))
+}
+
+/// Trims and lower-cases an address and checks its rough shape.
+fn normalize_email(email: &str) -> Result<String, DbError> {
+    let email = email.trim().to_lowercase();
+    if is_plausible_email(&email) {
         Ok(email)
     } else {
         Err(DbError::Invalid(format!("e-mail address {email:?}")))

@@ -41,6 +41,7 @@ use script::{Mode, SubjectKeys};
 pub use decision::{Decision, Lease, Source, WindowKind, WindowState};
 pub use headers::{insert_headers, rate_limit_headers};
 pub use policy::{Algorithm, Policy, PolicyError, Subject, Window};
+pub(crate) use redis::client_config as redis_client_config;
 
 /// Per-call Redis timeout: a healthy Redis answers in well under a millisecond, so
 /// 50 ms only ever cuts off a sick one, and bounds what limiting adds to a request.

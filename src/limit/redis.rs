@@ -420,7 +420,7 @@ impl RedisBackend {
 }
 
 /// The fred config for `settings`: one node, or a Cluster seeded from every URL.
-fn client_config(settings: &RedisSettings) -> Result<Config, LimitError> {
+pub(crate) fn client_config(settings: &RedisSettings) -> Result<Config, LimitError> {
     let invalid = |e: FredError| LimitError::InvalidSettings(e.to_string());
     let Some(first) = settings.urls.first() else {
         return Err(LimitError::InvalidSettings("no Redis URL given".into()));

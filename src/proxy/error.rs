@@ -79,6 +79,7 @@ impl ApiError {
                 AuthError::InvalidApiKey => "invalid_api_key",
                 AuthError::InvalidToken(JwtError::Expired) => "expired_token",
                 AuthError::InvalidToken(JwtError::NotYetValid) => "token_not_yet_valid",
+                AuthError::InvalidToken(JwtError::Revoked) => "revoked_token",
                 AuthError::InvalidToken(_) => "invalid_token",
                 AuthError::MethodNotAllowed(_) => "auth_method_not_allowed",
                 AuthError::ConsumerDisabled => "consumer_disabled",

@@ -1,0 +1,671 @@
+//! The account API: end users register, log in, refresh and log out, and manage their
+//! own API keys and read their usage. Served by the admin service under `/account/*`
+//! (no admin token: its own credentials), and meant to be exposed through the proxy so
+//! that it gets the gateway's limits (README "Account API").
+//!
+//! An account is a user and a consumer of the same id (`usr_…`): its keys and its
+//! access tokens identify that consumer at the proxy. Access tokens are short-lived
+//! HS256 JWTs ([`tokens`]); refresh tokens are opaque, stored hashed, and rotate on every
+//! use, a replayed one revoking its whole family. Logout revokes the refresh family and
+//! blocks the access token's `jti` on every instance (`crate::auth::revocation`).
+
+pub mod password;
+pub mod tokens;
+
+use crate::admin::error::{AdminError, ErrorBody, Fields};
+use crate::admin::keys::{create_key_for, KeyCreate, KeyCreated, KeyOut};
+use crate::admin::ops::{consumer_standing, usage_for, LimitsOut, UsageOut, UsageParams};
+use crate::admin::{created, rfc3339, AdminState, Body, Path, Query, StatusName};
+use crate::auth::client_ip::TrustedProxies;
+use crate::auth::jwt::JwtError;
+use crate::auth::store::Status;
+use crate::config::{AccountSettings, WindowSpec};
+use crate::db::tokens::{self as refresh, NewRefreshToken, TokenHash};
+use crate::db::users::{self, Registration, User};
+use crate::db::{consumers, keys, DbError};
+use crate::limit::{self, Algorithm, Policy, Subject, Window};
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::Json;
+use ipnet::IpNet;
+use ring::digest::{digest, SHA256};
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::SystemTime;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// The `/account/*` endpoints.
+pub fn routes() -> OpenApiRouter<AdminState> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(login))
+        .routes(routes!(refresh_tokens))
+        .routes(routes!(logout))
+        .routes(routes!(me))
+        .routes(routes!(create_own_key, list_own_keys))
+        .routes(routes!(revoke_own_key))
+        .routes(routes!(own_usage))
+}
+
+// ------------------------------------------------------------------------------------
+// Bodies
+// ------------------------------------------------------------------------------------
+
+/// E-mail address and password.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    /// E-mail address (compared case-insensitively).
+    pub email: String,
+    /// Password: 8 characters or more.
+    pub password: String,
+}
+
+/// A refresh token.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshBody {
+    /// The refresh token from the last login or refresh.
+    pub refresh_token: String,
+}
+
+/// What logout revokes besides the access token it is called with.
+#[derive(Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogoutBody {
+    /// The session's refresh token: it and every token of its family stop working.
+    #[serde(default)]
+    pub refresh_token: Option<String>,
+}
+
+/// A key the caller creates for itself.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OwnKeyCreate {
+    /// A label (may be empty).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// RFC 3339; absent: never expires.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+}
+
+/// An account.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccountOut {
+    /// The account's id, also its consumer id (what the proxy counts and logs).
+    pub id: String,
+    /// E-mail address.
+    pub email: String,
+    /// Its plan; `null`: the gateway's default plan.
+    pub plan: Option<String>,
+    /// `disabled`: an operator has suspended it.
+    pub status: StatusName,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// Tokens of a session.
+#[derive(Serialize, ToSchema)]
+pub struct TokensOut {
+    /// A JWT for `Authorization: Bearer`, at the proxy and here.
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+    /// Exchange it at `/account/refresh` for new tokens; it works once.
+    pub refresh_token: String,
+    /// Seconds until the refresh token expires.
+    pub refresh_expires_in: u64,
+}
+
+/// Days of the caller's own usage.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct OwnUsageParams {
+    /// First day, `YYYY-MM-DD` (default: 30 days before `to`).
+    pub from: Option<String>,
+    /// Last day (default: today).
+    pub to: Option<String>,
+}
+
+/// The caller's usage, plan and current windows.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OwnUsageOut {
+    /// The plan and how its windows stand now.
+    pub limits: LimitsOut,
+    /// Counters per day and route.
+    pub usage: UsageOut,
+}
+
+// ------------------------------------------------------------------------------------
+// The caller
+// ------------------------------------------------------------------------------------
+
+/// A caller holding a valid, unrevoked access token of the account issuer.
+pub struct AccountCaller {
+    /// The account (user and consumer) id, from `sub`.
+    pub id: String,
+    /// The token's `jti`.
+    pub token_id: String,
+    /// The token's `exp` (Unix seconds).
+    pub expires_at: u64,
+}
+
+fn unauthenticated(code: &'static str, message: impl Into<String>) -> AdminError {
+    AdminError::Unauthenticated {
+        code,
+        message: message.into(),
+    }
+}
+
+impl FromRequestParts<AdminState> for AccountCaller {
+    type Rejection = AdminError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AdminState) -> Result<Self, AdminError> {
+        let runtime = state.live().current();
+        let account = settings(&runtime.config.account)?;
+        let token = parts
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer") && !token.is_empty())
+            .map(|(_, token)| token.trim())
+            .ok_or_else(|| {
+                unauthenticated(
+                    "missing_token",
+                    "this endpoint needs `Authorization: Bearer <access token>`",
+                )
+            })?;
+        let identity = runtime
+            .auth
+            .jwt()
+            .verify(token)
+            .await
+            .map_err(|e| match e {
+                JwtError::Expired => unauthenticated("expired_token", e.to_string()),
+                other => unauthenticated("invalid_token", other.to_string()),
+            })?;
+        if identity.issuer != account.issuer {
+            return Err(unauthenticated(
+                "invalid_token",
+                "this is not an access token of the account API",
+            ));
+        }
+        let (Some(token_id), Some(expires_at)) = (&identity.token_id, identity.expires_at) else {
+            return Err(unauthenticated(
+                "invalid_token",
+                "the token lacks jti or exp",
+            ));
+        };
+        if runtime.auth.revoked_tokens().is_revoked(token_id) {
+            return Err(unauthenticated(
+                "revoked_token",
+                JwtError::Revoked.to_string(),
+            ));
+        }
+        Ok(AccountCaller {
+            id: identity.subject.clone(),
+            token_id: token_id.clone(),
+            expires_at,
+        })
+    }
+}
+
+/// The account settings, or 404 when the account API is not enabled.
+fn settings(account: &Option<AccountSettings>) -> Result<&AccountSettings, AdminError> {
+    account.as_ref().ok_or_else(|| {
+        AdminError::NotFound("the account API is not enabled (configure `account:`)".into())
+    })
+}
+
+/// The current account settings.
+fn current_settings(state: &AdminState) -> Result<AccountSettings, AdminError> {
+    settings(&state.live().current().config.account).cloned()
+}
+
+/// The account's consumer, refused with 403 when an operator disabled it.
+async fn active_consumer(state: &AdminState, id: &str) -> Result<consumers::Consumer, AdminError> {
+    let consumer = consumers::find(state.db()?, id)
+        .await?
+        .ok_or_else(|| unauthenticated("invalid_token", "the account no longer exists"))?;
+    if consumer.status != Status::Active {
+        return Err(AdminError::Forbidden("this account is disabled".into()));
+    }
+    Ok(consumer)
+}
+
+fn account_out(user: User, consumer: &consumers::Consumer) -> AccountOut {
+    AccountOut {
+        id: user.id,
+        email: user.email,
+        plan: consumer.plan.clone(),
+        status: consumer.status.into(),
+        created_at: rfc3339(user.created_at),
+    }
+}
+
+/// The audit actor for a user acting on its own account.
+fn actor(id: &str) -> String {
+    format!("user:{id}")
+}
+
+// ------------------------------------------------------------------------------------
+// Sessions
+// ------------------------------------------------------------------------------------
+
+/// Create an account: a user and its own consumer on the configured default plan.
+#[utoipa::path(post, path = "/account/register", tag = "account", request_body = Credentials,
+    responses(
+        (status = 201, description = "Created", body = AccountOut),
+        (status = 400, description = "Invalid e-mail address or weak password", body = ErrorBody),
+        (status = 409, description = "The e-mail address is taken", body = ErrorBody),
+    ))]
+pub async fn register(
+    State(state): State<AdminState>,
+    Body(body): Body<Credentials>,
+) -> Result<Response, AdminError> {
+    let account = current_settings(&state)?;
+    let mut fields = Fields::default();
+    let email = body.email.trim().to_lowercase();
+    fields.check(
+        users::is_plausible_email(&email),
+        "email",
+        "must be an e-mail address",
+    );
+    if let Some(problem) = password::weakness(&body.password, &email) {
+        fields.push("password", problem);
+    }
+    fields.finish()?;
+    let db = state.db()?;
+    let password_hash = state
+        .passwords()
+        .hash(body.password)
+        .await
+        .map_err(|e| AdminError::Internal(e.to_string()))?;
+    let id = format!(
+        "usr_{}",
+        tokens::random_hex(state.rng(), 16).map_err(|e| AdminError::Internal(e.to_string()))?
+    );
+    let registration = Registration {
+        id: id.clone(),
+        email,
+        password_hash,
+        plan: account.default_plan.clone(),
+    };
+    let user = match users::register(db, &actor(&id), &registration).await {
+        Ok(user) => user,
+        Err(DbError::Conflict(_)) => {
+            return Err(AdminError::Conflict(
+                "an account with this e-mail address exists".into(),
+            ))
+        }
+        Err(DbError::Invalid(detail)) if detail.contains("missing row") => {
+            return Err(AdminError::Internal(format!(
+                "account.default_plan {:?} is not a database plan: {detail}",
+                account.default_plan
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let consumer = consumers::get(db, &user.id).await?;
+    Ok(created(account_out(user, &consumer)))
+}
+
+/// Log in: an access token and a refresh token. Throttled per account and per client
+/// address.
+#[utoipa::path(post, path = "/account/login", tag = "account", request_body = Credentials,
+    responses(
+        (status = 200, description = "Logged in", body = TokensOut),
+        (status = 401, description = "Wrong e-mail address or password", body = ErrorBody),
+        (status = 403, description = "The account is disabled", body = ErrorBody),
+        (status = 429, description = "Too many attempts; see Retry-After", body = ErrorBody),
+    ))]
+pub async fn login(
+    State(state): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: http::HeaderMap,
+    Body(body): Body<Credentials>,
+) -> Result<Json<TokensOut>, AdminError> {
+    let account = current_settings(&state)?;
+    let email = body.email.trim().to_lowercase();
+    let client = client_address(&state, peer.ip(), &headers);
+    throttle_login(&state, &account, &email, client).await?;
+    let db = state.db()?;
+    let user = users::find_by_email(db, &email).await?;
+    let matches = state
+        .passwords()
+        .verify(
+            body.password,
+            user.as_ref().map(|u| u.password_hash.clone()),
+        )
+        .await
+        .map_err(|e| AdminError::Internal(e.to_string()))?;
+    let user = match user {
+        Some(user) if matches => user,
+        _ => {
+            log::info!("account: failed login from {client}");
+            return Err(unauthenticated(
+                "invalid_credentials",
+                "wrong e-mail address or password",
+            ));
+        }
+    };
+    let consumer = active_consumer(&state, &user.id).await?;
+    let refresh_token = tokens::new_refresh_token(state.rng()).map_err(internal)?;
+    refresh::insert(
+        db,
+        &NewRefreshToken {
+            user_id: user.id.clone(),
+            family_id: None,
+            hash: TokenHash::of(&refresh_token),
+            expires_at: SystemTime::now() + account.refresh_token_ttl,
+        },
+    )
+    .await?;
+    session(&state, &account, &consumer, refresh_token).map(Json)
+}
+
+/// Exchange a refresh token for new tokens. The old refresh token stops working; using
+/// it again revokes every token of its session.
+#[utoipa::path(post, path = "/account/refresh", tag = "account", request_body = RefreshBody,
+    responses(
+        (status = 200, description = "New tokens", body = TokensOut),
+        (status = 401, description = "Unknown, expired or reused refresh token", body = ErrorBody),
+        (status = 403, description = "The account is disabled", body = ErrorBody),
+    ))]
+pub async fn refresh_tokens(
+    State(state): State<AdminState>,
+    Body(body): Body<RefreshBody>,
+) -> Result<Json<TokensOut>, AdminError> {
+    let account = current_settings(&state)?;
+    let db = state.db()?;
+    let next = tokens::new_refresh_token(state.rng()).map_err(internal)?;
+    let rotated = refresh::rotate(
+        db,
+        &TokenHash::of(&body.refresh_token),
+        &TokenHash::of(&next),
+        SystemTime::now() + account.refresh_token_ttl,
+    )
+    .await
+    .map_err(|e| match e {
+        DbError::NotFound(_) => {
+            unauthenticated("invalid_refresh_token", "unknown refresh token")
+        }
+        DbError::Invalid(_) => unauthenticated("invalid_refresh_token", "the refresh token has expired"),
+        DbError::Conflict(_) => unauthenticated(
+            "refresh_token_reused",
+            "this refresh token was already used: every token of its session is revoked; log in again",
+        ),
+        other => other.into(),
+    })?;
+    let consumer = active_consumer(&state, &rotated.user_id).await?;
+    session(&state, &account, &consumer, next).map(Json)
+}
+
+/// End a session: the access token used for this call stops working at once on every
+/// gateway instance, and so does the given refresh token's whole family.
+#[utoipa::path(post, path = "/account/logout", tag = "account", request_body = LogoutBody,
+    security(("access_token" = [])),
+    responses(
+        (status = 204, description = "Logged out"),
+        (status = 401, description = "No valid access token", body = ErrorBody),
+        (status = 404, description = "The refresh token is not this account's", body = ErrorBody),
+        (status = 503, description = "The revocation could not be shared (Redis)", body = ErrorBody),
+    ))]
+pub async fn logout(
+    State(state): State<AdminState>,
+    caller: AccountCaller,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, AdminError> {
+    // The body is optional: nothing (or `{}`) revokes the access token only.
+    let body: LogoutBody = if body.iter().all(u8::is_ascii_whitespace) {
+        LogoutBody::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| AdminError::invalid(format!("malformed JSON body: {e}")))?
+    };
+    let db = state.db()?;
+    if let Some(token) = body.refresh_token {
+        let found = refresh::find_by_hash(db, &TokenHash::of(&token))
+            .await?
+            .filter(|t| t.user_id == caller.id)
+            .ok_or_else(|| AdminError::NotFound("no such refresh token on this account".into()))?;
+        refresh::revoke_family(db, &actor(&caller.id), &found.family_id).await?;
+    }
+    state
+        .revocations()
+        .revoke(&caller.token_id, caller.expires_at)
+        .await
+        .map_err(|e| {
+            log::error!("account: logout of {}: {e}", caller.id);
+            AdminError::LimiterUnavailable
+        })?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// New tokens for `consumer`, with `refresh_token` already stored.
+fn session(
+    state: &AdminState,
+    account: &AccountSettings,
+    consumer: &consumers::Consumer,
+    refresh_token: String,
+) -> Result<TokensOut, AdminError> {
+    let access = tokens::issue_access(
+        account,
+        state.rng(),
+        &consumer.id,
+        consumer.plan.as_deref(),
+        &consumer.scopes,
+    )
+    .map_err(internal)?;
+    Ok(TokensOut {
+        access_token: access.token,
+        token_type: "Bearer",
+        expires_in: account.access_token_ttl.as_secs(),
+        refresh_token,
+        refresh_expires_in: account.refresh_token_ttl.as_secs(),
+    })
+}
+
+fn internal(e: tokens::TokenError) -> AdminError {
+    AdminError::Internal(e.to_string())
+}
+
+/// The client's address: the peer, or the forwarding chain when the peer is the gateway
+/// itself (loopback) or a configured trusted proxy.
+fn client_address(state: &AdminState, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
+    let runtime = state.live().current();
+    let mut trusted = runtime.config.auth.trusted_proxies.clone();
+    trusted.extend(
+        [
+            ipnet::Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8).map(IpNet::V4),
+            ipnet::Ipv6Net::new(Ipv6Addr::LOCALHOST, 128).map(IpNet::V6),
+        ]
+        .into_iter()
+        .flatten(),
+    );
+    TrustedProxies(trusted).client_ip(peer, headers)
+}
+
+/// Counts a login attempt against the account (by a digest of its address) and the
+/// client address; 429 once either is spent.
+async fn throttle_login(
+    state: &AdminState,
+    account: &AccountSettings,
+    email: &str,
+    client: IpAddr,
+) -> Result<(), AdminError> {
+    let policy = |name: &str, w: &WindowSpec| {
+        Policy::new(
+            name,
+            Algorithm::FixedWindow,
+            vec![Window::new(w.requests, w.per)],
+        )
+    };
+    let per_account = policy("login_per_account", &account.login_per_account);
+    let per_ip = policy("login_per_ip", &account.login_per_ip);
+    let email_digest: String = digest(&SHA256, email.as_bytes()).as_ref()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let account_key = format!("login:a:{email_digest}");
+    let ip_key = format!("login:ip:{client}");
+    let lease = tokens::random_hex(state.rng(), 8).map_err(internal)?;
+    let decision = state
+        .limiter()
+        .get()
+        .await
+        .acquire(
+            &[
+                Subject::new(&account_key, &per_account),
+                Subject::new(&ip_key, &per_ip),
+            ],
+            1,
+            &limit::FailureMode::Local {
+                expected_instances: 1,
+            },
+            &lease,
+        )
+        .await
+        .map_err(|e| AdminError::Internal(format!("login throttle: {e}")))?;
+    if decision.allowed {
+        return Ok(());
+    }
+    let (policy, retry_after) = crate::proxy::rate_limit::refusal(&decision);
+    log::warn!("account: login throttled ({policy}) for client {client}");
+    Err(AdminError::TooManyRequests {
+        message: format!("too many login attempts ({policy}); retry later"),
+        retry_after,
+    })
+}
+
+// ------------------------------------------------------------------------------------
+// The caller's own data
+// ------------------------------------------------------------------------------------
+
+/// The caller's account.
+#[utoipa::path(get, path = "/account/me", tag = "account", security(("access_token" = [])),
+    responses(
+        (status = 200, description = "The account", body = AccountOut),
+        (status = 401, description = "No valid access token", body = ErrorBody),
+        (status = 403, description = "The account is disabled", body = ErrorBody),
+    ))]
+pub async fn me(
+    State(state): State<AdminState>,
+    caller: AccountCaller,
+) -> Result<Json<AccountOut>, AdminError> {
+    let consumer = active_consumer(&state, &caller.id).await?;
+    let user = users::get(state.db()?, &caller.id).await?;
+    Ok(Json(account_out(user, &consumer)))
+}
+
+/// Create an API key for the caller; the answer is the only place its secret appears.
+#[utoipa::path(post, path = "/account/keys", tag = "account", request_body = OwnKeyCreate,
+    security(("access_token" = [])),
+    responses(
+        (status = 201, description = "Created; `secret` is shown only now", body = KeyCreated),
+        (status = 400, description = "Invalid input", body = ErrorBody),
+        (status = 401, description = "No valid access token", body = ErrorBody),
+        (status = 403, description = "The account is disabled", body = ErrorBody),
+    ))]
+pub async fn create_own_key(
+    State(state): State<AdminState>,
+    caller: AccountCaller,
+    Body(body): Body<OwnKeyCreate>,
+) -> Result<Response, AdminError> {
+    active_consumer(&state, &caller.id).await?;
+    let key = create_key_for(
+        &state,
+        &actor(&caller.id),
+        caller.id.clone(),
+        KeyCreate {
+            name: body.name,
+            scopes: None,
+            expires_at: body.expires_at,
+        },
+    )
+    .await?;
+    Ok(created(key))
+}
+
+/// The caller's API keys (never their secrets).
+#[utoipa::path(get, path = "/account/keys", tag = "account", security(("access_token" = [])),
+    responses(
+        (status = 200, description = "The keys", body = Vec<KeyOut>),
+        (status = 401, description = "No valid access token", body = ErrorBody),
+        (status = 403, description = "The account is disabled", body = ErrorBody),
+    ))]
+pub async fn list_own_keys(
+    State(state): State<AdminState>,
+    caller: AccountCaller,
+) -> Result<Json<Vec<KeyOut>>, AdminError> {
+    active_consumer(&state, &caller.id).await?;
+    let keys = keys::list(state.db()?, &caller.id).await?;
+    Ok(Json(keys.into_iter().map(KeyOut::from).collect()))
+}
+
+/// Revoke one of the caller's keys, at once, on every instance.
+#[utoipa::path(post, path = "/account/keys/{key_id}/revoke", tag = "account",
+    security(("access_token" = [])),
+    params(("key_id" = String, Path, description = "Key id")),
+    responses(
+        (status = 200, description = "The revoked key", body = KeyOut),
+        (status = 401, description = "No valid access token", body = ErrorBody),
+        (status = 403, description = "The account is disabled", body = ErrorBody),
+        (status = 404, description = "No such key on this account", body = ErrorBody),
+    ))]
+pub async fn revoke_own_key(
+    State(state): State<AdminState>,
+    caller: AccountCaller,
+    Path(key_id): Path<String>,
+) -> Result<Json<KeyOut>, AdminError> {
+    active_consumer(&state, &caller.id).await?;
+    let db = state.db()?;
+    let not_found = || AdminError::NotFound(format!("no key {key_id:?} on this account"));
+    // Another account's key is "not found" too: its existence is none of the caller's business.
+    match keys::get(db, &key_id).await {
+        Ok(key) if key.consumer_id == caller.id => {}
+        Ok(_) | Err(DbError::NotFound(_)) => return Err(not_found()),
+        Err(e) => return Err(e.into()),
+    }
+    Ok(Json(
+        keys::revoke(db, &actor(&caller.id), &key_id).await?.into(),
+    ))
+}
+
+/// The caller's usage per day and route, its plan, and how its windows stand now.
+#[utoipa::path(get, path = "/account/usage", tag = "account", params(OwnUsageParams),
+    security(("access_token" = [])),
+    responses(
+        (status = 200, description = "Usage and limits", body = OwnUsageOut),
+        (status = 400, description = "Invalid query", body = ErrorBody),
+        (status = 401, description = "No valid access token", body = ErrorBody),
+        (status = 403, description = "The account is disabled", body = ErrorBody),
+    ))]
+pub async fn own_usage(
+    State(state): State<AdminState>,
+    caller: AccountCaller,
+    Query(q): Query<OwnUsageParams>,
+) -> Result<Json<OwnUsageOut>, AdminError> {
+    let consumer = active_consumer(&state, &caller.id).await?;
+    let usage = usage_for(
+        &state,
+        UsageParams {
+            consumer: Some(caller.id.clone()),
+            key: None,
+            route: None,
+            from: q.from,
+            to: q.to,
+        },
+    )
+    .await?;
+    let limits = consumer_standing(&state, consumer).await?;
+    Ok(Json(OwnUsageOut { limits, usage }))
+}

@@ -1,0 +1,330 @@
+//! Revoked access tokens: a logout blocks its token's `jti` until the token expires.
+//!
+//! The proxy checks every verified token against an in-process set ([`RevokedTokens`]),
+//! so the check costs no round trip. With Redis configured the set is shared:
+//! [`RevocationBus::revoke`] adds the id to the sorted set `tg:revoked-tokens` (score: the
+//! token's expiry) and publishes it on the channel `tollgate:revoked-tokens` in one
+//! script call; every instance's [`RevocationBus::follow`] task applies what is published,
+//! and reads the whole sorted set again whenever its subscription (re)connects and every
+//! [`RESYNC_EVERY`], so a message lost while disconnected is caught up.
+
+use crate::limit::RedisSettings;
+use fred::clients::{Client, SubscriberClient};
+use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use fred::types::config::ReconnectPolicy;
+use fred::types::{Builder, ClusterHash, CustomCommand, Value};
+use moka::sync::Cache;
+use moka::Expiry;
+use pingora::server::ShutdownWatch;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The sorted set of revoked token ids (member: `jti`, score: expiry in Unix seconds).
+pub const REVOKED_KEY: &str = "tg:revoked-tokens";
+/// The channel a revocation is published on (`<jti> <expiry>`).
+pub const REVOKED_CHANNEL: &str = "tollgate:revoked-tokens";
+/// How often the set is read again in full, in case a message was lost.
+pub const RESYNC_EVERY: Duration = Duration::from_secs(30);
+/// Bound on the in-process set: more revoked, still-valid tokens than this are not
+/// expected (access tokens are short-lived).
+const MAX_REVOKED: u64 = 1_000_000;
+/// A revocation is answered within this time or fails.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Adds a token id to the set, drops expired members and publishes the id, atomically.
+const REVOKE_SCRIPT: &str = r#"
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
+local latest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('EXPIREAT', KEYS[1], tonumber(latest[2]) + 1)
+redis.call('PUBLISH', ARGV[4], ARGV[1] .. ' ' .. ARGV[2])
+return 1
+"#;
+
+/// Why a revocation could not be shared.
+#[derive(Debug, thiserror::Error)]
+pub enum RevocationError {
+    /// Redis is configured but did not take the revocation.
+    #[error("recording the revocation in Redis failed: {0}")]
+    Redis(String),
+}
+
+/// The ids of revoked tokens that have not expired yet, in this process.
+pub struct RevokedTokens {
+    ids: Cache<String, u64>,
+}
+
+impl std::fmt::Debug for RevokedTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RevokedTokens")
+            .field("entries", &self.ids.entry_count())
+            .finish()
+    }
+}
+
+/// An entry lives until its token expires.
+struct UntilTokenExpiry;
+
+impl Expiry<String, u64> for UntilTokenExpiry {
+    fn expire_after_create(&self, _: &String, expires_at: &u64, _: Instant) -> Option<Duration> {
+        Some(Duration::from_secs(expires_at.saturating_sub(unix_now())))
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+impl Default for RevokedTokens {
+    fn default() -> Self {
+        RevokedTokens {
+            ids: Cache::builder()
+                .max_capacity(MAX_REVOKED)
+                .expire_after(UntilTokenExpiry)
+                .build(),
+        }
+    }
+}
+
+impl RevokedTokens {
+    /// Whether the token `jti` has been revoked (and has not expired since).
+    pub fn is_revoked(&self, jti: &str) -> bool {
+        self.ids.contains_key(jti)
+    }
+
+    /// Blocks `jti` until `expires_at` (Unix seconds); already expired ids are ignored.
+    pub fn insert(&self, jti: &str, expires_at: u64) {
+        if expires_at > unix_now() {
+            self.ids.insert(jti.to_string(), expires_at);
+        }
+    }
+}
+
+/// Shares revocations between instances through Redis (or keeps them in this process
+/// when Redis is not configured).
+pub struct RevocationBus {
+    tokens: Arc<RevokedTokens>,
+    redis: Option<RedisSettings>,
+    /// For the script call and the full reads; connected on first use.
+    client: tokio::sync::OnceCell<Option<Client>>,
+}
+
+impl RevocationBus {
+    /// A bus feeding `tokens` (the set the proxy checks), over `redis` if configured.
+    pub fn new(tokens: Arc<RevokedTokens>, redis: Option<RedisSettings>) -> Self {
+        RevocationBus {
+            tokens,
+            redis,
+            client: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// Revokes token `jti` (expiring at `expires_at`, Unix seconds) here and, with Redis,
+    /// on every instance. Fails when Redis is configured and does not take it; the token
+    /// is then still revoked in this process.
+    pub async fn revoke(&self, jti: &str, expires_at: u64) -> Result<(), RevocationError> {
+        self.tokens.insert(jti, expires_at);
+        let Some(client) = self.client().await? else {
+            return Ok(());
+        };
+        let command = CustomCommand::new_static("EVAL", ClusterHash::FirstKey, false);
+        let args: Vec<Value> = vec![
+            REVOKE_SCRIPT.into(),
+            1i64.into(),
+            REVOKED_KEY.into(),
+            jti.into(),
+            to_i64(expires_at).into(),
+            to_i64(unix_now()).into(),
+            REVOKED_CHANNEL.into(),
+        ];
+        match tokio::time::timeout(REDIS_TIMEOUT, client.custom::<Value, Value>(command, args))
+            .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(RevocationError::Redis(e.to_string())),
+            Err(_) => Err(RevocationError::Redis(format!(
+                "no answer within {REDIS_TIMEOUT:?}"
+            ))),
+        }
+    }
+
+    /// Follows revocations made on other instances until shutdown (returns at once
+    /// without Redis).
+    pub async fn follow(&self, mut shutdown: ShutdownWatch) {
+        let Some(settings) = &self.redis else {
+            return;
+        };
+        let subscriber = match crate::limit::redis_client_config(settings)
+            .map_err(|e| e.to_string())
+            .and_then(|config| {
+                Builder::from_config(config)
+                    .set_policy(reconnect_policy())
+                    .build_subscriber_client()
+                    .map_err(|e| e.to_string())
+            }) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("token revocation: cannot follow Redis: {e}");
+                return;
+            }
+        };
+        let mut messages = subscriber.message_rx();
+        let mut reconnects = subscriber.reconnect_rx();
+        let _connection = subscriber.init().await;
+        let _resubscriber = subscriber.manage_subscriptions();
+        subscribe(&subscriber).await;
+        self.resync().await;
+        let mut resync = tokio::time::interval(RESYNC_EVERY);
+        resync.tick().await;
+        loop {
+            tokio::select! {
+                message = messages.recv() => match message {
+                    Ok(m) => self.apply(&m.value),
+                    // Fell behind: read the whole set instead.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.resync().await,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                },
+                Ok(_) = reconnects.recv() => self.resync().await,
+                _ = resync.tick() => self.resync().await,
+                _ = shutdown.changed() => if *shutdown.borrow() { break },
+            }
+        }
+        let _ = subscriber.quit().await;
+    }
+
+    /// Applies one published `<jti> <expiry>`.
+    fn apply(&self, message: &Value) {
+        let Some(text) = message.as_str() else {
+            return;
+        };
+        match text.split_once(' ').map(|(j, e)| (j, e.parse::<u64>())) {
+            Some((jti, Ok(expires_at))) if !jti.is_empty() => self.tokens.insert(jti, expires_at),
+            _ => log::warn!("token revocation: ignoring a malformed message"),
+        }
+    }
+
+    /// Reads every still-valid revocation from Redis into the set.
+    async fn resync(&self) {
+        let Ok(Some(client)) = self.client().await else {
+            return;
+        };
+        let command = CustomCommand::new_static("ZRANGE", ClusterHash::FirstKey, false);
+        let args: Vec<Value> = vec![
+            REVOKED_KEY.into(),
+            to_i64(unix_now()).into(),
+            "+inf".into(),
+            "BYSCORE".into(),
+            "WITHSCORES".into(),
+        ];
+        let reply =
+            tokio::time::timeout(REDIS_TIMEOUT, client.custom::<Value, Value>(command, args)).await;
+        let members = match reply {
+            Ok(Ok(Value::Array(members))) => members,
+            Ok(Ok(_)) => Vec::new(),
+            Ok(Err(e)) => {
+                log::warn!("token revocation: reading {REVOKED_KEY} failed: {e}");
+                return;
+            }
+            Err(_) => {
+                log::warn!("token revocation: reading {REVOKED_KEY} timed out");
+                return;
+            }
+        };
+        for pair in members.chunks(2) {
+            if let [jti, score] = pair {
+                let expires_at = score.as_f64().map(|s| s as u64).or_else(|| {
+                    score
+                        .as_str()
+                        .and_then(|s| s.parse::<f64>().ok())
+                        .map(|s| s as u64)
+                });
+                if let (Some(jti), Some(expires_at)) = (jti.as_str(), expires_at) {
+                    self.tokens.insert(&jti, expires_at);
+                }
+            }
+        }
+    }
+
+    /// The command client, connecting it the first time; `Ok(None)` without Redis.
+    async fn client(&self) -> Result<Option<&Client>, RevocationError> {
+        let client = self
+            .client
+            .get_or_init(|| async {
+                let settings = self.redis.as_ref()?;
+                let built = crate::limit::redis_client_config(settings)
+                    .map_err(|e| e.to_string())
+                    .and_then(|config| {
+                        Builder::from_config(config)
+                            .set_policy(reconnect_policy())
+                            .build()
+                            .map_err(|e| e.to_string())
+                    });
+                match built {
+                    Ok(client) => {
+                        let _connection = client.init().await;
+                        Some(client)
+                    }
+                    Err(e) => {
+                        log::error!("token revocation: cannot use Redis: {e}");
+                        None
+                    }
+                }
+            })
+            .await;
+        match (client, &self.redis) {
+            (Some(c), _) => Ok(Some(c)),
+            (None, None) => Ok(None),
+            (None, Some(_)) => Err(RevocationError::Redis(
+                "the Redis settings are unusable".into(),
+            )),
+        }
+    }
+}
+
+/// Subscribes to the revocation channel, retrying until Redis answers.
+async fn subscribe(subscriber: &SubscriberClient) {
+    let mut wait = Duration::from_millis(100);
+    while let Err(e) = subscriber.subscribe(REVOKED_CHANNEL).await {
+        log::warn!("token revocation: subscribing to {REVOKED_CHANNEL} failed: {e}; retrying");
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Reconnect at once, then back off up to a second, forever.
+fn reconnect_policy() -> ReconnectPolicy {
+    ReconnectPolicy::new_exponential(0, 50, 1000, 2)
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revoked_ids_are_kept_until_they_expire() {
+        let set = RevokedTokens::default();
+        set.insert("a", unix_now() + 60);
+        set.insert("old", unix_now().saturating_sub(1));
+        assert!(set.is_revoked("a"));
+        assert!(!set.is_revoked("old"));
+        assert!(!set.is_revoked("b"));
+    }
+
+    #[test]
+    fn published_messages_are_applied() {
+        let tokens = Arc::new(RevokedTokens::default());
+        let bus = RevocationBus::new(Arc::clone(&tokens), None);
+        bus.apply(&Value::from(format!("j1 {}", unix_now() + 60)));
+        bus.apply(&Value::from("garbage"));
+        bus.apply(&Value::from(" 123"));
+        assert!(tokens.is_revoked("j1"));
+        assert!(!tokens.is_revoked(""));
+    }
+}
