@@ -239,12 +239,14 @@ fn revocation_bus(snapshot: &Runtime, redis: Option<RedisSettings>) -> Arc<Revoc
 }
 
 /// Follows logouts made on other instances: with the account API and Redis only (without
-/// Redis, logouts are made and checked in this one process).
+/// Redis, logouts are made and checked in this one process). Loads what is already
+/// revoked before returning.
 fn revocation_follower(
     bus: &Arc<RevocationBus>,
     config: &Config,
 ) -> Option<GenBackgroundService<RevocationFollower>> {
     (config.account.is_some() && config.rate_limit.redis.is_some()).then(|| {
+        bus.preload();
         background_service(
             "tollgate token revocations",
             RevocationFollower(Arc::clone(bus)),

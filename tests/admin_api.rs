@@ -977,10 +977,20 @@ async fn openapi_document_lists_every_served_route() {
         "DELETE /admin/consumers/{id}/limits",
         "POST /admin/reload",
         "GET /admin/audit",
+        // The account API (answering 404 here: no `account:` section).
+        "POST /account/register",
+        "POST /account/login",
+        "POST /account/refresh",
+        "POST /account/logout",
+        "GET /account/me",
+        "POST /account/keys",
+        "GET /account/keys",
+        "POST /account/keys/{key_id}/revoke",
+        "GET /account/usage",
     ];
     expected.sort();
     assert_eq!(served, expected);
-    // Every operation needs the admin token; the schemas are there.
+    // Every admin operation needs the admin token; the schemas are there.
     assert!(doc["components"]["securitySchemes"]["admin_token"].is_object());
     assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
     assert!(doc["components"]["schemas"]["PlanCreate"].is_object());

@@ -236,7 +236,7 @@ async fn active_consumer(state: &AdminState, id: &str) -> Result<consumers::Cons
         .await?
         .ok_or_else(|| unauthenticated("invalid_token", "the account no longer exists"))?;
     if consumer.status != Status::Active {
-        return Err(AdminError::Forbidden("this account is disabled".into()));
+        return Err(AdminError::ConsumerDisabled);
     }
     Ok(consumer)
 }

@@ -137,7 +137,8 @@ mod tests {
         let rng = SystemRandom::new();
         let access =
             issue_access(&settings, &rng, "usr_1", Some("gold"), &["read".into()]).unwrap();
-        let yaml = "account: {issuer: tollgate-test, audience: api, signing_secret_env: TG_TOKENS_TEST_SECRET}\n\
+        let yaml = "listeners: [{address: \"127.0.0.1:1\"}]\n\
+                    account: {issuer: tollgate-test, audience: api, signing_secret_env: TG_TOKENS_TEST_SECRET}\n\
                     database: {url: \"postgres://localhost/x\"}\nadmin: {address: \"127.0.0.1:1\"}\n";
         std::env::set_var(
             "TG_TOKENS_TEST_SECRET",

@@ -42,8 +42,9 @@ pub enum AdminError {
         /// What went wrong, for a human.
         message: String,
     },
-    /// 403 `forbidden`.
-    Forbidden(String),
+    /// 403 `consumer_disabled`: the account (consumer) was disabled by an operator; the
+    /// proxy answers the same.
+    ConsumerDisabled,
     /// 404 `not_found`: the thing named in the path does not exist.
     NotFound(String),
     /// 404 `route_not_found`: no such endpoint.
@@ -118,7 +119,7 @@ impl AdminError {
                 StatusCode::UNAUTHORIZED
             }
             AdminError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            AdminError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AdminError::ConsumerDisabled => StatusCode::FORBIDDEN,
             AdminError::NotFound(_) | AdminError::RouteNotFound => StatusCode::NOT_FOUND,
             AdminError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AdminError::Conflict(_) => StatusCode::CONFLICT,
@@ -139,7 +140,7 @@ impl AdminError {
             AdminError::Unauthorized => "unauthorized",
             AdminError::Unauthenticated { code, .. } => code,
             AdminError::TooManyRequests { .. } => "rate_limited",
-            AdminError::Forbidden(_) => "forbidden",
+            AdminError::ConsumerDisabled => "consumer_disabled",
             AdminError::NotFound(_) => "not_found",
             AdminError::RouteNotFound => "route_not_found",
             AdminError::MethodNotAllowed => "method_not_allowed",
@@ -163,8 +164,8 @@ impl AdminError {
             }
             AdminError::Unauthenticated { message, .. }
             | AdminError::TooManyRequests { message, .. } => message.clone(),
-            AdminError::Forbidden(m)
-            | AdminError::NotFound(m)
+            AdminError::ConsumerDisabled => "this account is disabled".into(),
+            AdminError::NotFound(m)
             | AdminError::Conflict(m)
             | AdminError::UnsupportedMediaType(m) => m.clone(),
             AdminError::RouteNotFound => "no such admin endpoint".into(),

@@ -157,14 +157,9 @@ impl RevocationBus {
         let Some(settings) = &self.redis else {
             return;
         };
-        let subscriber = match crate::limit::redis_client_config(settings)
-            .map_err(|e| e.to_string())
-            .and_then(|config| {
-                Builder::from_config(config)
-                    .set_policy(reconnect_policy())
-                    .build_subscriber_client()
-                    .map_err(|e| e.to_string())
-            }) {
+        let subscriber = match builder(settings)
+            .and_then(|b| b.build_subscriber_client().map_err(|e| e.to_string()))
+        {
             Ok(s) => s,
             Err(e) => {
                 log::error!("token revocation: cannot follow Redis: {e}");
@@ -173,7 +168,7 @@ impl RevocationBus {
         };
         let mut messages = subscriber.message_rx();
         let mut reconnects = subscriber.reconnect_rx();
-        let _connection = subscriber.init().await;
+        connect(&subscriber).await;
         let _resubscriber = subscriber.manage_subscriptions();
         subscribe(&subscriber).await;
         self.resync().await;
@@ -208,9 +203,42 @@ impl RevocationBus {
 
     /// Reads every still-valid revocation from Redis into the set.
     async fn resync(&self) {
-        let Ok(Some(client)) = self.client().await else {
+        if let Ok(Some(client)) = self.client().await {
+            self.read_all(client).await;
+        }
+    }
+
+    /// Loads the revocations recorded in Redis before the server starts, on a runtime of
+    /// its own (so no token revoked elsewhere is accepted while the follower connects).
+    /// Gives up after [`REDIS_TIMEOUT`] with a warning if Redis cannot be reached.
+    pub fn preload(&self) {
+        let Some(settings) = &self.redis else {
             return;
         };
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            log::warn!("token revocation: no runtime to preload revocations");
+            return;
+        };
+        rt.block_on(async {
+            let client = match builder(settings).and_then(|b| b.build().map_err(|e| e.to_string()))
+            {
+                Ok(client) => client,
+                Err(e) => {
+                    log::warn!("token revocation: cannot preload: {e}");
+                    return;
+                }
+            };
+            connect(&client).await;
+            self.read_all(&client).await;
+            let _ = tokio::time::timeout(REDIS_TIMEOUT, client.quit()).await;
+        });
+    }
+
+    /// Reads every still-valid revocation through `client` into the set.
+    async fn read_all(&self, client: &Client) {
         let command = CustomCommand::new_static("ZRANGE", ClusterHash::FirstKey, false);
         let args: Vec<Value> = vec![
             REVOKED_KEY.into(),
@@ -235,14 +263,11 @@ impl RevocationBus {
         };
         for pair in members.chunks(2) {
             if let [jti, score] = pair {
-                let expires_at = score.as_f64().map(|s| s as u64).or_else(|| {
-                    score
-                        .as_str()
-                        .and_then(|s| s.parse::<f64>().ok())
-                        .map(|s| s as u64)
-                });
+                let expires_at = score
+                    .as_f64()
+                    .or_else(|| score.as_str().and_then(|s| s.parse::<f64>().ok()));
                 if let (Some(jti), Some(expires_at)) = (jti.as_str(), expires_at) {
-                    self.tokens.insert(&jti, expires_at);
+                    self.tokens.insert(&jti, expires_at as u64);
                 }
             }
         }
@@ -254,17 +279,10 @@ impl RevocationBus {
             .client
             .get_or_init(|| async {
                 let settings = self.redis.as_ref()?;
-                let built = crate::limit::redis_client_config(settings)
-                    .map_err(|e| e.to_string())
-                    .and_then(|config| {
-                        Builder::from_config(config)
-                            .set_policy(reconnect_policy())
-                            .build()
-                            .map_err(|e| e.to_string())
-                    });
+                let built = builder(settings).and_then(|b| b.build().map_err(|e| e.to_string()));
                 match built {
                     Ok(client) => {
-                        let _connection = client.init().await;
+                        connect(&client).await;
                         Some(client)
                     }
                     Err(e) => {
@@ -294,9 +312,25 @@ async fn subscribe(subscriber: &SubscriberClient) {
     }
 }
 
-/// Reconnect at once, then back off up to a second, forever.
-fn reconnect_policy() -> ReconnectPolicy {
-    ReconnectPolicy::new_exponential(0, 50, 1000, 2)
+/// Starts connecting `client` (it keeps reconnecting in the background for as long as it
+/// lives) and waits for the connection at most [`REDIS_TIMEOUT`].
+async fn connect(client: &impl ClientLike) {
+    drop(client.connect());
+    if tokio::time::timeout(REDIS_TIMEOUT, client.wait_for_connect())
+        .await
+        .is_err()
+    {
+        log::warn!("token revocation: Redis is not reachable yet; retrying in the background");
+    }
+}
+
+/// A fred builder for `settings` that reconnects at once, then backs off up to a
+/// second, forever.
+fn builder(settings: &RedisSettings) -> Result<Builder, String> {
+    let config = crate::limit::redis_client_config(settings).map_err(|e| e.to_string())?;
+    let mut builder = Builder::from_config(config);
+    builder.set_policy(ReconnectPolicy::new_exponential(0, 50, 1000, 2));
+    Ok(builder)
 }
 
 fn to_i64(n: u64) -> i64 {
