@@ -8,6 +8,7 @@ use crate::db::{Day, Db, DbError};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
+use std::time::SystemTime;
 
 /// Distinct counter rows held in memory at most; beyond this, new rows are dropped (and
 /// counted) until a flush succeeds. A day of traffic rarely has more distinct rows.
@@ -154,14 +155,27 @@ impl UsageRecorder {
 
     /// Writes everything counted so far in one statement. Counters are only reduced once the
     /// write succeeded, so a failed or interrupted write loses nothing (it is retried later).
+    /// Then stamps the keys used since the last flush with the time of this one (so a key's
+    /// `last_used_at` is exact to the flush interval); a failure there is only logged.
     /// Returns the rows written.
     pub async fn flush(&self, db: &Db) -> Result<usize, DbError> {
         let deltas = self.snapshot();
         if deltas.is_empty() {
             return Ok(0);
         }
+        let now = SystemTime::now();
         crate::db::usage::record(db, &deltas).await?;
         self.subtract(&deltas);
+        let used: Vec<(String, SystemTime)> = deltas
+            .iter()
+            .filter_map(|d| d.key_id.clone().map(|id| (id, now)))
+            .collect();
+        if let Err(e) = crate::db::keys::touch_last_used(db, &used).await {
+            log::warn!(
+                "usage: recording when {} key(s) were last used failed: {e}",
+                used.len()
+            );
+        }
         Ok(deltas.len())
     }
 

@@ -529,6 +529,12 @@ async fn own_keys_and_usage() {
         .iter()
         .all(|r| r["consumer_id"] == id.as_str()));
     assert_eq!(usage["limits"]["plan"], "starter");
+    // The flush that wrote the counts also stamped the key as used.
+    let a = one
+        .call(Method::GET, "/account/keys", Some(&access), None)
+        .await;
+    let listed = a.json();
+    assert!(listed[0]["last_used_at"].is_string(), "{listed}");
     let window = &usage["limits"]["windows"][0];
     assert_eq!(window["limit"], 1000, "{usage}");
     assert!(window["used"].as_u64().unwrap() >= 11, "{usage}");
