@@ -12,6 +12,7 @@ use support::*;
 const PEPPER: &str = "pepper-for-the-admin-api-tests";
 const TOKEN: &str = "admin-token-one-0123456789";
 const OTHER_TOKEN: &str = "admin-token-two-9876543210";
+const READER_TOKEN: &str = "admin-reader-token-5555555555";
 
 /// What the admin API answered.
 struct Answer {
@@ -67,7 +68,8 @@ impl Admin {
     async fn start_with(pg: Option<&Postgres>, pepper: bool) -> Admin {
         let port = free_port();
         let mut cfg = GatewayConfig::new()
-            .with_env("TOLLGATE_ADMIN_TOKENS", &format!("{TOKEN}, {OTHER_TOKEN}"));
+            .with_env("TOLLGATE_ADMIN_TOKENS", &format!("{TOKEN}, {OTHER_TOKEN}"))
+            .with_env("TOLLGATE_ADMIN_READ_ONLY_TOKENS", READER_TOKEN);
         if pepper {
             cfg = cfg.with_env("TOLLGATE_KEY_PEPPER", PEPPER);
         }
@@ -191,6 +193,24 @@ async fn authentication_is_required_on_admin_endpoints_only() {
         assert_eq!(a.status, 200, "{}", a.text);
         assert_eq!(a.json(), json!([]));
     }
+
+    // A read-only token reads, and is refused (403) any change.
+    let a = admin
+        .send(Method::GET, "/admin/plans", Some(READER_TOKEN), None)
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    for (method, path) in [
+        (Method::POST, "/admin/plans"),
+        (Method::PATCH, "/admin/consumers/x"),
+        (Method::DELETE, "/admin/plans/x"),
+        (Method::POST, "/admin/reload"),
+    ] {
+        admin
+            .send(method, path, Some(READER_TOKEN), Some(json!({"name": "p"})))
+            .await
+            .assert_error(403, "forbidden");
+    }
+    assert_eq!(admin.get("/admin/plans").await.json(), json!([]));
 
     // /health and /openapi.json are open.
     let a = admin.send(Method::GET, "/health", None, None).await;

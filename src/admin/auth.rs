@@ -1,5 +1,6 @@
 //! Bearer-token authentication of the admin API. Tokens are compared as SHA-256 digests in
-//! constant time, so neither their length nor a common prefix leaks through timing.
+//! constant time, so neither their length nor a common prefix leaks through timing. A
+//! token is either full (any call) or read-only (`GET` and `HEAD`; anything else is 403).
 
 use super::error::AdminError;
 use crate::config::Secret;
@@ -14,10 +15,19 @@ use std::sync::Arc;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Actor(pub String);
 
-/// The accepted admin tokens, as digests.
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Every call.
+    Full,
+    /// Reads only.
+    ReadOnly,
+}
+
+/// The accepted admin tokens, as digests, with their roles.
 #[derive(Clone)]
 pub struct AdminAuth {
-    digests: Arc<Vec<[u8; 32]>>,
+    digests: Arc<Vec<([u8; 32], Role)>>,
 }
 
 impl std::fmt::Debug for AdminAuth {
@@ -50,18 +60,23 @@ fn label(digest: &[u8; 32]) -> String {
 }
 
 impl AdminAuth {
-    /// Accepts `tokens`; with none, every caller is let in as `loopback` (configuration
-    /// validation allows no tokens only on a loopback address).
-    pub fn new(tokens: &[Secret]) -> Self {
+    /// Accepts `tokens` (full) and `read_only` tokens; with no full tokens, every caller is
+    /// let in as `loopback` (configuration validation allows that only on a loopback
+    /// address, and only without read-only tokens).
+    pub fn new(tokens: &[Secret], read_only: &[Secret]) -> Self {
+        let full = tokens.iter().map(|t| (sha256(t.expose()), Role::Full));
+        let reader = read_only
+            .iter()
+            .map(|t| (sha256(t.expose()), Role::ReadOnly));
         AdminAuth {
-            digests: Arc::new(tokens.iter().map(|t| sha256(t.expose())).collect()),
+            digests: Arc::new(full.chain(reader).collect()),
         }
     }
 
-    /// Checks an `Authorization` header value.
-    pub fn check(&self, authorization: Option<&[u8]>) -> Result<Actor, AdminError> {
+    /// Checks an `Authorization` header value: who calls, and what it may do.
+    pub fn check(&self, authorization: Option<&[u8]>) -> Result<(Actor, Role), AdminError> {
         if self.digests.is_empty() {
-            return Ok(Actor("loopback".into()));
+            return Ok((Actor("loopback".into()), Role::Full));
         }
         let header = authorization.ok_or(AdminError::Unauthorized)?;
         let token = header
@@ -73,19 +88,19 @@ impl AdminAuth {
         let given = sha256(token);
         // Compare against every token, without stopping at the first match.
         let mut found = None;
-        for d in self.digests.iter() {
+        for (d, role) in self.digests.iter() {
             if equal_digests(d, &given) {
-                found = Some(d);
+                found = Some((d, *role));
             }
         }
         found
-            .map(|d| Actor(label(d)))
+            .map(|(d, role)| (Actor(label(d)), role))
             .ok_or(AdminError::Unauthorized)
     }
 }
 
-/// Middleware: 401 unless the request carries an accepted token; puts the [`Actor`] into
-/// the request's extensions.
+/// Middleware: 401 unless the request carries an accepted token, 403 when a read-only
+/// token attempts a change; puts the [`Actor`] into the request's extensions.
 pub async fn require_token(
     State(auth): State<AdminAuth>,
     mut request: Request,
@@ -96,7 +111,12 @@ pub async fn require_token(
         .get(http::header::AUTHORIZATION)
         .map(|v| v.as_bytes());
     match auth.check(header) {
-        Ok(actor) => {
+        Ok((_, Role::ReadOnly))
+            if !matches!(*request.method(), http::Method::GET | http::Method::HEAD) =>
+        {
+            AdminError::Forbidden("this admin token may only read (GET)".into()).into_response()
+        }
+        Ok((actor, _)) => {
             request.extensions_mut().insert(actor);
             next.run(request).await
         }
@@ -109,22 +129,31 @@ mod tests {
     use super::*;
 
     fn auth() -> AdminAuth {
-        AdminAuth::new(&[
-            Secret::new(b"first-admin-token-0123".to_vec()),
-            Secret::new(b"second-admin-token-456".to_vec()),
-        ])
+        AdminAuth::new(
+            &[
+                Secret::new(b"first-admin-token-0123".to_vec()),
+                Secret::new(b"second-admin-token-456".to_vec()),
+            ],
+            &[Secret::new(b"reader-admin-token-789".to_vec())],
+        )
     }
 
     #[test]
     fn accepts_only_configured_tokens() {
         let a = auth();
-        let actor = a.check(Some(b"Bearer second-admin-token-456")).unwrap();
+        let (actor, role) = a.check(Some(b"Bearer second-admin-token-456")).unwrap();
+        assert_eq!(role, Role::Full);
+        let (_, role) = a.check(Some(b"Bearer reader-admin-token-789")).unwrap();
+        assert_eq!(role, Role::ReadOnly);
         assert!(
             actor.0.starts_with("token:") && actor.0.len() == 14,
             "{actor:?}"
         );
         assert_eq!(
-            a.check(Some(b"bearer first-admin-token-0123")).unwrap().0,
+            a.check(Some(b"bearer first-admin-token-0123"))
+                .unwrap()
+                .0
+                 .0,
             label(&sha256(b"first-admin-token-0123"))
         );
         for bad in [
@@ -134,12 +163,18 @@ mod tests {
             Some(b"Bearer "),
             Some(b"first-admin-token-0123"),
         ] {
-            assert_eq!(a.check(bad), Err(AdminError::Unauthorized), "{bad:?}");
+            assert!(
+                matches!(a.check(bad), Err(AdminError::Unauthorized)),
+                "{bad:?}"
+            );
         }
     }
 
     #[test]
     fn open_without_tokens() {
-        assert_eq!(AdminAuth::new(&[]).check(None).unwrap().0, "loopback");
+        assert_eq!(
+            AdminAuth::new(&[], &[]).check(None).unwrap(),
+            (Actor("loopback".into()), Role::Full)
+        );
     }
 }

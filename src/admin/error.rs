@@ -42,6 +42,8 @@ pub enum AdminError {
         /// What went wrong, for a human.
         message: String,
     },
+    /// 403 `forbidden`: the caller may not do this (a read-only admin token).
+    Forbidden(String),
     /// 403 `consumer_disabled`: the account (consumer) was disabled by an operator; the
     /// proxy answers the same.
     ConsumerDisabled,
@@ -119,7 +121,7 @@ impl AdminError {
                 StatusCode::UNAUTHORIZED
             }
             AdminError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            AdminError::ConsumerDisabled => StatusCode::FORBIDDEN,
+            AdminError::Forbidden(_) | AdminError::ConsumerDisabled => StatusCode::FORBIDDEN,
             AdminError::NotFound(_) | AdminError::RouteNotFound => StatusCode::NOT_FOUND,
             AdminError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AdminError::Conflict(_) => StatusCode::CONFLICT,
@@ -140,6 +142,7 @@ impl AdminError {
             AdminError::Unauthorized => "unauthorized",
             AdminError::Unauthenticated { code, .. } => code,
             AdminError::TooManyRequests { .. } => "rate_limited",
+            AdminError::Forbidden(_) => "forbidden",
             AdminError::ConsumerDisabled => "consumer_disabled",
             AdminError::NotFound(_) => "not_found",
             AdminError::RouteNotFound => "route_not_found",
@@ -165,7 +168,8 @@ impl AdminError {
             AdminError::Unauthenticated { message, .. }
             | AdminError::TooManyRequests { message, .. } => message.clone(),
             AdminError::ConsumerDisabled => "this account is disabled".into(),
-            AdminError::NotFound(m)
+            AdminError::Forbidden(m)
+            | AdminError::NotFound(m)
             | AdminError::Conflict(m)
             | AdminError::UnsupportedMediaType(m) => m.clone(),
             AdminError::RouteNotFound => "no such admin endpoint".into(),

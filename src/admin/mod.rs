@@ -240,7 +240,7 @@ impl AdminService {
         drop(snapshot);
         Ok(Some(AdminService {
             address: admin.address,
-            auth: AdminAuth::new(&admin.tokens),
+            auth: AdminAuth::new(&admin.tokens, &admin.read_only_tokens),
             state: AdminState::new(db, live, limiter, revocations),
         }))
     }

@@ -51,6 +51,8 @@ pub struct Config {
 pub const DEFAULT_USAGE_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 /// The environment variable holding admin tokens (comma-separated) by default.
 pub const DEFAULT_ADMIN_TOKENS_ENV: &str = "TOLLGATE_ADMIN_TOKENS";
+/// The environment variable holding read-only admin tokens (comma-separated) by default.
+pub const DEFAULT_ADMIN_READ_ONLY_TOKENS_ENV: &str = "TOLLGATE_ADMIN_READ_ONLY_TOKENS";
 
 /// The PostgreSQL database.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,6 +76,8 @@ pub struct AdminSettings {
     pub address: SocketAddr,
     /// Accepted bearer tokens (from the environment); empty only on a loopback address.
     pub tokens: Vec<Secret>,
+    /// Tokens that may only read (`GET`); any change they attempt is refused with 403.
+    pub read_only_tokens: Vec<Secret>,
 }
 
 /// The account API: end users register, log in and manage their own keys. Its access

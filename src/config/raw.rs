@@ -48,6 +48,7 @@ pub struct RawDatabase {
 pub struct RawAdmin {
     pub address: String,
     pub tokens_env: Option<String>,
+    pub read_only_tokens_env: Option<String>,
 }
 
 /// The account API (self-service users), served by the admin service.

@@ -960,9 +960,43 @@ fn database(raw: RawDatabase, p: &mut Problems) -> DatabaseSettings {
 fn admin(raw: RawAdmin, p: &mut Problems) -> AdminSettings {
     let address = socket_addr(&raw.address, "admin.address", p)
         .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
-    let env = raw
-        .tokens_env
-        .unwrap_or_else(|| DEFAULT_ADMIN_TOKENS_ENV.to_string());
+    let tokens = admin_tokens(
+        raw.tokens_env,
+        DEFAULT_ADMIN_TOKENS_ENV,
+        "admin.tokens_env",
+        p,
+    );
+    let read_only_tokens = admin_tokens(
+        raw.read_only_tokens_env,
+        DEFAULT_ADMIN_READ_ONLY_TOKENS_ENV,
+        "admin.read_only_tokens_env",
+        p,
+    );
+    if tokens.is_empty() && !address.ip().is_loopback() {
+        p.push(
+            "admin.address",
+            format!(
+                "{address} is not a loopback address: set admin tokens first (admin.tokens_env)"
+            ),
+        );
+    }
+    if tokens.is_empty() && !read_only_tokens.is_empty() {
+        p.push(
+            "admin.read_only_tokens_env",
+            "read-only tokens need full tokens too (admin.tokens_env): without any, every caller is let in",
+        );
+    }
+    AdminSettings {
+        address,
+        tokens,
+        read_only_tokens,
+    }
+}
+
+/// Comma-separated tokens from the environment variable `env` (or `default`), each at
+/// least 16 characters.
+fn admin_tokens(env: Option<String>, default: &str, place: &str, p: &mut Problems) -> Vec<Secret> {
+    let env = env.unwrap_or_else(|| default.to_string());
     let tokens: Vec<Secret> = std::env::var(&env)
         .unwrap_or_default()
         .split(',')
@@ -972,17 +1006,11 @@ fn admin(raw: RawAdmin, p: &mut Problems) -> AdminSettings {
         .collect();
     if tokens.iter().any(|t| t.expose().len() < 16) {
         p.push(
-            "admin.tokens_env",
+            place,
             format!("every token in ${env} must be at least 16 characters"),
         );
     }
-    if tokens.is_empty() && !address.ip().is_loopback() {
-        p.push(
-            "admin.address",
-            format!("{address} is not a loopback address: set admin tokens in ${env} first"),
-        );
-    }
-    AdminSettings { address, tokens }
+    tokens
 }
 
 fn account(raw: RawAccount, p: &mut Problems) -> AccountSettings {
