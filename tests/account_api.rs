@@ -650,6 +650,9 @@ async fn logout_blocks_the_access_token_on_every_instance_within_a_second() {
     .await
     .assert_error(404, "not_found");
 
+    one.send(Method::POST, "/account/logout", None, None, &[], true)
+        .await
+        .assert_error(401, "missing_token");
     let a = one
         .call(
             Method::POST,
@@ -712,6 +715,69 @@ async fn logout_blocks_the_access_token_on_every_instance_within_a_second() {
     let a = one.login("max@example.com", "a long enough password").await;
     let fresh = a.json()["access_token"].as_str().unwrap().to_string();
     assert_eq!(two.api_with_token(&fresh).await, 200);
+}
+
+/// Redis down: a logout cannot be shared, so it says so (503) and the token is still refused
+/// by the instance that took it; after Redis comes back, instances resubscribe and later
+/// logouts reach them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_across_a_redis_outage() {
+    let mut stack = Stack::start().await;
+    let one = stack.instance().await;
+    let two = stack.instance().await;
+    let (_, first, _) = one.signed_up("ola@example.com").await;
+    let a = one.login("ola@example.com", "a long enough password").await;
+    let second = a.json()["access_token"].as_str().unwrap().to_string();
+    assert_eq!(two.api_with_token(&first).await, 200);
+
+    stack.redis.kill();
+    let a = one
+        .send(
+            Method::POST,
+            "/account/logout",
+            Some(&first),
+            None,
+            &[],
+            true,
+        )
+        .await;
+    a.assert_error(503, "rate_limit_unavailable");
+    one.send(Method::GET, "/account/me", Some(&first), None, &[], true)
+        .await
+        .assert_error(401, "revoked_token");
+
+    stack.redis.start_again().await;
+    // Both instances reconnect and resubscribe; a logout now reaches the other one.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let a = one
+            .send(
+                Method::POST,
+                "/account/logout",
+                Some(&second),
+                None,
+                &[],
+                true,
+            )
+            .await;
+        if a.status == 204 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "logout never succeeded: {}",
+            a.text
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Resubscribing can lag the command connection a little; the periodic resync is the
+    // backstop, so allow for either.
+    let took = eventually(Duration::from_secs(35), 401, || two.api_with_token(&second)).await;
+    println!("the logout reached the other instance after {took:?}");
+    assert!(
+        took.is_some(),
+        "the logout never reached the other instance"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -829,4 +895,28 @@ async fn the_account_section_is_validated() {
     ] {
         assert!(out.stderr.contains(needle), "{needle}\n{}", out.stderr);
     }
+}
+
+/// The documented example (`conf/examples/platform.yaml`) passes `tollgate check`.
+#[tokio::test]
+async fn the_platform_example_is_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["check", "-c"])
+        .arg(root.join("conf/examples/platform.yaml"))
+        .env(
+            "TOLLGATE_DATABASE_URL",
+            "postgres://tollgate@127.0.0.1:5432/tollgate",
+        )
+        .env("TOLLGATE_KEY_PEPPER", PEPPER)
+        .env("TOLLGATE_ACCOUNT_SECRET", SECRET)
+        .env("TOLLGATE_ADMIN_TOKENS", ADMIN_TOKEN)
+        .output()
+        .expect("run tollgate check");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
