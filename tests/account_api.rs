@@ -14,33 +14,6 @@ const PEPPER: &str = "pepper-for-the-account-api-tests";
 const SECRET: &str = "account-signing-secret-for-the-tests-0123456789";
 const ADMIN_TOKEN: &str = "account-tests-admin-token-0123";
 
-/// What an endpoint answered.
-struct Answer {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    text: String,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.text)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.text))
-    }
-
-    /// Asserts an error answer of the shared shape and returns its body.
-    fn assert_error(&self, status: u16, code: &str) -> Value {
-        assert_eq!(self.status, status, "{}", self.text);
-        let body = self.json();
-        assert_eq!(body["error"], code, "{body}");
-        assert!(
-            body["message"].as_str().is_some_and(|m| !m.is_empty()),
-            "{body}"
-        );
-        assert!(body["request_id"].as_str().is_some(), "{body}");
-        body
-    }
-}
-
 /// One gateway instance: the proxy (with `/account` routed to its own admin listener and
 /// `/api` to a test upstream), and its admin listener.
 struct Instance {
@@ -146,11 +119,7 @@ impl Instance {
             .send()
             .await
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-        Answer {
-            status: resp.status().as_u16(),
-            headers: resp.headers().clone(),
-            text: resp.text().await.unwrap(),
-        }
+        Answer::read(resp).await
     }
 
     /// Through the proxy.
@@ -272,6 +241,8 @@ async fn register_login_and_use_the_api_through_the_proxy() {
     assert_eq!(account["plan"], "starter");
     assert_eq!(account["status"], "active");
     assert!(!a.text.contains("correct horse"));
+    // Through the proxy too, the error's request id is the one in the header: the account
+    // API takes the gateway's id.
     one.register("ann@example.COM", "another password!")
         .await
         .assert_error(409, "conflict");

@@ -14,39 +14,6 @@ const TOKEN: &str = "admin-token-one-0123456789";
 const OTHER_TOKEN: &str = "admin-token-two-9876543210";
 const READER_TOKEN: &str = "admin-reader-token-5555555555";
 
-/// What the admin API answered.
-struct Answer {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    text: String,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.text)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.text))
-    }
-
-    /// Asserts an error answer: status, code, the shared shape, and a request id that
-    /// matches the header.
-    fn assert_error(&self, status: u16, code: &str) -> Value {
-        assert_eq!(self.status, status, "{}", self.text);
-        let body = self.json();
-        assert_eq!(body["error"], code, "{body}");
-        assert!(
-            body["message"].as_str().is_some_and(|m| !m.is_empty()),
-            "{body}"
-        );
-        let id = self.headers["x-request-id"].to_str().unwrap();
-        assert_eq!(body["request_id"], id, "{body}");
-        assert_eq!(
-            self.headers["content-type"].to_str().unwrap(),
-            "application/json"
-        );
-        body
-    }
-}
-
 /// A gateway with the admin API on PostgreSQL (or without a database).
 struct Admin {
     gw: Gateway,
@@ -109,14 +76,7 @@ impl Admin {
             .send()
             .await
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        assert!(headers.contains_key("x-request-id"), "{method} {path}");
-        Answer {
-            status,
-            headers,
-            text: resp.text().await.unwrap(),
-        }
+        Answer::read(resp).await
     }
 
     async fn get(&self, path: &str) -> Answer {

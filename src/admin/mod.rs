@@ -199,9 +199,11 @@ async fn health() -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({"status": "ok"}))
 }
 
-/// Generates the request id, makes it visible to error bodies and adds the header.
+/// Takes the request id (the caller's, e.g. the gateway's when the account API is reached
+/// through the proxy, if well formed; else a fresh one), makes it visible to error bodies
+/// and adds the header.
 async fn with_request_id(request: Request, next: Next) -> Response {
-    let id = request_id::generate();
+    let id = request_id::assign(request.headers());
     let text = id.to_str().unwrap_or_default().to_string();
     let mut response = REQUEST_ID.scope(text, next.run(request)).await;
     response.headers_mut().insert("x-request-id", id);

@@ -77,30 +77,53 @@ pub async fn create(db: &Db, actor: &str, user: &NewUser) -> Result<User, DbErro
     let context = format!("create user {email:?}");
     let mut client = db.client().await?;
     let tx = begin(&mut client, &context).await?;
+    let created = insert_in(
+        &tx,
+        actor,
+        "user.create",
+        None,
+        &email,
+        &user.password_hash,
+        user.consumer_id.as_deref(),
+    )
+    .await?;
+    commit(tx, &context).await?;
+    Ok(created)
+}
+
+/// Inserts a user inside `tx` (id `id`, or one the database names) and audits it.
+async fn insert_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    actor: &str,
+    action: &str,
+    id: Option<&str>,
+    email: &str,
+    password_hash: &str,
+    consumer_id: Option<&str>,
+) -> Result<User, DbError> {
     let row = tx
         .query_one(
             concat!(
-                "INSERT INTO users (email, password_hash, consumer_id)
-                 VALUES ($1, $2, $3) RETURNING ",
+                "INSERT INTO users (id, email, password_hash, consumer_id)
+                 VALUES (COALESCE($1, tollgate_new_id('usr_')), $2, $3, $4) RETURNING ",
                 columns!()
             ),
-            &[&email, &user.password_hash, &user.consumer_id],
+            &[&id, &email, &password_hash, &consumer_id],
         )
         .await
-        .map_err(|e| DbError::from_pg(&context, e))?;
+        .map_err(|e| DbError::from_pg(format!("create user {email:?}"), e))?;
     let created = from_row(&row)?;
     audit::append(
-        &tx,
+        tx,
         &NewAuditEntry {
             actor,
-            action: "user.create",
+            action,
             target_type: "user",
             target_id: &created.id,
             details: &json!({"email": created.email, "consumer": created.consumer_id}),
         },
     )
     .await?;
-    commit(tx, &context).await?;
     Ok(created)
 }
 
@@ -144,27 +167,14 @@ pub async fn register(db: &Db, actor: &str, registration: &Registration) -> Resu
         ..NewConsumer::new(registration.id.clone())
     };
     consumers::create_in(&tx, actor, &consumer).await?;
-    let row = tx
-        .query_one(
-            concat!(
-                "INSERT INTO users (id, email, password_hash, consumer_id)
-                 VALUES ($1, $2, $3, $1) RETURNING ",
-                columns!()
-            ),
-            &[&registration.id, &email, &registration.password_hash],
-        )
-        .await
-        .map_err(|e| DbError::from_pg(&context, e))?;
-    let created = from_row(&row)?;
-    audit::append(
+    let created = insert_in(
         &tx,
-        &NewAuditEntry {
-            actor,
-            action: "user.register",
-            target_type: "user",
-            target_id: &created.id,
-            details: &json!({"email": created.email, "plan": registration.plan}),
-        },
+        actor,
+        "user.register",
+        Some(&registration.id),
+        &email,
+        &registration.password_hash,
+        Some(&registration.id),
     )
     .await?;
     commit(tx, &context).await?;

@@ -142,7 +142,7 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
-        ctx.request_id = request_id::assign(session.req_header());
+        ctx.request_id = request_id::assign(&session.req_header().headers);
         let req = session.req_header();
         ctx.client_ip = client_ip(session).map(|peer| ctx.runtime.auth.client_ip(peer, req));
         let path = req.uri.path();

@@ -17,6 +17,7 @@
 // Each test binary compiles this module but uses only part of it.
 #![allow(dead_code, unused_imports)]
 
+mod answer;
 mod certs;
 mod gateway;
 mod net;
@@ -25,6 +26,7 @@ pub mod process;
 mod redis;
 mod upstream;
 
+pub use answer::Answer;
 pub use certs::{Certs, LeafCert};
 pub use gateway::{Gateway, GatewayConfig};
 pub use net::{free_port, http_client, http_client_builder, port_is_closed, wait_for_port};
