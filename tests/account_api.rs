@@ -171,6 +171,16 @@ impl Instance {
         .await
     }
 
+    async fn refresh(&self, token: &str) -> Answer {
+        self.call(
+            Method::POST,
+            "/account/refresh",
+            None,
+            Some(json!({"refresh_token": token})),
+        )
+        .await
+    }
+
     /// Registers and logs in; returns (account id, access token, refresh token).
     async fn signed_up(&self, email: &str) -> (String, String, String) {
         let a = self.register(email, "a long enough password").await;
@@ -548,20 +558,7 @@ async fn refresh_rotates_and_a_reused_token_revokes_the_session() {
     let stack = Stack::start().await;
     let one = stack.instance().await;
     let (_, _, first) = one.signed_up("rae@example.com").await;
-    let refresh = |token: String| {
-        let one = &one;
-        async move {
-            one.call(
-                Method::POST,
-                "/account/refresh",
-                None,
-                Some(json!({"refresh_token": token})),
-            )
-            .await
-        }
-    };
-
-    let a = refresh(first.clone()).await;
+    let a = one.refresh(&first).await;
     assert_eq!(a.status, 200, "{}", a.text);
     let second = a.json()["refresh_token"].as_str().unwrap().to_string();
     let access = a.json()["access_token"].as_str().unwrap().to_string();
@@ -569,13 +566,13 @@ async fn refresh_rotates_and_a_reused_token_revokes_the_session() {
     assert_eq!(one.api_with_token(&access).await, 200);
 
     // The first token was used up: presenting it again revokes the whole family.
-    refresh(first.clone())
+    one.refresh(&first)
         .await
         .assert_error(401, "refresh_token_reused");
-    refresh(second.clone())
+    one.refresh(&second)
         .await
         .assert_error(401, "refresh_token_reused");
-    refresh("tgr_unknown".into())
+    one.refresh("tgr_unknown")
         .await
         .assert_error(401, "invalid_refresh_token");
     one.call(Method::POST, "/account/refresh", None, Some(json!({})))
@@ -585,7 +582,7 @@ async fn refresh_rotates_and_a_reused_token_revokes_the_session() {
     // A new login starts a new, working family.
     let a = one.login("rae@example.com", "a long enough password").await;
     let third = a.json()["refresh_token"].as_str().unwrap().to_string();
-    assert_eq!(refresh(third).await.status, 200);
+    assert_eq!(one.refresh(&third).await.status, 200);
 
     // Expired refresh tokens are refused.
     let a = one.login("rae@example.com", "a long enough password").await;
@@ -594,7 +591,7 @@ async fn refresh_rotates_and_a_reused_token_revokes_the_session() {
         .pg
         .psql("UPDATE refresh_tokens SET expires_at = now() - interval '1 second' WHERE revoked_at IS NULL")
         .await;
-    refresh(old)
+    one.refresh(&old)
         .await
         .assert_error(401, "invalid_refresh_token");
 }
@@ -654,14 +651,9 @@ async fn logout_blocks_the_access_token_on_every_instance_within_a_second() {
         .await
         .assert_error(401, "revoked_token");
     // The refresh token's family is revoked too.
-    one.call(
-        Method::POST,
-        "/account/refresh",
-        None,
-        Some(json!({"refresh_token": refresh})),
-    )
-    .await
-    .assert_error(401, "refresh_token_reused");
+    one.refresh(&refresh)
+        .await
+        .assert_error(401, "refresh_token_reused");
 
     // An instance started after the logout learns it from Redis at start.
     let three = stack.instance().await;
@@ -840,14 +832,9 @@ async fn a_disabled_account_is_forbidden() {
     one.call(Method::GET, "/account/me", Some(&access), None)
         .await
         .assert_error(403, "consumer_disabled");
-    one.call(
-        Method::POST,
-        "/account/refresh",
-        None,
-        Some(json!({"refresh_token": refresh})),
-    )
-    .await
-    .assert_error(403, "consumer_disabled");
+    one.refresh(&refresh)
+        .await
+        .assert_error(403, "consumer_disabled");
     let took = eventually(Duration::from_secs(1), 403, || one.api_with_token(&access)).await;
     assert!(took.is_some(), "a disabled account's token still works");
 }
