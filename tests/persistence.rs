@@ -1,7 +1,7 @@
 //! The proxy on PostgreSQL: keys stored in the database work at the proxy, a revoked key
 //! stops working on every instance within a second (LISTEN/NOTIFY), plans come from the
 //! database, and usage counts written in batches add up exactly — across a database
-//! restart and a SIGTERM.
+//! restart and a SIGTERM; keys managed through the admin API (rotation grace, revocation).
 
 mod support;
 
@@ -211,4 +211,103 @@ async fn usage_adds_up_across_a_database_restart_and_a_sigterm() {
     assert!(rows
         .iter()
         .all(|r| r.key_id.as_deref() == Some("dave-key") && r.route == "api"));
+}
+
+/// A key made through the admin API works at the proxy; rotation keeps the old key working
+/// for the grace period only; revocation through the API stops the key on two running
+/// instances within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_managed_through_the_admin_api_work_and_revoke_everywhere() {
+    let pg = Postgres::start().await;
+    let upstream = TestUpstream::start("a").await;
+    let admin_port = free_port();
+    let cfg = GatewayConfig::new().with_env("TG_PERSISTENCE_PEPPER", PEPPER);
+    let text = format!(
+        "{}admin: {{address: \"127.0.0.1:{admin_port}\"}}\n",
+        yaml(&cfg, &pg, &upstream, "1s")
+    );
+    let one = Gateway::start(cfg, &text).await;
+    let two = start_gateway(&pg, &upstream, "1s").await;
+    wait_for_port(admin_port, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|e| panic!("admin port: {e}\n{}", one.logs()));
+    let admin = |method: reqwest::Method, path: &str, body: serde_json::Value| {
+        let request = one
+            .http()
+            .request(method, format!("http://127.0.0.1:{admin_port}{path}"))
+            .json(&body);
+        async move {
+            let resp = request.send().await.expect("admin API");
+            assert!(resp.status().is_success(), "{}", resp.status());
+            resp.json::<serde_json::Value>().await.expect("JSON")
+        }
+    };
+
+    admin(
+        reqwest::Method::POST,
+        "/admin/consumers",
+        serde_json::json!({"id": "erin"}),
+    )
+    .await;
+    let created = admin(
+        reqwest::Method::POST,
+        "/admin/consumers/erin/keys",
+        serde_json::json!({"name": "ci"}),
+    )
+    .await;
+    let first = created["secret"].as_str().unwrap().to_string();
+    let first_id = created["key"]["id"].as_str().unwrap().to_string();
+    assert_eq!(status(&one, &first).await, 200, "{}", one.logs());
+    assert_eq!(status(&two, &first).await, 200);
+
+    // Rotation with a 2 s grace: both keys work, then only the new one.
+    let rotated = admin(
+        reqwest::Method::POST,
+        &format!("/admin/keys/{first_id}/rotate"),
+        serde_json::json!({"grace_seconds": 2}),
+    )
+    .await;
+    let second = rotated["secret"].as_str().unwrap().to_string();
+    let second_id = rotated["new"]["id"].as_str().unwrap().to_string();
+    for gw in [&one, &two] {
+        assert_eq!(status(gw, &first).await, 200, "within the grace period");
+        assert_eq!(status(gw, &second).await, 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status(&two, &first).await != 403 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        status(&two, &first).await,
+        403,
+        "the old key outlived its grace"
+    );
+    assert_eq!(status(&one, &first).await, 403);
+    assert_eq!(status(&one, &second).await, 200);
+
+    // Revocation through the API reaches both instances within a second.
+    admin(
+        reqwest::Method::POST,
+        &format!("/admin/keys/{second_id}/revoke"),
+        serde_json::json!({}),
+    )
+    .await;
+    let revoked_at = Instant::now();
+    let mut refused = [false, false];
+    while refused.contains(&false) && revoked_at.elapsed() < Duration::from_secs(3) {
+        for (i, gw) in [&one, &two].into_iter().enumerate() {
+            refused[i] = refused[i] || status(gw, &second).await == 403;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "revocation reached both instances after {:?}",
+        revoked_at.elapsed()
+    );
+    assert_eq!(
+        refused,
+        [true, true],
+        "the revoked key still works somewhere"
+    );
+    assert!(revoked_at.elapsed() < Duration::from_secs(1));
 }
