@@ -29,10 +29,7 @@ impl Persistence {
     /// for serving. Runs before the server starts (it blocks on a short-lived runtime, whose
     /// connections it closes, so the serving pool connects on the runtimes that use it).
     pub fn start(settings: &DatabaseSettings) -> Result<(Self, MigrationReport), DbError> {
-        let options = DbOptions {
-            pool_size: settings.pool_size,
-            ..DbOptions::default()
-        };
+        let options = DbOptions::from(settings);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -289,15 +289,16 @@ async fn maintain_database(
         let (on_change_live, on_resync_live) = (Arc::clone(&live), Arc::clone(&live));
         let (plans_on_change, plans_on_resync) =
             (Arc::clone(&plans_changed), Arc::clone(&plans_changed));
-        let url = live
+        let (url, tls) = live
             .current()
             .config
             .database
             .as_ref()
-            .map(|d| d.url().to_string())
+            .map(|d| (d.url().to_string(), d.tls.clone()))
             .unwrap_or_default();
         spawn_listener(
             &url,
+            &tls,
             move |change| match change {
                 Change::Key { hash } => on_change_live.current().auth.store().evict_key(&hash),
                 Change::Consumer { id } => {

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 use tollgate::auth::api_key::{KeyHash, KeyHasher};
 use tollgate::auth::store::{CredentialStore, Status};
+use tollgate::config::DatabaseTls;
 use tollgate::db::audit::{self, AuditFilter};
 use tollgate::db::consumers::{self, ConsumerFilter, ConsumerUpdate, NewConsumer};
 use tollgate::db::credentials::PgCredentialStore;
@@ -1160,6 +1161,7 @@ fn listen(
     let counted = resyncs.clone();
     let listener = spawn_listener_with(
         url,
+        &DatabaseTls::Disable,
         ListenerOptions {
             max_backoff: Duration::from_secs(1),
             ..ListenerOptions::default()

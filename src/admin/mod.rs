@@ -219,7 +219,7 @@ pub struct AdminService {
 
 impl AdminService {
     /// The service for the current config of `live`; `None` when it has no `admin:`
-    /// section. Fails for an unusable database URL or pool size.
+    /// section. Fails for an unusable database URL, pool size or TLS setting.
     pub fn from_config(
         live: Arc<LiveConfig>,
         limiter: Arc<Limiter>,
@@ -231,13 +231,7 @@ impl AdminService {
         };
         let db = match &snapshot.config.database {
             None => None,
-            Some(settings) => Some(Db::lazy(
-                settings.url(),
-                &DbOptions {
-                    pool_size: settings.pool_size,
-                    ..DbOptions::default()
-                },
-            )?),
+            Some(settings) => Some(Db::lazy(settings.url(), &DbOptions::from(settings))?),
         };
         drop(snapshot);
         Ok(Some(AdminService {

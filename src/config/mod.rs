@@ -202,6 +202,59 @@ rate_limit: {{default_plan: nope, failure_mode: maybe}}
     }
 
     #[test]
+    fn database_tls_is_typed_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pg-ca.pem"), "").unwrap();
+        let with_tls = |tls: &str| {
+            let text = format!("{BASE}database:\n  url: postgres://u@db/tollgate\n{tls}");
+            parse(&text, dir.path())
+        };
+        let tls_of = |tls: &str| with_tls(tls).unwrap().database.unwrap().tls;
+        assert_eq!(tls_of(""), DatabaseTls::Disable);
+        assert_eq!(tls_of("  tls: {mode: disable}\n"), DatabaseTls::Disable);
+        assert_eq!(tls_of("  tls: {mode: require}\n"), DatabaseTls::Require);
+        assert_eq!(
+            tls_of("  tls: {mode: verify_full}\n"),
+            DatabaseTls::VerifyFull { ca_file: None }
+        );
+        assert_eq!(
+            tls_of("  tls: {mode: verify_full, ca_file: pg-ca.pem}\n"),
+            DatabaseTls::VerifyFull {
+                ca_file: Some(dir.path().join("pg-ca.pem"))
+            }
+        );
+
+        for (tls, expected) in [
+            (
+                "  tls: {mode: verify-full}\n",
+                "database.tls.mode: unknown mode \"verify-full\" (disable, require, verify_full)"
+                    .to_string(),
+            ),
+            (
+                "  tls: {mode: verify_full, ca_file: nope.pem}\n",
+                format!(
+                    "database.tls.ca_file: no readable file at {}",
+                    dir.path().join("nope.pem").display()
+                ),
+            ),
+            (
+                "  tls: {mode: require, ca_file: pg-ca.pem}\n",
+                "database.tls.ca_file: only used with mode verify_full, not \"require\""
+                    .to_string(),
+            ),
+        ] {
+            assert_eq!(with_tls(tls).unwrap_err(), vec![expected], "{tls}");
+        }
+        let problems = with_tls("  tls: {ca_file: pg-ca.pem}\n").unwrap_err();
+        assert!(problems[0].contains("missing field `mode`"), "{problems:?}");
+        let problems = with_tls("  tls: {mode: require, sslmode: on}\n").unwrap_err();
+        assert!(
+            problems[0].contains("unknown field `sslmode`"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
     fn listener_changes_need_a_restart_but_routes_do_not() {
         let a = parse(BASE, Path::new(".")).unwrap();
         let mut b = a.clone();

@@ -61,6 +61,25 @@ pub struct DatabaseSettings {
     pub url: Secret,
     pub pool_size: usize,
     pub usage_flush_interval: Duration,
+    /// How connections to the database are secured.
+    pub tls: DatabaseTls,
+}
+
+/// TLS on the connections to PostgreSQL (`database.tls`); the modes mirror libpq's
+/// `sslmode` of the same names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum DatabaseTls {
+    /// Plain connections (no `tls:` section, or `mode: disable`).
+    #[default]
+    Disable,
+    /// Encrypted, but the server's certificate is not verified (`sslmode=require`).
+    Require,
+    /// Encrypted, with the server's certificate chain and host name verified
+    /// (`sslmode=verify-full`).
+    VerifyFull {
+        /// The CA certificates (PEM) to trust, and only those; `None`: the system's roots.
+        ca_file: Option<PathBuf>,
+    },
 }
 
 impl DatabaseSettings {

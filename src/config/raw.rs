@@ -40,6 +40,17 @@ pub struct RawDatabase {
     pub url_env: Option<String>,
     pub pool_size: Option<usize>,
     pub usage_flush_interval: Option<String>,
+    pub tls: Option<RawDatabaseTls>,
+}
+
+/// TLS towards PostgreSQL.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatabaseTls {
+    /// `disable`, `require` or `verify_full`.
+    pub mode: String,
+    /// CA certificates (PEM) trusted by `verify_full`; default: the system's roots.
+    pub ca_file: Option<String>,
 }
 
 /// The admin service.

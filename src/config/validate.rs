@@ -39,7 +39,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<String>> 
     let any_keys = consumers.iter().any(|c| !c.keys.is_empty());
     let mut auth = auth(raw.auth, base_dir, &plan_names, any_keys, &mut p);
     let rate_limit = rate_limit(raw.rate_limit, &plan_names, &mut p);
-    let database = raw.database.map(|d| database(d, &mut p));
+    let database = raw.database.map(|d| database(d, base_dir, &mut p));
     if database.is_some() && !consumers.is_empty() {
         p.push(
             "consumers",
@@ -926,7 +926,7 @@ fn rate_limit(raw: RawRateLimit, plans: &HashSet<&str>, p: &mut Problems) -> Rat
     }
 }
 
-fn database(raw: RawDatabase, p: &mut Problems) -> DatabaseSettings {
+fn database(raw: RawDatabase, base: &Path, p: &mut Problems) -> DatabaseSettings {
     let url = match (raw.url, raw.url_env) {
         (Some(url), None) => url,
         (None, Some(env)) => std::env::var(&env).unwrap_or_else(|_| {
@@ -954,7 +954,36 @@ fn database(raw: RawDatabase, p: &mut Problems) -> DatabaseSettings {
             DEFAULT_USAGE_FLUSH_INTERVAL,
             p,
         ),
+        tls: raw
+            .tls
+            .map(|t| database_tls(t, base, p))
+            .unwrap_or_default(),
     }
+}
+
+fn database_tls(raw: RawDatabaseTls, base: &Path, p: &mut Problems) -> DatabaseTls {
+    let ca_file = raw
+        .ca_file
+        .map(|f| existing_file(base, &f, "database.tls.ca_file", p));
+    let tls = match raw.mode.as_str() {
+        "disable" => DatabaseTls::Disable,
+        "require" => DatabaseTls::Require,
+        "verify_full" => return DatabaseTls::VerifyFull { ca_file },
+        other => {
+            p.push(
+                "database.tls.mode",
+                format!("unknown mode {other:?} (disable, require, verify_full)"),
+            );
+            return DatabaseTls::Disable;
+        }
+    };
+    if ca_file.is_some() {
+        p.push(
+            "database.tls.ca_file",
+            format!("only used with mode verify_full, not {:?}", raw.mode),
+        );
+    }
+    tls
 }
 
 fn admin(raw: RawAdmin, p: &mut Problems) -> AdminSettings {

@@ -10,15 +10,18 @@
 //! callback is logged and survived: the listener itself never stops on its own.
 
 use super::change::{Change, CHANNEL};
-use super::{pg_config, DbError};
+use super::tls::{self, Connector};
+use super::{describe, pg_config, DbError};
+use crate::config::DatabaseTls;
 use futures::StreamExt;
 use ring::rand::{SecureRandom, SystemRandom};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_postgres::tls::NoTlsStream;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Notification, Socket};
 
 /// Timing of the listener. [`Default`] suits production.
@@ -71,32 +74,37 @@ impl Drop for Listener {
     }
 }
 
-/// Starts listening on `url` with default options. See [`spawn_listener_with`].
+/// Starts listening on `url` (connecting with `tls`) with default options. See
+/// [`spawn_listener_with`].
 pub fn spawn_listener(
     url: &str,
+    tls: &DatabaseTls,
     on_change: impl Fn(Change) + Send + Sync + 'static,
     on_resync: impl Fn() + Send + Sync + 'static,
 ) -> Result<Listener, DbError> {
-    spawn_listener_with(url, ListenerOptions::default(), on_change, on_resync)
+    spawn_listener_with(url, tls, ListenerOptions::default(), on_change, on_resync)
 }
 
-/// Starts a task that listens for changes on `url`, calling `on_change` for each one and
-/// `on_resync` after every successful (re)connect, the first included. Fails only for a
-/// malformed URL or outside a Tokio runtime; an unreachable database is retried.
+/// Starts a task that listens for changes on `url`, connecting with `tls`, calling
+/// `on_change` for each one and `on_resync` after every successful (re)connect, the first
+/// included. Fails only for a malformed URL or TLS settings or outside a Tokio runtime; an
+/// unreachable database is retried.
 pub fn spawn_listener_with(
     url: &str,
+    tls: &DatabaseTls,
     options: ListenerOptions,
     on_change: impl Fn(Change) + Send + Sync + 'static,
     on_resync: impl Fn() + Send + Sync + 'static,
 ) -> Result<Listener, DbError> {
-    let config = pg_config(url, options.connect_timeout)?;
+    let mut config = pg_config(url, options.connect_timeout)?;
+    let connector = tls::connector(&mut config, tls)?;
     let runtime = tokio::runtime::Handle::try_current()
         .map_err(|e| DbError::Invalid(format!("change listener: {e}")))?;
     let callbacks = Callbacks {
         on_change: Arc::new(on_change),
         on_resync: Arc::new(on_resync),
     };
-    let task = runtime.spawn(run(config, options, callbacks));
+    let task = runtime.spawn(run(config, connector, options, callbacks));
     Ok(Listener { task })
 }
 
@@ -123,11 +131,16 @@ impl Callbacks {
 }
 
 /// Connects, listens, and reconnects forever.
-async fn run(config: tokio_postgres::Config, options: ListenerOptions, callbacks: Callbacks) {
+async fn run(
+    config: tokio_postgres::Config,
+    connector: Connector,
+    options: ListenerOptions,
+    callbacks: Callbacks,
+) {
     let rng = SystemRandom::new();
     let mut backoff = options.min_backoff;
     loop {
-        let (listened, why) = session(&config, &options, &callbacks).await;
+        let (listened, why) = session(&config, &connector, &options, &callbacks).await;
         if listened {
             backoff = options.min_backoff;
         }
@@ -141,17 +154,19 @@ async fn run(config: tokio_postgres::Config, options: ListenerOptions, callbacks
 /// One connection's life. Returns whether `LISTEN` succeeded, and why it ended.
 async fn session(
     config: &tokio_postgres::Config,
+    connector: &Connector,
     options: &ListenerOptions,
     callbacks: &Callbacks,
 ) -> (bool, String) {
-    let (client, connection) =
-        match tokio::time::timeout(options.connect_timeout, config.connect(NoTls)).await {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(e)) => return (false, format!("cannot connect: {e}")),
-            Err(_) => return (false, "connecting timed out".into()),
-        };
     let (sender, mut messages) = mpsc::unbounded_channel();
-    let _driver = AbortOnDrop(tokio::spawn(drive(connection, sender)));
+    let opened = match connector {
+        Connector::Plain => open(config, NoTls, options.connect_timeout, sender).await,
+        Connector::Tls(tls) => open(config, tls.clone(), options.connect_timeout, sender).await,
+    };
+    let (client, _driver) = match opened {
+        Ok(pair) => pair,
+        Err(why) => return (false, why),
+    };
     if let Err(why) = listen(&client, options.ping_timeout).await {
         return (false, why);
     }
@@ -175,6 +190,29 @@ async fn session(
                 }
             }
         }
+    }
+}
+
+/// Connects through `tls` and starts driving the connection (see [`drive`]); the driver
+/// stops when the returned guard is dropped.
+async fn open<T>(
+    config: &tokio_postgres::Config,
+    tls: T,
+    timeout: Duration,
+    sender: mpsc::UnboundedSender<Result<Notification, tokio_postgres::Error>>,
+) -> Result<(Client, AbortOnDrop), String>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+    T::TlsConnect: Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    match tokio::time::timeout(timeout, config.connect(tls)).await {
+        Ok(Ok((client, connection))) => {
+            Ok((client, AbortOnDrop(tokio::spawn(drive(connection, sender)))))
+        }
+        Ok(Err(e)) => Err(format!("cannot connect: {}", describe(&e))),
+        Err(_) => Err("connecting timed out".into()),
     }
 }
 
@@ -207,10 +245,12 @@ fn handle(notification: &Notification, callbacks: &Callbacks) {
 
 /// Polls the connection (which also carries our queries) and forwards notifications and
 /// the final error; ends when the connection does.
-async fn drive(
-    mut connection: Connection<Socket, NoTlsStream>,
+async fn drive<S>(
+    mut connection: Connection<Socket, S>,
     sender: mpsc::UnboundedSender<Result<Notification, tokio_postgres::Error>>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut stream = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
     while let Some(message) = stream.next().await {
         match message {
@@ -271,8 +311,9 @@ mod tests {
 
     #[test]
     fn spawning_outside_a_runtime_is_an_error_not_a_panic() {
-        let result = spawn_listener("postgres://u@127.0.0.1:1/db", |_| {}, || {});
+        let plain = &DatabaseTls::Disable;
+        let result = spawn_listener("postgres://u@127.0.0.1:1/db", plain, |_| {}, || {});
         assert!(matches!(result, Err(DbError::Invalid(_))));
-        assert!(spawn_listener("not a url", |_| {}, || {}).is_err());
+        assert!(spawn_listener("not a url", plain, |_| {}, || {}).is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! The PostgreSQL data layer: a connection pool ([`Db`]), embedded migrations
 //! ([`migrate()`]), one repository module per table, change notifications
-//! ([`change`], [`listen`]) and the proxy's credential lookups ([`credentials`]).
+//! ([`change`], [`listen`]) and the proxy's credential lookups ([`credentials`]). Both the
+//! pool and the listener connect over TLS when configured to ([`DatabaseTls`]).
 //!
 //! Rules every repository follows:
 //! - SQL text is constant; values travel as parameters only.
@@ -22,19 +23,22 @@ pub mod keys;
 pub mod listen;
 pub mod migrate;
 pub mod plans;
+mod tls;
 pub mod tokens;
 pub mod usage;
 pub mod users;
 
 use crate::auth::store::Status;
+use crate::config::{DatabaseSettings, DatabaseTls};
 use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, Transaction,
 };
 use std::str::FromStr;
 use std::time::Duration;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::types::FromSql;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::{NoTls, Row, Socket};
 
 pub use change::Change;
 pub use day::Day;
@@ -61,7 +65,7 @@ pub enum DbError {
     #[error("schema: {0}")]
     Schema(String),
     /// Any other failure of a statement, with what was being done.
-    #[error("{context}: {source}")]
+    #[error("{context}: {}", describe(.source))]
     Query {
         /// What the call was doing, e.g. `list consumers`.
         context: String,
@@ -78,7 +82,7 @@ impl DbError {
         let context = context.into();
         let Some(db) = e.as_db_error() else {
             // No server answer: the socket failed, closed, or timed out.
-            return DbError::Unavailable(format!("{context}: {e}"));
+            return DbError::Unavailable(format!("{context}: {}", describe(&e)));
         };
         let constraint = db.constraint().unwrap_or("?");
         let code = db.code();
@@ -94,7 +98,7 @@ impl DbError {
         {
             DbError::Invalid(format!("{context}: {} ({constraint})", db.message()))
         } else if is_unavailable(code) {
-            DbError::Unavailable(format!("{context}: {e}"))
+            DbError::Unavailable(format!("{context}: {}", describe(&e)))
         } else {
             DbError::Query { context, source: e }
         }
@@ -111,6 +115,15 @@ impl DbError {
             }
             _ => DbError::from_pg(context, e),
         }
+    }
+}
+
+/// A driver error with its cause: the driver's own message names only the kind of failure
+/// (`db error`, `error performing TLS handshake`), the cause says what went wrong.
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
     }
 }
 
@@ -141,10 +154,12 @@ pub struct Page<T> {
 pub struct DbOptions {
     /// Most connections open at once.
     pub pool_size: usize,
-    /// Longest wait for one new connection (TCP, TLS-less handshake, authentication).
+    /// Longest wait for one new connection (TCP, TLS handshake if any, authentication).
     pub connect_timeout: Duration,
     /// Longest wait for a free pooled connection before the call fails as unavailable.
     pub wait_timeout: Duration,
+    /// Whether and how connections use TLS; [`Default`]: they do not.
+    pub tls: DatabaseTls,
 }
 
 /// Defaults: small pool (the proxy only reads on cache misses; the admin API is light),
@@ -155,6 +170,18 @@ impl Default for DbOptions {
             pool_size: 8,
             connect_timeout: Duration::from_secs(5),
             wait_timeout: Duration::from_secs(5),
+            tls: DatabaseTls::default(),
+        }
+    }
+}
+
+/// The configured pool size and TLS, with default timeouts.
+impl From<&DatabaseSettings> for DbOptions {
+    fn from(settings: &DatabaseSettings) -> Self {
+        DbOptions {
+            pool_size: settings.pool_size,
+            tls: settings.tls.clone(),
+            ..DbOptions::default()
         }
     }
 }
@@ -198,20 +225,16 @@ impl Db {
     }
 
     /// A pool that connects on first use (for callers that start while the database is
-    /// down). Fails only for a malformed URL or options.
+    /// down). Fails only for a malformed URL or options (TLS settings included).
     pub fn lazy(url: &str, options: &DbOptions) -> Result<Db, DbError> {
         if options.pool_size == 0 {
             return Err(DbError::Invalid("pool size: must be at least 1".into()));
         }
-        let config = pg_config(url, options.connect_timeout)?;
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                // A connection whose socket closed is known as closed without a query.
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let mut config = pg_config(url, options.connect_timeout)?;
+        let manager = match tls::connector(&mut config, &options.tls)? {
+            tls::Connector::Plain => manager(config, NoTls),
+            tls::Connector::Tls(connector) => manager(config, connector),
+        };
         let pool = Pool::builder(manager)
             .max_size(options.pool_size)
             .runtime(Runtime::Tokio1)
@@ -245,6 +268,25 @@ impl Db {
             other => DbError::Unavailable(format!("connect: {other}")),
         })
     }
+}
+
+/// The pool's connection manager, connecting through `tls`. Generic because `NoTls` and the
+/// OpenSSL connector are different types; the manager (and so the pool) is not.
+fn manager<T>(config: tokio_postgres::Config, tls: T) -> Manager
+where
+    T: MakeTlsConnect<Socket> + Clone + Sync + Send + 'static,
+    T::Stream: Sync + Send,
+    T::TlsConnect: Sync + Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    Manager::from_config(
+        config,
+        tls,
+        ManagerConfig {
+            // A connection whose socket closed is known as closed without a query.
+            recycling_method: RecyclingMethod::Fast,
+        },
+    )
 }
 
 /// Parses a connection URL and sets the connect timeout and TCP keepalives.

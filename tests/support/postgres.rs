@@ -6,6 +6,8 @@
 //! fork again. That keeps the postmaster our direct child, so signals,
 //! `Drop` and the parent-death signal all reach it.
 
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use super::certs::LeafCert;
 use super::net::free_port;
 use super::process::{log_file, read_log, run_command, ChildProcess, CommandOutput};
 
@@ -42,6 +45,19 @@ impl Postgres {
     /// Runs `initdb`, starts the server, waits until it accepts connections
     /// and creates the `tollgate` database.
     pub async fn start() -> Self {
+        Self::start_inner(None).await
+    }
+
+    /// Like [`start`](Self::start), but TLS only: `ssl = on` with `cert` as
+    /// the server certificate, and TCP connections are accepted over TLS only
+    /// (a `hostssl` line and no `host` line in pg_hba.conf), so a plain
+    /// client is refused. The client programs (`psql`, ...) use TLS by
+    /// default (`sslmode=prefer`), so every helper keeps working.
+    pub async fn start_with_tls(cert: &LeafCert) -> Self {
+        Self::start_inner(Some(cert)).await
+    }
+
+    async fn start_inner(tls: Option<&LeafCert>) -> Self {
         let bin = bin_dir();
         let (uid, gid) = postgres_user();
         let dir = tempfile::Builder::new()
@@ -67,6 +83,9 @@ impl Postgres {
             .args(["-A", "trust", "-U", "postgres", "--no-sync"])
             .args(["-E", "UTF8", "--locale=C"]);
         postgres.run_ok(initdb, Duration::from_secs(120)).await;
+        if let Some(cert) = tls {
+            postgres.require_tls(cert);
+        }
 
         postgres.start_again().await;
 
@@ -183,6 +202,44 @@ impl Postgres {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Copies `cert` and its key into the data dir (owned by the postgres
+    /// user; the key with mode 0600, as PostgreSQL insists), turns `ssl` on
+    /// with them and replaces pg_hba.conf so TCP clients need TLS.
+    fn require_tls(&self, cert: &LeafCert) {
+        let data = self.data_dir();
+        for (name, pem, mode) in [
+            ("server.crt", &cert.cert_pem, 0o644),
+            ("server.key", &cert.key_pem, 0o600),
+        ] {
+            let path = data.join(name);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(&path)
+                .and_then(|mut f| f.write_all(pem.as_bytes()))
+                .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+            std::os::unix::fs::chown(&path, Some(self.uid), Some(self.gid))
+                .unwrap_or_else(|e| panic!("cannot chown {}: {e}", path.display()));
+        }
+        let conf = data.join("postgresql.conf");
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&conf)
+            .and_then(|mut f| {
+                f.write_all(
+                    b"ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+                )
+            })
+            .unwrap_or_else(|e| panic!("cannot append to {}: {e}", conf.display()));
+        let hba = data.join("pg_hba.conf");
+        std::fs::write(
+            &hba,
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+        )
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", hba.display()));
     }
 
     /// `-h 127.0.0.1 -p <port> -U postgres`, for the client programs.
