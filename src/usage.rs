@@ -7,8 +7,16 @@ use crate::db::usage::UsageDelta;
 use crate::db::{Day, Db, DbError};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
+
+/// A fresh batch id, unique across instances and restarts: the same generator as request
+/// ids (a random per-process prefix and a counter).
+fn batch_id() -> String {
+    let id = crate::proxy::request_id::generate();
+    String::from_utf8_lossy(id.as_bytes()).into_owned()
+}
 
 /// Distinct counter rows held in memory at most; beyond this, new rows are dropped (and
 /// counted) until a flush succeeds. A day of traffic rarely has more distinct rows.
@@ -40,12 +48,25 @@ struct Shard {
 /// The in-memory counters.
 pub struct UsageRecorder {
     shards: Vec<Mutex<Shard>>,
+    /// The batch being written: taken out of the counters, kept here under its id until
+    /// the database has it. Locking it also serialises flushes.
+    batch: tokio::sync::Mutex<Option<Batch>>,
+    /// Rows of that batch, for [`pending_rows`](Self::pending_rows) without the lock.
+    batch_rows: AtomicUsize,
+}
+
+/// Counts on their way to the database, under the id that makes the write idempotent.
+struct Batch {
+    id: String,
+    deltas: Vec<UsageDelta>,
 }
 
 impl Default for UsageRecorder {
     fn default() -> Self {
         UsageRecorder {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            batch: tokio::sync::Mutex::new(None),
+            batch_rows: AtomicUsize::new(0),
         }
     }
 }
@@ -153,38 +174,59 @@ impl UsageRecorder {
         }
     }
 
-    /// Writes everything counted so far in one statement. Counters are only reduced once the
-    /// write succeeded, so a failed or interrupted write loses nothing (it is retried later).
-    /// Then stamps the keys used since the last flush with the time of this one (so a key's
-    /// `last_used_at` is exact to the flush interval); a failure there is only logged.
-    /// Returns the rows written.
+    /// Writes everything counted so far, exactly once, in one transaction. The counts move
+    /// from the counters into a batch with a fresh id, which stays until the database has
+    /// it: a failed write is retried later with the same id, and a write that committed but
+    /// whose answer was lost (or whose flush was cancelled, e.g. at shutdown) is recognised
+    /// by its id and not added twice. Flushes run one at a time. Then stamps the keys of the
+    /// batch as used at this time (exact to the flush interval); a failure there is only
+    /// logged. Returns the rows written.
     pub async fn flush(&self, db: &Db) -> Result<usize, DbError> {
-        let deltas = self.snapshot();
-        if deltas.is_empty() {
-            return Ok(0);
-        }
+        let mut pending = self.batch.lock().await;
+        let batch = match pending.take() {
+            Some(batch) => batch,
+            None => {
+                let deltas = self.snapshot();
+                if deltas.is_empty() {
+                    return Ok(0);
+                }
+                self.subtract(&deltas);
+                Batch {
+                    id: batch_id(),
+                    deltas,
+                }
+            }
+        };
+        self.batch_rows.store(batch.deltas.len(), Ordering::Relaxed);
+        // Put back first: if this future is dropped mid-write, the batch is still here.
+        let batch = pending.insert(batch);
         let now = SystemTime::now();
-        crate::db::usage::record(db, &deltas).await?;
-        self.subtract(&deltas);
-        let used: Vec<(String, SystemTime)> = deltas
+        crate::db::usage::record(db, &batch.id, &batch.deltas).await?;
+        let used: Vec<(String, SystemTime)> = batch
+            .deltas
             .iter()
             .filter_map(|d| d.key_id.clone().map(|id| (id, now)))
             .collect();
+        let rows = batch.deltas.len();
+        *pending = None;
+        self.batch_rows.store(0, Ordering::Relaxed);
         if let Err(e) = crate::db::keys::touch_last_used(db, &used).await {
             log::warn!(
                 "usage: recording when {} key(s) were last used failed: {e}",
                 used.len()
             );
         }
-        Ok(deltas.len())
+        Ok(rows)
     }
 
-    /// Rows waiting to be written.
+    /// Rows waiting to be written (counters and the batch on its way).
     pub fn pending_rows(&self) -> usize {
-        self.shards
+        let counters: usize = self
+            .shards
             .iter()
             .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).rows)
-            .sum()
+            .sum();
+        counters + self.batch_rows.load(Ordering::Relaxed)
     }
 }
 

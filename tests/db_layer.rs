@@ -123,8 +123,8 @@ async fn migrations_apply_from_empty_and_rerun_is_a_no_op() {
     let pg = Postgres::start().await;
     let db = Db::connect(&pg.url(), 2).await.expect("connect");
     let first = migrate(&db).await.expect("first migrate");
-    assert_eq!(first.applied, vec![1]);
-    assert_eq!(first.current, 1);
+    assert_eq!(first.applied, vec![1, 2]);
+    assert_eq!(first.current, 2);
     let tables = pg
         .psql(
             "SELECT string_agg(table_name, ',' ORDER BY table_name) FROM information_schema.tables \
@@ -133,14 +133,14 @@ async fn migrations_apply_from_empty_and_rerun_is_a_no_op() {
         .await;
     assert_eq!(
         tables,
-        "api_keys,audit_log,consumers,plans,refresh_tokens,schema_migrations,usage,users"
+        "api_keys,audit_log,consumers,plans,refresh_tokens,schema_migrations,usage,usage_batches,users"
     );
     let again = migrate(&db).await.expect("second migrate");
     assert!(again.applied.is_empty(), "{again:?}");
     assert_eq!(
-        pg.psql("SELECT version || ':' || name FROM schema_migrations")
+        pg.psql("SELECT string_agg(version || ':' || name, ',' ORDER BY version) FROM schema_migrations")
             .await,
-        "1:init"
+        "1:init,2:usage_batches"
     );
     // The proxy's lookups have their indexes.
     let indexes = pg
@@ -168,10 +168,10 @@ async fn concurrent_migrations_on_a_fresh_database_apply_once() {
     applied.sort();
     assert_eq!(
         applied,
-        [vec![], vec![1]],
-        "exactly one instance applied v1"
+        [vec![], vec![1, 2]],
+        "exactly one instance applied the migrations"
     );
-    assert_eq!(pg.psql("SELECT count(*) FROM schema_migrations").await, "1");
+    assert_eq!(pg.psql("SELECT count(*) FROM schema_migrations").await, "2");
 }
 
 #[tokio::test]
@@ -179,17 +179,15 @@ async fn newer_schema_is_refused_and_a_failed_migration_leaves_nothing() {
     let (pg, db) = fresh().await;
 
     // A migration that fails half-way is rolled back entirely.
-    let broken = [
-        MIGRATIONS[0],
-        Migration {
-            version: 2,
-            name: "broken",
-            sql: "CREATE TABLE half_done (x int); SELECT * FROM no_such_table;",
-        },
-    ];
+    let mut broken = MIGRATIONS.to_vec();
+    broken.push(Migration {
+        version: 3,
+        name: "broken",
+        sql: "CREATE TABLE half_done (x int); SELECT * FROM no_such_table;",
+    });
     let e = migrate_with(&db, &broken).await.unwrap_err();
     assert!(
-        matches!(&e, DbError::Schema(m) if m.contains("migration 2 (broken)")),
+        matches!(&e, DbError::Schema(m) if m.contains("migration 3 (broken)")),
         "{e}"
     );
     assert_eq!(
@@ -199,7 +197,7 @@ async fn newer_schema_is_refused_and_a_failed_migration_leaves_nothing() {
     );
     assert_eq!(
         pg.psql("SELECT max(version) FROM schema_migrations").await,
-        "1"
+        "2"
     );
 
     // A database migrated by a newer release is refused, untouched.
@@ -1057,6 +1055,7 @@ async fn usage_upserts_add_up_across_batches() {
     // Two deltas for the same row in one batch are summed, not an error.
     let written = usage::record(
         &db,
+        "batch-1",
         &[
             delta(day1, "alice", Some("k1"), "api", 10, 1),
             delta(day1, "alice", Some("k1"), "api", 5, 0),
@@ -1067,16 +1066,19 @@ async fn usage_upserts_add_up_across_batches() {
     .await
     .expect("first batch");
     assert_eq!(written, 3);
-    usage::record(
-        &db,
-        &[
-            delta(day1, "alice", Some("k1"), "api", 100, 4),
-            delta(day2, "alice", Some("k1"), "web", 1, 0),
-        ],
-    )
-    .await
-    .expect("second batch");
-    assert_eq!(usage::record(&db, &[]).await.expect("empty"), 0);
+    let second = [
+        delta(day1, "alice", Some("k1"), "api", 100, 4),
+        delta(day2, "alice", Some("k1"), "web", 1, 0),
+    ];
+    usage::record(&db, "batch-2", &second)
+        .await
+        .expect("second batch");
+    // A batch retried under the same id (its first answer was lost) is not added again.
+    assert_eq!(
+        usage::record(&db, "batch-2", &second).await.expect("retry"),
+        0
+    );
+    assert_eq!(usage::record(&db, "batch-3", &[]).await.expect("empty"), 0);
 
     let alice = usage::query(
         &db,
@@ -1392,4 +1394,61 @@ async fn credential_store_finds_keys_with_their_consumer_and_fails_loudly_when_d
         .await
         .expect("lookup after restart")
         .is_some());
+}
+
+/// The usage recorder writes every count exactly once: a batch whose write failed is kept
+/// and retried, and a flush cancelled at any point (before, during or after the commit) is
+/// completed by the next one under the same batch id, never counted twice.
+#[tokio::test]
+async fn usage_flushes_count_exactly_once_through_failures_and_cancellations() {
+    use tollgate::usage::UsageRecorder;
+    let (_pg, db) = fresh().await;
+    let recorder = UsageRecorder::default();
+    let mut sent = 0u64;
+
+    // The database cannot be reached: the batch stays.
+    for _ in 0..5 {
+        recorder.record("zoe", Some("zoe-key"), "api", false);
+        sent += 1;
+    }
+    let unreachable = Db::lazy(
+        "postgres://postgres@127.0.0.1:1/none",
+        &tollgate::db::DbOptions {
+            pool_size: 1,
+            connect_timeout: std::time::Duration::from_millis(200),
+            wait_timeout: std::time::Duration::from_millis(200),
+            ..Default::default()
+        },
+    )
+    .expect("pool");
+    assert!(recorder.flush(&unreachable).await.is_err());
+    assert_eq!(recorder.pending_rows(), 1, "the failed batch is kept");
+
+    // Flushes cut short at many points, with more requests in between.
+    for micros in (0..200u64).map(|i| 1 + i * 40) {
+        for _ in 0..3 {
+            recorder.record("zoe", Some("zoe-key"), "api", false);
+            sent += 1;
+        }
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_micros(micros),
+            recorder.flush(&db),
+        )
+        .await;
+    }
+    while recorder.pending_rows() > 0 {
+        recorder.flush(&db).await.expect("flush");
+    }
+    let today = Day::today();
+    let rows = usage::query(
+        &db,
+        &UsageQuery {
+            consumer_id: Some("zoe".into()),
+            ..UsageQuery::days(today, today)
+        },
+    )
+    .await
+    .expect("query");
+    let counted: u64 = rows.iter().map(|r| r.allowed).sum();
+    assert_eq!(counted, sent, "{rows:?}");
 }

@@ -20,11 +20,18 @@ pub struct Migration {
 
 /// Every migration this binary knows, in order. Append only: a released migration is
 /// never edited, a new file with the next number changes the schema.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../../migrations/0001_init.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../../migrations/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "usage_batches",
+        sql: include_str!("../../migrations/0002_usage_batches.sql"),
+    },
+];
 
 /// The advisory lock key: the bytes of "tollgate" read as a big-endian integer, so it
 /// will not collide with another application's lock in the same database by accident.

@@ -2,7 +2,7 @@
 //! memory and [`record`]s a batch now and then: one statement per batch, never one per
 //! request.
 
-use super::{col, to_i64, to_u64, Day, Db, DbError};
+use super::{begin, col, commit, to_i64, to_u64, Day, Db, DbError};
 use tokio_postgres::Row;
 
 /// Counts to add to one counter row.
@@ -67,11 +67,13 @@ impl UsageQuery {
     }
 }
 
-/// Adds every delta to its counter row, creating missing rows, in one statement: the
-/// batch travels as arrays that `unnest` turns back into rows, deltas for the same row
-/// are summed first (one `INSERT ... ON CONFLICT` cannot touch a row twice), and existing
-/// rows are incremented. Returns how many counter rows were written.
-pub async fn record(db: &Db, deltas: &[UsageDelta]) -> Result<u64, DbError> {
+/// Applies batch `batch_id` exactly once: in one transaction, records the id and adds
+/// every delta to its counter row, creating missing rows. If the id is already recorded
+/// (an earlier attempt committed but its answer was lost), nothing is added and `Ok(0)`
+/// returns. The deltas travel as arrays that `unnest` turns back into rows; deltas for the
+/// same row are summed first (one `INSERT ... ON CONFLICT` cannot touch a row twice).
+/// Returns how many counter rows were written.
+pub async fn record(db: &Db, batch_id: &str, deltas: &[UsageDelta]) -> Result<u64, DbError> {
     if deltas.is_empty() {
         return Ok(0);
     }
@@ -84,8 +86,22 @@ pub async fn record(db: &Db, deltas: &[UsageDelta]) -> Result<u64, DbError> {
     let routes: Vec<&str> = deltas.iter().map(|d| d.route.as_str()).collect();
     let allowed: Vec<i64> = deltas.iter().map(|d| to_i64(d.allowed)).collect();
     let limited: Vec<i64> = deltas.iter().map(|d| to_i64(d.limited)).collect();
-    let client = db.client().await?;
-    client
+    let context = format!("record usage batch {batch_id} ({} rows)", deltas.len());
+    let q = |e| DbError::from_pg(&context, e);
+    let mut client = db.client().await?;
+    let tx = begin(&mut client, &context).await?;
+    let fresh = tx
+        .execute(
+            "INSERT INTO usage_batches (id) VALUES ($1) ON CONFLICT (id) DO NOTHING",
+            &[&batch_id],
+        )
+        .await
+        .map_err(q)?;
+    if fresh == 0 {
+        commit(tx, &context).await?;
+        return Ok(0);
+    }
+    let written = tx
         .execute(
             "INSERT INTO usage AS u (day, consumer_id, key_id, route, allowed, limited)
              SELECT day, consumer_id, key_id, route, sum(allowed), sum(limited)
@@ -98,7 +114,16 @@ pub async fn record(db: &Db, deltas: &[UsageDelta]) -> Result<u64, DbError> {
             &[&days, &consumers, &keys, &routes, &allowed, &limited],
         )
         .await
-        .map_err(|e| DbError::from_pg(format!("record {} usage rows", deltas.len()), e))
+        .map_err(q)?;
+    // A retry comes within seconds or minutes; a day of ids is plenty.
+    tx.execute(
+        "DELETE FROM usage_batches WHERE applied_at < now() - interval '1 day'",
+        &[],
+    )
+    .await
+    .map_err(q)?;
+    commit(tx, &context).await?;
+    Ok(written)
 }
 
 /// Counter rows matching `query`, by day, consumer, key and route.
