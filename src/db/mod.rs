@@ -97,6 +97,13 @@ impl DbError {
             || *code == SqlState::NUMERIC_VALUE_OUT_OF_RANGE
         {
             DbError::Invalid(format!("{context}: {} ({constraint})", db.message()))
+        } else if *code == SqlState::UNTRANSLATABLE_CHARACTER
+            || *code == SqlState::CHARACTER_NOT_IN_REPERTOIRE
+        {
+            // The only character a Rust string can hold that PostgreSQL text and jsonb refuse.
+            DbError::Invalid(format!(
+                "{context}: text must not contain the NUL character (\\u0000)"
+            ))
         } else if is_unavailable(code) {
             DbError::Unavailable(format!("{context}: {}", describe(&e)))
         } else {
