@@ -238,14 +238,14 @@ fn revocation_bus(snapshot: &Runtime, redis: Option<RedisSettings>) -> Arc<Revoc
     ))
 }
 
-/// Follows logouts made on other instances: with the account API and Redis only (without
-/// Redis, logouts are made and checked in this one process). Loads what is already
-/// revoked before returning.
+/// Follows logouts made on other instances whenever Redis is configured (the account API
+/// may be enabled by a reload, or run in another process); without Redis, logouts are made
+/// and checked in one process only. Loads what is already revoked before returning.
 fn revocation_follower(
     bus: &Arc<RevocationBus>,
     config: &Config,
 ) -> Option<GenBackgroundService<RevocationFollower>> {
-    (config.account.is_some() && config.rate_limit.redis.is_some()).then(|| {
+    config.rate_limit.redis.is_some().then(|| {
         bus.preload();
         background_service(
             "tollgate token revocations",

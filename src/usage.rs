@@ -201,7 +201,23 @@ impl UsageRecorder {
         // Put back first: if this future is dropped mid-write, the batch is still here.
         let batch = pending.insert(batch);
         let now = SystemTime::now();
-        crate::db::usage::record(db, &batch.id, &batch.deltas).await?;
+        match crate::db::usage::record(db, &batch.id, &batch.deltas).await {
+            Ok(_) => {}
+            // The database refuses this batch for good (a counter out of range, a schema
+            // problem): retrying would block every later flush, so it is dropped, counted.
+            Err(e @ (DbError::Invalid(_) | DbError::Schema(_))) => {
+                let requests: u64 = batch.deltas.iter().map(|d| d.allowed + d.limited).sum();
+                crate::metrics::USAGE_DROPPED.inc_by(requests);
+                log::error!(
+                    "usage: batch {} refused, {requests} requests dropped: {e}",
+                    batch.id
+                );
+                *pending = None;
+                self.batch_rows.store(0, Ordering::Relaxed);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        }
         let used: Vec<(String, SystemTime)> = batch
             .deltas
             .iter()

@@ -22,7 +22,7 @@ use crate::auth::store::Status;
 use crate::config::{AccountSettings, WindowSpec};
 use crate::db::tokens::{self as refresh, NewRefreshToken, TokenHash};
 use crate::db::users::{self, Registration, User};
-use crate::db::{consumers, keys, DbError};
+use crate::db::{consumers, keys, plans, DbError};
 use crate::limit::{self, Algorithm, Policy, Subject, Window};
 use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
@@ -30,7 +30,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
 use ipnet::IpNet;
-use ring::digest::{digest, SHA256};
+use ring::hmac;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::SystemTime;
@@ -153,8 +153,9 @@ pub struct AccountCaller {
     pub id: String,
     /// The token's `jti`.
     pub token_id: String,
-    /// The token's `exp` (Unix seconds).
-    pub expires_at: u64,
+    /// When verification would stop accepting the token: `exp` plus the issuer's leeway
+    /// (Unix seconds). A logout blocks it until then.
+    pub valid_until: u64,
 }
 
 fn unauthenticated(code: &'static str, message: impl Into<String>) -> AdminError {
@@ -174,9 +175,7 @@ impl FromRequestParts<AdminState> for AccountCaller {
             .headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer") && !token.is_empty())
-            .map(|(_, token)| token.trim())
+            .and_then(crate::auth::bearer_token)
             .ok_or_else(|| {
                 unauthenticated(
                     "missing_token",
@@ -198,7 +197,7 @@ impl FromRequestParts<AdminState> for AccountCaller {
                 "this is not an access token of the account API",
             ));
         }
-        let (Some(token_id), Some(expires_at)) = (&identity.token_id, identity.expires_at) else {
+        let (Some(token_id), Some(valid_until)) = (&identity.token_id, identity.valid_until) else {
             return Err(unauthenticated(
                 "invalid_token",
                 "the token lacks jti or exp",
@@ -213,7 +212,7 @@ impl FromRequestParts<AdminState> for AccountCaller {
         Ok(AccountCaller {
             id: identity.subject.clone(),
             token_id: token_id.clone(),
-            expires_at,
+            valid_until,
         })
     }
 }
@@ -266,12 +265,26 @@ fn actor(id: &str) -> String {
         (status = 201, description = "Created", body = AccountOut),
         (status = 400, description = "Invalid e-mail address or weak password", body = ErrorBody),
         (status = 409, description = "The e-mail address is taken", body = ErrorBody),
+        (status = 429, description = "Too many registrations from this address; see Retry-After", body = ErrorBody),
     ))]
 pub async fn register(
     State(state): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: http::HeaderMap,
     Body(body): Body<Credentials>,
 ) -> Result<Response, AdminError> {
     let account = current_settings(&state)?;
+    let client = client_address(&state, peer.ip(), &headers);
+    throttle(
+        &state,
+        "registration",
+        &[(
+            format!("register:ip:{}", client_key(client)),
+            "register_per_ip",
+            &account.login_per_ip,
+        )],
+    )
+    .await?;
     let mut fields = Fields::default();
     let email = body.email.trim().to_lowercase();
     fields.check(
@@ -284,6 +297,14 @@ pub async fn register(
     }
     fields.finish()?;
     let db = state.db()?;
+    if let Some(plan) = &account.default_plan {
+        plans::get(db, plan).await.map_err(|e| match e {
+            DbError::NotFound(_) => AdminError::Internal(format!(
+                "account.default_plan {plan:?} is not a database plan (create it with POST /admin/plans)"
+            )),
+            other => other.into(),
+        })?;
+    }
     let password_hash = state
         .passwords()
         .hash(body.password)
@@ -305,12 +326,6 @@ pub async fn register(
             return Err(AdminError::Conflict(
                 "an account with this e-mail address exists".into(),
             ))
-        }
-        Err(DbError::Invalid(detail)) if detail.contains("missing row") => {
-            return Err(AdminError::Internal(format!(
-                "account.default_plan {:?} is not a database plan: {detail}",
-                account.default_plan
-            )))
         }
         Err(e) => return Err(e.into()),
     };
@@ -386,10 +401,22 @@ pub async fn refresh_tokens(
 ) -> Result<Json<TokensOut>, AdminError> {
     let account = current_settings(&state)?;
     let db = state.db()?;
+    let presented = TokenHash::of(&body.refresh_token);
+    // A disabled account is refused before its token is used up, so that re-enabling it
+    // does not make the next refresh look like a replay.
+    let consumer = match refresh::find_by_hash(db, &presented).await? {
+        Some(token) => active_consumer(&state, &token.user_id).await?,
+        None => {
+            return Err(unauthenticated(
+                "invalid_refresh_token",
+                "unknown refresh token",
+            ))
+        }
+    };
     let next = tokens::new_refresh_token(state.rng()).map_err(internal)?;
-    let rotated = refresh::rotate(
+    refresh::rotate(
         db,
-        &TokenHash::of(&body.refresh_token),
+        &presented,
         &TokenHash::of(&next),
         SystemTime::now() + account.refresh_token_ttl,
     )
@@ -405,7 +432,6 @@ pub async fn refresh_tokens(
         ),
         other => other.into(),
     })?;
-    let consumer = active_consumer(&state, &rotated.user_id).await?;
     session(&state, &account, &consumer, next).map(Json)
 }
 
@@ -417,7 +443,7 @@ pub async fn refresh_tokens(
         (status = 204, description = "Logged out"),
         (status = 401, description = "No valid access token", body = ErrorBody),
         (status = 404, description = "The refresh token is not this account's", body = ErrorBody),
-        (status = 503, description = "The revocation could not be shared (Redis)", body = ErrorBody),
+        (status = 503, description = "The revocation could not be shared (Redis); the access token still works: retry", body = ErrorBody),
     ))]
 pub async fn logout(
     State(state): State<AdminState>,
@@ -441,11 +467,11 @@ pub async fn logout(
     }
     state
         .revocations()
-        .revoke(&caller.token_id, caller.expires_at)
+        .revoke(&caller.token_id, caller.valid_until)
         .await
         .map_err(|e| {
             log::error!("account: logout of {}: {e}", caller.id);
-            AdminError::LimiterUnavailable
+            AdminError::RevocationUnavailable
         })?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -466,7 +492,7 @@ fn session(
     )
     .map_err(internal)?;
     Ok(TokensOut {
-        access_token: access.token,
+        access_token: access,
         token_type: "Bearer",
         expires_in: account.access_token_ttl.as_secs(),
         refresh_token,
@@ -494,7 +520,7 @@ fn client_address(state: &AdminState, peer: IpAddr, headers: &http::HeaderMap) -
     TrustedProxies(trusted).client_ip(peer, headers)
 }
 
-/// Counts a login attempt against the account (by a digest of its address) and the
+/// Counts a login attempt against the account (by a keyed digest of its address) and the
 /// client address; 429 once either is spent.
 async fn throttle_login(
     state: &AdminState,
@@ -502,48 +528,85 @@ async fn throttle_login(
     email: &str,
     client: IpAddr,
 ) -> Result<(), AdminError> {
-    let policy = |name: &str, w: &WindowSpec| {
-        Policy::new(
-            name,
-            Algorithm::FixedWindow,
-            vec![Window::new(w.requests, w.per)],
-        )
-    };
-    let per_account = policy("login_per_account", &account.login_per_account);
-    let per_ip = policy("login_per_ip", &account.login_per_ip);
-    let email_digest: String = digest(&SHA256, email.as_bytes()).as_ref()[..12]
+    let key = hmac::Key::new(hmac::HMAC_SHA256, account.signing_secret.expose());
+    let email_digest: String = hmac::sign(&key, email.as_bytes()).as_ref()[..12]
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let account_key = format!("login:a:{email_digest}");
-    let ip_key = format!("login:ip:{client}");
+    throttle(
+        state,
+        "login",
+        &[
+            (
+                format!("login:a:{email_digest}"),
+                "login_per_account",
+                &account.login_per_account,
+            ),
+            (
+                format!("login:ip:{}", client_key(client)),
+                "login_per_ip",
+                &account.login_per_ip,
+            ),
+        ],
+    )
+    .await
+}
+
+/// Counts one attempt of `what` against each `(subject, policy name, window)`; 429 once
+/// any is spent. Redis trouble is handled by the configured `rate_limit.failure_mode`.
+async fn throttle(
+    state: &AdminState,
+    what: &str,
+    limits: &[(String, &str, &WindowSpec)],
+) -> Result<(), AdminError> {
+    let policies: Vec<Policy> = limits
+        .iter()
+        .map(|(_, name, w)| {
+            Policy::new(
+                *name,
+                Algorithm::FixedWindow,
+                vec![Window::new(w.requests, w.per)],
+            )
+        })
+        .collect();
+    let subjects: Vec<Subject<'_>> = limits
+        .iter()
+        .zip(&policies)
+        .map(|((key, _, _), policy)| Subject::new(key, policy))
+        .collect();
+    let failure_mode = state.live().current().limits.failure_mode().clone();
     let lease = tokens::random_hex(state.rng(), 8).map_err(internal)?;
     let decision = state
         .limiter()
         .get()
         .await
-        .acquire(
-            &[
-                Subject::new(&account_key, &per_account),
-                Subject::new(&ip_key, &per_ip),
-            ],
-            1,
-            &limit::FailureMode::Local {
-                expected_instances: 1,
-            },
-            &lease,
-        )
+        .acquire(&subjects, 1, &failure_mode, &lease)
         .await
-        .map_err(|e| AdminError::Internal(format!("login throttle: {e}")))?;
+        .map_err(|e| match e {
+            limit::LimitError::Unavailable => AdminError::LimiterUnavailable,
+            other => AdminError::Internal(format!("{what} throttle: {other}")),
+        })?;
     if decision.allowed {
         return Ok(());
     }
     let (policy, retry_after) = crate::proxy::rate_limit::refusal(&decision);
-    log::warn!("account: login throttled ({policy}) for client {client}");
+    log::warn!("account: {what} throttled ({policy})");
     Err(AdminError::TooManyRequests {
-        message: format!("too many login attempts ({policy}); retry later"),
+        message: format!("too many {what} attempts ({policy}); retry later"),
         retry_after,
     })
+}
+
+/// The throttling key of a client address: IPv4 as is, IPv6 by its /64 (one host usually
+/// holds a whole /64, so single addresses are free to rotate).
+fn client_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+    }
 }
 
 // ------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use ring::rand::{SecureRandom, SystemRandom};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use tokio::sync::Semaphore;
 
 /// Password hashes computed at once, per process.
@@ -25,13 +25,13 @@ pub enum PasswordError {
 
 /// Hashes and verifies passwords off the async runtime.
 pub struct Passwords {
-    slots: Semaphore,
+    slots: Arc<Semaphore>,
 }
 
 impl Default for Passwords {
     fn default() -> Self {
         Passwords {
-            slots: Semaphore::new(CONCURRENT_HASHES),
+            slots: Arc::new(Semaphore::new(CONCURRENT_HASHES)),
         }
     }
 }
@@ -80,14 +80,19 @@ impl Passwords {
         &self,
         work: impl FnOnce() -> Result<T, PasswordError> + Send + 'static,
     ) -> Result<T, PasswordError> {
-        let _slot = self
-            .slots
-            .acquire()
+        // The slot moves into the blocking job: a client that hangs up drops this future,
+        // but the hash runs on, and keeps its slot until it is done.
+        let slot = Arc::clone(&self.slots)
+            .acquire_owned()
             .await
             .map_err(|_| PasswordError::Hashing("the hasher is shut down".into()))?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| PasswordError::Hashing(e.to_string()))?
+        tokio::task::spawn_blocking(move || {
+            let result = work();
+            drop(slot);
+            result
+        })
+        .await
+        .map_err(|e| PasswordError::Hashing(e.to_string()))?
     }
 }
 
@@ -103,6 +108,12 @@ fn hash_with_fresh_salt(password: &[u8]) -> Result<String, PasswordError> {
         .hash_password(password, &salt)
         .map(|h| h.to_string())
         .map_err(|e| failed(e.to_string()))
+}
+
+/// Makes the dummy hash now (blocking, about one hash's time), so the first login for an
+/// unknown address costs no more than any other.
+pub fn warm_up() {
+    dummy_hash();
 }
 
 /// A hash of a random password, made once: what an unknown account is checked against.

@@ -74,6 +74,8 @@ pub enum AdminError {
     DatabaseUnavailable(String),
     /// 503 `rate_limit_unavailable`: the limiter (Redis) cannot be reached.
     LimiterUnavailable,
+    /// 503 `revocation_unavailable`: a logout could not be shared through Redis.
+    RevocationUnavailable,
     /// 500 `internal_error` (details are logged, not returned).
     Internal(String),
 }
@@ -130,7 +132,8 @@ impl AdminError {
             AdminError::NoDatabase
             | AdminError::NoPepper
             | AdminError::DatabaseUnavailable(_)
-            | AdminError::LimiterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | AdminError::LimiterUnavailable
+            | AdminError::RevocationUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             AdminError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -154,6 +157,7 @@ impl AdminError {
             AdminError::NoPepper => "no_pepper",
             AdminError::DatabaseUnavailable(_) => "database_unavailable",
             AdminError::LimiterUnavailable => "rate_limit_unavailable",
+            AdminError::RevocationUnavailable => "revocation_unavailable",
             AdminError::Internal(_) => "internal_error",
         }
     }
@@ -183,6 +187,11 @@ impl AdminError {
             }
             AdminError::DatabaseUnavailable(_) => "the database cannot be reached".into(),
             AdminError::LimiterUnavailable => "the rate limiter cannot be reached".into(),
+            AdminError::RevocationUnavailable => {
+                "the logout could not be shared with the other gateway instances; the token \
+                 still works: retry"
+                    .into()
+            }
             AdminError::Internal(_) => "the admin service failed to handle the request".into(),
         }
     }

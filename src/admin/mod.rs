@@ -245,6 +245,11 @@ impl AdminService {
 #[async_trait]
 impl BackgroundService for AdminService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        if self.state.live().current().config.account.is_some() {
+            drop(tokio::task::spawn_blocking(
+                crate::account::password::warm_up,
+            ));
+        }
         if let Ok(db) = self.state.db() {
             match db::migrate(db).await {
                 Ok(_) => {}

@@ -372,7 +372,7 @@ fn yaml_store(consumers: &[ConsumerSpec]) -> YamlStore {
 }
 
 /// `Bearer <token>` (scheme case-insensitive).
-fn bearer_token(value: &str) -> Option<&str> {
+pub(crate) fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)

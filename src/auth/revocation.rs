@@ -25,9 +25,6 @@ pub const REVOKED_KEY: &str = "tg:revoked-tokens";
 pub const REVOKED_CHANNEL: &str = "tollgate:revoked-tokens";
 /// How often the set is read again in full, in case a message was lost.
 pub const RESYNC_EVERY: Duration = Duration::from_secs(30);
-/// Bound on the in-process set: more revoked, still-valid tokens than this are not
-/// expected (access tokens are short-lived).
-const MAX_REVOKED: u64 = 1_000_000;
 /// A revocation is answered within this time or fails.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -81,10 +78,10 @@ fn unix_now() -> u64 {
 impl Default for RevokedTokens {
     fn default() -> Self {
         RevokedTokens {
-            ids: Cache::builder()
-                .max_capacity(MAX_REVOKED)
-                .expire_after(UntilTokenExpiry)
-                .build(),
+            // No capacity bound: a bounded moka cache may refuse a new entry, and a lost
+            // revocation is worse than memory. Entries leave when their token expires, and
+            // each needs a login (throttled) to exist.
+            ids: Cache::builder().expire_after(UntilTokenExpiry).build(),
         }
     }
 }
@@ -95,10 +92,10 @@ impl RevokedTokens {
         self.ids.contains_key(jti)
     }
 
-    /// Blocks `jti` until `expires_at` (Unix seconds); already expired ids are ignored.
-    pub fn insert(&self, jti: &str, expires_at: u64) {
-        if expires_at > unix_now() {
-            self.ids.insert(jti.to_string(), expires_at);
+    /// Blocks `jti` until `until` (Unix seconds); ids already past it are ignored.
+    pub fn insert(&self, jti: &str, until: u64) {
+        if until > unix_now() {
+            self.ids.insert(jti.to_string(), until);
         }
     }
 }
@@ -122,28 +119,35 @@ impl RevocationBus {
         }
     }
 
-    /// Revokes token `jti` (expiring at `expires_at`, Unix seconds) here and, with Redis,
-    /// on every instance. Fails when Redis is configured and does not take it; the token
-    /// is then still revoked in this process.
-    pub async fn revoke(&self, jti: &str, expires_at: u64) -> Result<(), RevocationError> {
-        self.tokens.insert(jti, expires_at);
+    /// Revokes token `jti` until `until` (Unix seconds: when verification would stop
+    /// accepting it anyway) on every instance: with Redis, the id is stored and published
+    /// first and taken into this process's set only once Redis has it, so a failure leaves
+    /// the token valid everywhere and the caller can retry the same logout. Without Redis,
+    /// the revocation holds in this process only.
+    pub async fn revoke(&self, jti: &str, until: u64) -> Result<(), RevocationError> {
         let Some(client) = self.client().await? else {
+            self.tokens.insert(jti, until);
             return Ok(());
         };
-        let command = CustomCommand::new_static("EVAL", ClusterHash::FirstKey, false);
         let args: Vec<Value> = vec![
             REVOKE_SCRIPT.into(),
             1i64.into(),
             REVOKED_KEY.into(),
             jti.into(),
-            to_i64(expires_at).into(),
+            to_i64(until).into(),
             to_i64(unix_now()).into(),
             REVOKED_CHANNEL.into(),
         ];
-        match tokio::time::timeout(REDIS_TIMEOUT, client.custom::<Value, Value>(command, args))
-            .await
+        match tokio::time::timeout(
+            REDIS_TIMEOUT,
+            client.custom::<Value, Value>(key_command("EVAL"), args),
+        )
+        .await
         {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(_)) => {
+                self.tokens.insert(jti, until);
+                Ok(())
+            }
             Ok(Err(e)) => Err(RevocationError::Redis(e.to_string())),
             Err(_) => Err(RevocationError::Redis(format!(
                 "no answer within {REDIS_TIMEOUT:?}"
@@ -168,7 +172,7 @@ impl RevocationBus {
         };
         let mut messages = subscriber.message_rx();
         let mut reconnects = subscriber.reconnect_rx();
-        connect(&subscriber).await;
+        let _ = connect(&subscriber).await;
         let _resubscriber = subscriber.manage_subscriptions();
         subscribe(&subscriber).await;
         self.resync().await;
@@ -231,15 +235,15 @@ impl RevocationBus {
                     return;
                 }
             };
-            connect(&client).await;
-            self.read_all(&client).await;
+            if connect(&client).await {
+                self.read_all(&client).await;
+            }
             let _ = tokio::time::timeout(REDIS_TIMEOUT, client.quit()).await;
         });
     }
 
     /// Reads every still-valid revocation through `client` into the set.
     async fn read_all(&self, client: &Client) {
-        let command = CustomCommand::new_static("ZRANGE", ClusterHash::FirstKey, false);
         let args: Vec<Value> = vec![
             REVOKED_KEY.into(),
             to_i64(unix_now()).into(),
@@ -247,8 +251,11 @@ impl RevocationBus {
             "BYSCORE".into(),
             "WITHSCORES".into(),
         ];
-        let reply =
-            tokio::time::timeout(REDIS_TIMEOUT, client.custom::<Value, Value>(command, args)).await;
+        let reply = tokio::time::timeout(
+            REDIS_TIMEOUT,
+            client.custom::<Value, Value>(key_command("ZRANGE"), args),
+        )
+        .await;
         let members = match reply {
             Ok(Ok(Value::Array(members))) => members,
             Ok(Ok(_)) => Vec::new(),
@@ -282,7 +289,7 @@ impl RevocationBus {
                 let built = builder(settings).and_then(|b| b.build().map_err(|e| e.to_string()));
                 match built {
                     Ok(client) => {
-                        connect(&client).await;
+                        let _ = connect(&client).await;
                         Some(client)
                     }
                     Err(e) => {
@@ -302,6 +309,13 @@ impl RevocationBus {
     }
 }
 
+/// Command `name` routed to the slot of [`REVOKED_KEY`] (on a Cluster, `FirstKey` would hash
+/// the first argument, which for `EVAL` is the script).
+fn key_command(name: &'static str) -> CustomCommand {
+    let slot = fred::util::redis_keyslot(REVOKED_KEY.as_bytes());
+    CustomCommand::new_static(name, ClusterHash::Custom(slot), false)
+}
+
 /// Subscribes to the revocation channel, retrying until Redis answers.
 async fn subscribe(subscriber: &SubscriberClient) {
     let mut wait = Duration::from_millis(100);
@@ -313,15 +327,17 @@ async fn subscribe(subscriber: &SubscriberClient) {
 }
 
 /// Starts connecting `client` (it keeps reconnecting in the background for as long as it
-/// lives) and waits for the connection at most [`REDIS_TIMEOUT`].
-async fn connect(client: &impl ClientLike) {
+/// lives) and waits for the connection at most [`REDIS_TIMEOUT`]; `true` when connected.
+async fn connect(client: &impl ClientLike) -> bool {
     drop(client.connect());
-    if tokio::time::timeout(REDIS_TIMEOUT, client.wait_for_connect())
-        .await
-        .is_err()
-    {
+    let connected = matches!(
+        tokio::time::timeout(REDIS_TIMEOUT, client.wait_for_connect()).await,
+        Ok(Ok(()))
+    );
+    if !connected {
         log::warn!("token revocation: Redis is not reachable yet; retrying in the background");
     }
+    connected
 }
 
 /// A fred builder for `settings` that reconnects at once, then backs off up to a
