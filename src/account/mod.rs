@@ -574,7 +574,7 @@ async fn throttle(
         .zip(&policies)
         .map(|((key, _, _), policy)| Subject::new(key, policy))
         .collect();
-    let failure_mode = state.live().current().limits.failure_mode().clone();
+    let failure_mode = state.live().current().limits.failure_mode();
     let lease = tokens::random_hex(state.rng(), 8).map_err(internal)?;
     let decision = state
         .limiter()

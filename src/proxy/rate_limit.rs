@@ -67,8 +67,8 @@ impl LimitPolicies {
     }
 
     /// What happens when Redis cannot be reached (`rate_limit.failure_mode`).
-    pub fn failure_mode(&self) -> &limit::FailureMode {
-        &self.failure_mode
+    pub fn failure_mode(&self) -> limit::FailureMode {
+        self.failure_mode
     }
 
     /// The route's own policies.
