@@ -594,6 +594,25 @@ async fn refresh_rotates_and_a_reused_token_revokes_the_session() {
     one.refresh(&old)
         .await
         .assert_error(401, "invalid_refresh_token");
+
+    // Tokens that expired over a day ago are deleted by the next login.
+    stack
+        .pg
+        .psql("UPDATE refresh_tokens SET expires_at = now() - interval '2 days'")
+        .await;
+    assert_eq!(
+        one.login("rae@example.com", "a long enough password")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        stack
+            .pg
+            .psql("SELECT count(*) FROM refresh_tokens WHERE expires_at < now()")
+            .await,
+        "0"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

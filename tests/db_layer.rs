@@ -140,7 +140,7 @@ async fn migrations_apply_from_empty_and_rerun_is_a_no_op() {
     assert_eq!(
         pg.psql("SELECT string_agg(version || ':' || name, ',' ORDER BY version) FROM schema_migrations")
             .await,
-        "1:init,2:usage_batches"
+        "1:init,2:batches_and_expiry"
     );
     // The proxy's lookups have their indexes.
     let indexes = pg

@@ -28,8 +28,8 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 2,
-        name: "usage_batches",
-        sql: include_str!("../../migrations/0002_usage_batches.sql"),
+        name: "batches_and_expiry",
+        sql: include_str!("../../migrations/0002_batches_and_expiry.sql"),
     },
 ];
 

@@ -86,10 +86,20 @@ macro_rules! columns {
     };
 }
 
-/// Stores a token (at login). [`DbError::Invalid`] if the user does not exist,
+/// Stores a token (at login), and deletes up to 100 tokens that expired over a day ago (so
+/// the table does not only grow). [`DbError::Invalid`] if the user does not exist,
 /// [`DbError::Conflict`] if the hash is already stored.
 pub async fn insert(db: &Db, token: &NewRefreshToken) -> Result<RefreshToken, DbError> {
     let client = db.client().await?;
+    client
+        .execute(
+            "DELETE FROM refresh_tokens WHERE id IN (
+                 SELECT id FROM refresh_tokens
+                 WHERE expires_at < now() - interval '1 day' LIMIT 100)",
+            &[],
+        )
+        .await
+        .map_err(|e| DbError::from_pg("delete expired refresh tokens", e))?;
     let row = client
         .query_one(
             concat!(
@@ -160,10 +170,14 @@ pub async fn rotate(
     if col::<bool>(&current, "revoked")? {
         let revoked = revoke_family_in(&tx, "system", &family, "token.reuse_detected").await?;
         commit(tx, context).await?;
-        log::warn!(
-            "refresh token {id} of family {family} was presented after it had been used or \
-             revoked; revoked {revoked} more token(s) of the family"
-        );
+        // Only the first replay revokes anything; later ones (e.g. a flood of one stolen
+        // token) are neither audited nor logged again.
+        if revoked > 0 {
+            log::warn!(
+                "refresh token {id} of family {family} was presented after it had been used \
+                 or revoked; revoked {revoked} more token(s) of the family"
+            );
+        }
         return Err(DbError::Conflict(format!(
             "refresh token {id} was already used or revoked; its family {family} is revoked"
         )));
@@ -216,7 +230,8 @@ pub async fn revoke_family(db: &Db, actor: &str, family_id: &str) -> Result<u64,
     Ok(revoked)
 }
 
-/// Revokes a family's usable tokens inside `tx` and audits it as `action`.
+/// Revokes a family's usable tokens inside `tx` and, if there were any, audits it as
+/// `action`.
 async fn revoke_family_in(
     tx: &deadpool_postgres::Transaction<'_>,
     actor: &str,
@@ -231,6 +246,9 @@ async fn revoke_family_in(
         )
         .await
         .map_err(|e| DbError::from_pg(format!("revoke token family {family_id:?}"), e))?;
+    if revoked == 0 {
+        return Ok(0);
+    }
     audit::append(
         tx,
         &NewAuditEntry {
