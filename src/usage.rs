@@ -174,7 +174,7 @@ impl UsageRecorder {
         }
     }
 
-    /// Writes everything counted so far, exactly once, in one transaction. The counts move
+    /// Writes everything counted so far, exactly once (one transaction per batch). The counts move
     /// from the counters into a batch with a fresh id, which stays until the database has
     /// it: a failed write is retried later with the same id, and a write that committed but
     /// whose answer was lost (or whose flush was cancelled, e.g. at shutdown) is recognised
@@ -183,20 +183,33 @@ impl UsageRecorder {
     /// logged. Returns the rows written.
     pub async fn flush(&self, db: &Db) -> Result<usize, DbError> {
         let mut pending = self.batch.lock().await;
-        let batch = match pending.take() {
-            Some(batch) => batch,
-            None => {
-                let deltas = self.snapshot();
-                if deltas.is_empty() {
-                    return Ok(0);
-                }
-                self.subtract(&deltas);
-                Batch {
-                    id: batch_id(),
-                    deltas,
-                }
-            }
+        let mut written = 0;
+        // First a batch left by a failed or cancelled flush, then everything counted since:
+        // when this returns `Ok`, every request counted before the call is written.
+        if let Some(left) = pending.take() {
+            written += self.write(db, &mut pending, left).await?;
+        }
+        let deltas = self.snapshot();
+        if deltas.is_empty() {
+            return Ok(written);
+        }
+        self.subtract(&deltas);
+        let batch = Batch {
+            id: batch_id(),
+            deltas,
         };
+        written += self.write(db, &mut pending, batch).await?;
+        Ok(written)
+    }
+
+    /// Writes `batch`, keeping it in `pending` until the database has it (so that a failed
+    /// or cancelled write is retried under the same id); then stamps its keys as used.
+    async fn write(
+        &self,
+        db: &Db,
+        pending: &mut Option<Batch>,
+        batch: Batch,
+    ) -> Result<usize, DbError> {
         self.batch_rows.store(batch.deltas.len(), Ordering::Relaxed);
         // Put back first: if this future is dropped mid-write, the batch is still here.
         let batch = pending.insert(batch);

@@ -1423,6 +1423,18 @@ async fn usage_flushes_count_exactly_once_through_failures_and_cancellations() {
     .expect("pool");
     assert!(recorder.flush(&unreachable).await.is_err());
     assert_eq!(recorder.pending_rows(), 1, "the failed batch is kept");
+    // One successful flush writes the kept batch and what was counted since.
+    for _ in 0..2 {
+        recorder.record("zoe", Some("zoe-key"), "api", false);
+        sent += 1;
+    }
+    assert_eq!(
+        recorder.pending_rows(),
+        2,
+        "the batch and the new counter row"
+    );
+    recorder.flush(&db).await.expect("flush");
+    assert_eq!(recorder.pending_rows(), 0);
 
     // Flushes cut short at many points, with more requests in between.
     for micros in (0..200u64).map(|i| 1 + i * 40) {
@@ -1436,9 +1448,8 @@ async fn usage_flushes_count_exactly_once_through_failures_and_cancellations() {
         )
         .await;
     }
-    while recorder.pending_rows() > 0 {
-        recorder.flush(&db).await.expect("flush");
-    }
+    recorder.flush(&db).await.expect("flush");
+    assert_eq!(recorder.pending_rows(), 0, "one flush writes everything");
     let today = Day::today();
     let rows = usage::query(
         &db,
