@@ -565,10 +565,19 @@ async fn refresh_rotates_and_a_reused_token_revokes_the_session() {
     assert_ne!(second, first);
     assert_eq!(one.api_with_token(&access).await, 200);
 
-    // The first token was used up: presenting it again revokes the whole family.
+    // The first token was used up: presenting it again revokes the whole family, and the
+    // session's access tokens with it (the session may be in a thief's hands).
     one.refresh(&first)
         .await
         .assert_error(401, "refresh_token_reused");
+    let took = eventually(Duration::from_secs(1), 401, || one.api_with_token(&access)).await;
+    assert!(
+        took.is_some(),
+        "the replayed session's access token still works"
+    );
+    one.call(Method::GET, "/api/x", Some(&access), None)
+        .await
+        .assert_error(401, "revoked_token");
     one.refresh(&second)
         .await
         .assert_error(401, "refresh_token_reused");
@@ -582,7 +591,9 @@ async fn refresh_rotates_and_a_reused_token_revokes_the_session() {
     // A new login starts a new, working family.
     let a = one.login("rae@example.com", "a long enough password").await;
     let third = a.json()["refresh_token"].as_str().unwrap().to_string();
+    let fresh_access = a.json()["access_token"].as_str().unwrap().to_string();
     assert_eq!(one.refresh(&third).await.status, 200);
+    assert_eq!(one.api_with_token(&fresh_access).await, 200);
 
     // Expired refresh tokens are refused.
     let a = one.login("rae@example.com", "a long enough password").await;
@@ -692,7 +703,8 @@ async fn logout_blocks_the_access_token_on_every_instance_within_a_second() {
         .command(&["ZCARD", "tg:revoked-tokens"])
         .await
         .as_int();
-    assert_eq!(redis_members, Some(2));
+    // Two access tokens, and the session of the first logout (it named its refresh token).
+    assert_eq!(redis_members, Some(3));
     // A fresh login works.
     let a = one.login("max@example.com", "a long enough password").await;
     let fresh = a.json()["access_token"].as_str().unwrap().to_string();

@@ -19,7 +19,7 @@ use crate::admin::{created, rfc3339, AdminState, Body, Path, Query, StatusName};
 use crate::auth::client_ip::TrustedProxies;
 use crate::auth::jwt::JwtError;
 use crate::auth::store::Status;
-use crate::config::{AccountSettings, WindowSpec};
+use crate::config::{AccountSettings, WindowSpec, DEFAULT_JWT_LEEWAY};
 use crate::db::tokens::{self as refresh, NewRefreshToken, TokenHash};
 use crate::db::users::{self, Registration, User};
 use crate::db::{consumers, keys, plans, DbError};
@@ -203,7 +203,11 @@ impl FromRequestParts<AdminState> for AccountCaller {
                 "the token lacks jti or exp",
             ));
         };
-        if runtime.auth.revoked_tokens().is_revoked(token_id) {
+        if runtime
+            .auth
+            .revoked_tokens()
+            .is_revoked(Some(token_id), identity.session_id.as_deref())
+        {
             return Err(unauthenticated(
                 "revoked_token",
                 JwtError::Revoked.to_string(),
@@ -374,7 +378,7 @@ pub async fn login(
     };
     let consumer = active_consumer(&state, &user.id).await?;
     let refresh_token = tokens::new_refresh_token(state.rng()).map_err(internal)?;
-    refresh::insert(
+    let stored = refresh::insert(
         db,
         &NewRefreshToken {
             user_id: user.id.clone(),
@@ -384,7 +388,14 @@ pub async fn login(
         },
     )
     .await?;
-    session(&state, &account, &consumer, refresh_token).map(Json)
+    session(
+        &state,
+        &account,
+        &consumer,
+        &stored.family_id,
+        refresh_token,
+    )
+    .map(Json)
 }
 
 /// Exchange a refresh token for new tokens. The old refresh token stops working; using
@@ -404,35 +415,46 @@ pub async fn refresh_tokens(
     let presented = TokenHash::of(&body.refresh_token);
     // A disabled account is refused before its token is used up, so that re-enabling it
     // does not make the next refresh look like a replay.
-    let consumer = match refresh::find_by_hash(db, &presented).await? {
-        Some(token) => active_consumer(&state, &token.user_id).await?,
-        None => {
-            return Err(unauthenticated(
-                "invalid_refresh_token",
-                "unknown refresh token",
-            ))
-        }
+    let Some(known) = refresh::find_by_hash(db, &presented).await? else {
+        return Err(unauthenticated(
+            "invalid_refresh_token",
+            "unknown refresh token",
+        ));
     };
+    let consumer = active_consumer(&state, &known.user_id).await?;
     let next = tokens::new_refresh_token(state.rng()).map_err(internal)?;
-    refresh::rotate(
+    let rotated = refresh::rotate(
         db,
         &presented,
         &TokenHash::of(&next),
         SystemTime::now() + account.refresh_token_ttl,
     )
-    .await
-    .map_err(|e| match e {
-        DbError::NotFound(_) => {
-            unauthenticated("invalid_refresh_token", "unknown refresh token")
+    .await;
+    let rotated = match rotated {
+        Ok(successor) => successor,
+        Err(DbError::NotFound(_)) => {
+            return Err(unauthenticated(
+                "invalid_refresh_token",
+                "unknown refresh token",
+            ))
         }
-        DbError::Invalid(_) => unauthenticated("invalid_refresh_token", "the refresh token has expired"),
-        DbError::Conflict(_) => unauthenticated(
-            "refresh_token_reused",
-            "this refresh token was already used: every token of its session is revoked; log in again",
-        ),
-        other => other.into(),
-    })?;
-    session(&state, &account, &consumer, next).map(Json)
+        Err(DbError::Invalid(_)) => {
+            return Err(unauthenticated(
+                "invalid_refresh_token",
+                "the refresh token has expired",
+            ))
+        }
+        Err(DbError::Conflict(_)) => {
+            // A replay: the session may be stolen, so its access tokens go too.
+            end_session(&state, &account, &known.family_id).await;
+            return Err(unauthenticated(
+                "refresh_token_reused",
+                "this refresh token was already used: every token of its session is revoked; log in again",
+            ));
+        }
+        Err(other) => return Err(other.into()),
+    };
+    session(&state, &account, &consumer, &rotated.family_id, next).map(Json)
 }
 
 /// End a session: the access token used for this call stops working at once on every
@@ -464,6 +486,7 @@ pub async fn logout(
             .filter(|t| t.user_id == caller.id)
             .ok_or_else(|| AdminError::NotFound("no such refresh token on this account".into()))?;
         refresh::revoke_family(db, &actor(&caller.id), &found.family_id).await?;
+        end_session(&state, &current_settings(&state)?, &found.family_id).await;
     }
     state
         .revocations()
@@ -481,6 +504,7 @@ fn session(
     state: &AdminState,
     account: &AccountSettings,
     consumer: &consumers::Consumer,
+    session_id: &str,
     refresh_token: String,
 ) -> Result<TokensOut, AdminError> {
     let access = tokens::issue_access(
@@ -489,6 +513,7 @@ fn session(
         &consumer.id,
         consumer.plan.as_deref(),
         &consumer.scopes,
+        session_id,
     )
     .map_err(internal)?;
     Ok(TokensOut {
@@ -498,6 +523,23 @@ fn session(
         refresh_token,
         refresh_expires_in: account.refresh_token_ttl.as_secs(),
     })
+}
+
+/// Blocks every access token of session (refresh family) `session_id` on every instance,
+/// until the last one it can have issued expires. Best effort: a failure is logged (the
+/// refresh tokens are revoked in PostgreSQL either way).
+async fn end_session(state: &AdminState, account: &AccountSettings, session_id: &str) {
+    let until = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+        + account.access_token_ttl.as_secs()
+        + DEFAULT_JWT_LEEWAY.as_secs();
+    if let Err(e) = state.revocations().revoke_session(session_id, until).await {
+        log::error!(
+            "account: the access tokens of session {session_id} stay valid until they expire: {e}"
+        );
+    }
 }
 
 fn internal(e: tokens::TokenError) -> AdminError {

@@ -38,6 +38,8 @@ struct AccessClaims<'a> {
     plan: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     scope: Option<String>,
+    /// The session (refresh family) the token belongs to: revoking it revokes the token.
+    sid: &'a str,
 }
 
 /// `n` random bytes as lower-case hex.
@@ -52,13 +54,15 @@ pub fn new_refresh_token(rng: &SystemRandom) -> Result<String, TokenError> {
     Ok(format!("{REFRESH_TOKEN_PREFIX}{}", random_hex(rng, 32)?))
 }
 
-/// Signs an access token (compact JWS) for consumer `subject` on `plan` with `scopes`.
+/// Signs an access token (compact JWS) for consumer `subject` on `plan` with `scopes`, in
+/// session `session_id`.
 pub fn issue_access(
     settings: &AccountSettings,
     rng: &SystemRandom,
     subject: &str,
     plan: Option<&str>,
     scopes: &[String],
+    session_id: &str,
 ) -> Result<String, TokenError> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -76,6 +80,7 @@ pub fn issue_access(
         jti: &id,
         plan,
         scope: (!scopes.is_empty()).then(|| scopes.join(" ")),
+        sid: session_id,
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -119,8 +124,15 @@ mod tests {
     async fn issued_tokens_verify_at_the_proxy() {
         let settings = settings();
         let rng = SystemRandom::new();
-        let access =
-            issue_access(&settings, &rng, "usr_1", Some("gold"), &["read".into()]).unwrap();
+        let access = issue_access(
+            &settings,
+            &rng,
+            "usr_1",
+            Some("gold"),
+            &["read".into()],
+            "fam_1",
+        )
+        .unwrap();
         let yaml = "listeners: [{address: \"127.0.0.1:1\"}]\n\
                     account: {issuer: tollgate-test, audience: api, signing_secret_env: TG_TOKENS_TEST_SECRET}\n\
                     database: {url: \"postgres://localhost/x\"}\nadmin: {address: \"127.0.0.1:1\"}\n";
@@ -135,6 +147,7 @@ mod tests {
         assert_eq!(identity.plan.as_deref(), Some("gold"));
         assert_eq!(identity.scopes, vec!["read".to_string()]);
         assert_eq!(identity.token_id.as_ref().map(String::len), Some(32));
+        assert_eq!(identity.session_id.as_deref(), Some("fam_1"));
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()

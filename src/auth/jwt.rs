@@ -51,6 +51,8 @@ pub struct TokenIdentity {
     pub plan: Option<String>,
     pub scopes: Vec<String>,
     pub token_id: Option<String>,
+    /// The session (`sid`) the token belongs to, if it says.
+    pub session_id: Option<String>,
     /// Seconds since the epoch at which the token expires, if it does.
     pub expires_at: Option<u64>,
     /// `expires_at` plus the issuer's leeway: when verification would start failing.
@@ -370,6 +372,7 @@ impl IssuerVerifier {
             plan,
             scopes,
             token_id: text("jti"),
+            session_id: text("sid"),
             expires_at: claims.get("exp").and_then(Value::as_u64),
             valid_until: claims
                 .get("exp")

@@ -319,10 +319,9 @@ impl Authenticator {
             .verify(token)
             .await
             .map_err(AuthError::InvalidToken)?;
-        if identity
-            .token_id
-            .as_deref()
-            .is_some_and(|jti| self.revoked.is_revoked(jti))
+        if self
+            .revoked
+            .is_revoked(identity.token_id.as_deref(), identity.session_id.as_deref())
         {
             return Err(AuthError::InvalidToken(JwtError::Revoked));
         }

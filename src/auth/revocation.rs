@@ -1,4 +1,6 @@
-//! Revoked access tokens: a logout blocks its token's `jti` until the token expires.
+//! Revoked access tokens: a logout blocks its token's `jti` until the token expires, and a
+//! revoked session (logout with the refresh token, or a replayed refresh token) blocks
+//! every access token carrying that `sid` until the last one it can have expires.
 //!
 //! The proxy checks every verified token against an in-process set ([`RevokedTokens`]),
 //! so the check costs no round trip. With Redis configured the set is shared:
@@ -46,10 +48,14 @@ pub enum RevocationError {
     Redis(String),
 }
 
-/// The ids of revoked tokens that have not expired yet, in this process.
+/// The ids of revoked tokens and sessions that have not expired yet, in this process.
 pub struct RevokedTokens {
     ids: Cache<String, u64>,
+    sessions: Cache<String, u64>,
 }
+
+/// How a revoked session is named in Redis (token ids are hex, so they never start so).
+const SESSION_PREFIX: &str = "sid:";
 
 impl std::fmt::Debug for RevokedTokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -82,20 +88,28 @@ impl Default for RevokedTokens {
             // revocation is worse than memory. Entries leave when their token expires, and
             // each needs a login (throttled) to exist.
             ids: Cache::builder().expire_after(UntilTokenExpiry).build(),
+            sessions: Cache::builder().expire_after(UntilTokenExpiry).build(),
         }
     }
 }
 
 impl RevokedTokens {
-    /// Whether the token `jti` has been revoked (and has not expired since).
-    pub fn is_revoked(&self, jti: &str) -> bool {
-        self.ids.contains_key(jti)
+    /// Whether the token with id `jti` (of session `sid`) has been revoked, by itself or
+    /// with its session.
+    pub fn is_revoked(&self, jti: Option<&str>, sid: Option<&str>) -> bool {
+        jti.is_some_and(|j| self.ids.contains_key(j))
+            || sid.is_some_and(|s| self.sessions.contains_key(s))
     }
 
-    /// Blocks `jti` until `until` (Unix seconds); ids already past it are ignored.
-    pub fn insert(&self, jti: &str, until: u64) {
-        if until > unix_now() {
-            self.ids.insert(jti.to_string(), until);
+    /// Blocks a Redis member (a token id, or `sid:` and a session id) until `until` (Unix
+    /// seconds); members already past it are ignored.
+    pub fn insert(&self, member: &str, until: u64) {
+        if until <= unix_now() {
+            return;
+        }
+        match member.strip_prefix(SESSION_PREFIX) {
+            Some(sid) => self.sessions.insert(sid.to_string(), until),
+            None => self.ids.insert(member.to_string(), until),
         }
     }
 }
@@ -125,6 +139,17 @@ impl RevocationBus {
     /// the token valid everywhere and the caller can retry the same logout. Without Redis,
     /// the revocation holds in this process only.
     pub async fn revoke(&self, jti: &str, until: u64) -> Result<(), RevocationError> {
+        self.revoke_member(jti, until).await
+    }
+
+    /// Revokes every access token of session `sid` until `until` (when the last token the
+    /// session can have issued stops verifying), like [`revoke`](Self::revoke).
+    pub async fn revoke_session(&self, sid: &str, until: u64) -> Result<(), RevocationError> {
+        self.revoke_member(&format!("{SESSION_PREFIX}{sid}"), until)
+            .await
+    }
+
+    async fn revoke_member(&self, jti: &str, until: u64) -> Result<(), RevocationError> {
         let Some(client) = self.client().await? else {
             self.tokens.insert(jti, until);
             return Ok(());
@@ -362,9 +387,18 @@ mod tests {
         let set = RevokedTokens::default();
         set.insert("a", unix_now() + 60);
         set.insert("old", unix_now().saturating_sub(1));
-        assert!(set.is_revoked("a"));
-        assert!(!set.is_revoked("old"));
-        assert!(!set.is_revoked("b"));
+        set.insert("sid:fam_1", unix_now() + 60);
+        assert!(set.is_revoked(Some("a"), None));
+        assert!(!set.is_revoked(Some("old"), None));
+        assert!(!set.is_revoked(Some("b"), Some("fam_2")));
+        assert!(
+            set.is_revoked(Some("b"), Some("fam_1")),
+            "revoked with its session"
+        );
+        assert!(
+            !set.is_revoked(Some("fam_1"), None),
+            "sessions and ids apart"
+        );
     }
 
     #[test]
@@ -374,7 +408,7 @@ mod tests {
         bus.apply(&Value::from(format!("j1 {}", unix_now() + 60)));
         bus.apply(&Value::from("garbage"));
         bus.apply(&Value::from(" 123"));
-        assert!(tokens.is_revoked("j1"));
-        assert!(!tokens.is_revoked(""));
+        assert!(tokens.is_revoked(Some("j1"), None));
+        assert!(!tokens.is_revoked(Some(""), None));
     }
 }
