@@ -6,6 +6,10 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY lua ./lua
+# Embedded in the binary (include_str!).
+COPY migrations ./migrations
+# Declared in Cargo.toml, so the manifest needs it even for a plain build.
+COPY benches ./benches
 RUN cargo build --release --locked && strip target/release/tollgate
 
 # Run: a small image with only the binary, its TLS library and CA certificates.
