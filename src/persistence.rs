@@ -89,27 +89,30 @@ impl Persistence {
 
 /// A database plan as a config plan (same validation rules are enforced on write).
 pub fn plan_spec(plan: &Plan) -> PlanSpec {
-    let algorithm = match plan.algorithm {
-        Algorithm::FixedWindow => LimitAlgorithm::FixedWindow,
-        Algorithm::SlidingWindow => LimitAlgorithm::SlidingWindow,
-        Algorithm::TokenBucket => LimitAlgorithm::TokenBucket,
-    };
-    let windows: Vec<WindowSpec> = plan
-        .limits
-        .iter()
-        .map(|l| WindowSpec {
-            requests: l.requests,
-            per: Duration::from_secs(l.per_seconds),
-            burst: l.burst,
-        })
-        .collect();
-    let limits = (!windows.is_empty() || plan.concurrency.is_some()).then(|| LimitSpec {
-        algorithm,
-        windows,
-        concurrency: plan.concurrency.map(u64::from),
-    });
+    let limits = limit_spec(plan);
     PlanSpec {
         name: plan.name.clone(),
-        limits,
+        limits: (!limits.windows.is_empty() || limits.concurrency.is_some()).then_some(limits),
+    }
+}
+
+/// The limits of a database plan in config form (empty when it limits nothing).
+pub fn limit_spec(plan: &Plan) -> LimitSpec {
+    LimitSpec {
+        algorithm: match plan.algorithm {
+            Algorithm::FixedWindow => LimitAlgorithm::FixedWindow,
+            Algorithm::SlidingWindow => LimitAlgorithm::SlidingWindow,
+            Algorithm::TokenBucket => LimitAlgorithm::TokenBucket,
+        },
+        windows: plan
+            .limits
+            .iter()
+            .map(|l| WindowSpec {
+                requests: l.requests,
+                per: Duration::from_secs(l.per_seconds),
+                burst: l.burst,
+            })
+            .collect(),
+        concurrency: plan.concurrency.map(u64::from),
     }
 }

@@ -14,7 +14,9 @@ pub mod tokens;
 
 use crate::admin::error::{AdminError, ErrorBody, Fields};
 use crate::admin::keys::{create_key_for, KeyCreate, KeyCreated, KeyOut};
-use crate::admin::ops::{consumer_standing, usage_for, LimitsOut, UsageOut, UsageParams};
+use crate::admin::ops::{
+    consumer_standing, limit_error, usage_for, LimitsOut, UsageOut, UsageParams,
+};
 use crate::admin::{created, rfc3339, AdminState, Body, Path, Query, StatusName};
 use crate::auth::client_ip::TrustedProxies;
 use crate::auth::jwt::JwtError;
@@ -23,7 +25,7 @@ use crate::config::{AccountSettings, WindowSpec, DEFAULT_JWT_LEEWAY};
 use crate::db::tokens::{self as refresh, NewRefreshToken, TokenHash};
 use crate::db::users::{self, Registration, User};
 use crate::db::{consumers, keys, plans, DbError};
-use crate::limit::{self, Algorithm, Policy, Subject, Window};
+use crate::limit::{Algorithm, Policy, Subject, Window};
 use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
@@ -624,10 +626,7 @@ async fn throttle(
         .await
         .acquire(&subjects, 1, &failure_mode, &lease)
         .await
-        .map_err(|e| match e {
-            limit::LimitError::Unavailable => AdminError::LimiterUnavailable,
-            other => AdminError::Internal(format!("{what} throttle: {other}")),
-        })?;
+        .map_err(limit_error)?;
     if decision.allowed {
         return Ok(());
     }

@@ -3,9 +3,8 @@
 use super::auth::Actor;
 use super::error::{AdminError, ErrorBody, Fields};
 use super::{rfc3339, AdminState, Path, Query};
-use crate::config::{LimitAlgorithm, LimitSpec, WindowSpec};
 use crate::db::audit::{self, AuditEntry, AuditFilter, NewAuditEntry};
-use crate::db::plans::{self, Algorithm, Plan};
+use crate::db::plans;
 use crate::db::usage::{self, UsageQuery, UsageRow};
 use crate::db::{consumers, Day};
 use crate::limit::{LimitError, Subject};
@@ -16,7 +15,6 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::time::Duration;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -180,28 +178,8 @@ pub struct LimitsOut {
     pub windows: Vec<WindowOut>,
 }
 
-/// The config form of a stored plan's limits (to build the policy as the proxy does).
-fn plan_spec(plan: &Plan) -> LimitSpec {
-    LimitSpec {
-        algorithm: match plan.algorithm {
-            Algorithm::FixedWindow => LimitAlgorithm::FixedWindow,
-            Algorithm::SlidingWindow => LimitAlgorithm::SlidingWindow,
-            Algorithm::TokenBucket => LimitAlgorithm::TokenBucket,
-        },
-        windows: plan
-            .limits
-            .iter()
-            .map(|l| WindowSpec {
-                requests: l.requests,
-                per: Duration::from_secs(l.per_seconds),
-                burst: l.burst,
-            })
-            .collect(),
-        concurrency: plan.concurrency.map(u64::from),
-    }
-}
-
-fn limit_error(e: LimitError) -> AdminError {
+/// The admin error for a limiter failure (503 when Redis cannot be reached).
+pub(crate) fn limit_error(e: LimitError) -> AdminError {
     match e {
         LimitError::Unavailable => AdminError::LimiterUnavailable,
         other => AdminError::Internal(format!("rate limiter: {other}")),
@@ -235,7 +213,7 @@ pub(crate) async fn consumer_standing(
     let mut windows = Vec::new();
     if let Some(plan_name) = &consumer.plan {
         let plan = plans::get(db, plan_name).await?;
-        let policy = plan_policy(&plan.name, &plan_spec(&plan))
+        let policy = plan_policy(&plan.name, &crate::persistence::limit_spec(&plan))
             .map_err(|e| AdminError::Internal(e.to_string()))?;
         let decision = state
             .limiter()
