@@ -1,7 +1,7 @@
 //! `/admin/consumers`: who calls the API, on which plan, with which scopes.
 
 use super::auth::Actor;
-use super::error::{check_name, AdminError, ErrorBody, Fields};
+use super::error::{check_name, check_scopes, AdminError, ErrorBody, Fields};
 use super::{created, nullable, rfc3339, AdminState, Body, Path, Query, StatusName};
 use crate::db::consumers::{self, Consumer, ConsumerFilter, ConsumerUpdate, NewConsumer};
 use crate::db::{plans, Db, DbError};
@@ -117,12 +117,6 @@ pub struct ConsumerListQuery {
     pub after: Option<String>,
     /// Page size, 1 to 1000 (default 100).
     pub limit: Option<u32>,
-}
-
-fn check_scopes(fields: &mut Fields, field: &str, scopes: &[String]) {
-    for (i, s) in scopes.iter().enumerate() {
-        check_name(fields, &format!("{field}[{i}]"), s);
-    }
 }
 
 fn check_metadata(fields: &mut Fields, metadata: Option<&Value>) {

@@ -319,6 +319,13 @@ impl Fields {
     }
 }
 
+/// Checks every scope of the list in `field` as a name (`scopes[2]: ...`).
+pub fn check_scopes(fields: &mut Fields, field: &str, scopes: &[String]) {
+    for (i, s) in scopes.iter().enumerate() {
+        check_name(fields, &format!("{field}[{i}]"), s);
+    }
+}
+
 /// Rejects a 1..=128-byte name with control characters (the data layer's rule), as a field
 /// problem.
 pub fn check_name(fields: &mut Fields, field: &str, value: &str) {

@@ -4,7 +4,7 @@
 //! secret or the hash.
 
 use super::auth::Actor;
-use super::error::{check_name, AdminError, ErrorBody, Fields};
+use super::error::{check_scopes, AdminError, ErrorBody, Fields};
 use super::{created, nullable, parse_time, rfc3339, AdminState, Body, Path, StatusName};
 use crate::auth::api_key::{self, KeyHash, KeyHasher};
 use crate::db::consumers;
@@ -135,12 +135,6 @@ pub struct KeyRotated {
     pub secret: String,
 }
 
-fn check_scopes(fields: &mut Fields, scopes: Option<&[String]>) {
-    for (i, s) in scopes.unwrap_or_default().iter().enumerate() {
-        check_name(fields, &format!("scopes[{i}]"), s);
-    }
-}
-
 fn check_label(fields: &mut Fields, name: Option<&str>) {
     if let Some(n) = name {
         fields.check(n.len() <= 128, "name", "must be at most 128 bytes long");
@@ -197,7 +191,11 @@ pub(crate) async fn create_key_for(
 ) -> Result<KeyCreated, AdminError> {
     let mut fields = Fields::default();
     check_label(&mut fields, body.name.as_deref());
-    check_scopes(&mut fields, body.scopes.as_deref());
+    check_scopes(
+        &mut fields,
+        "scopes",
+        body.scopes.as_deref().unwrap_or_default(),
+    );
     let expires_at = body
         .expires_at
         .as_deref()
@@ -271,7 +269,14 @@ pub async fn update_key(
 ) -> Result<Json<KeyOut>, AdminError> {
     let mut fields = Fields::default();
     check_label(&mut fields, body.name.as_deref());
-    check_scopes(&mut fields, body.scopes.as_ref().and_then(|s| s.as_deref()));
+    check_scopes(
+        &mut fields,
+        "scopes",
+        body.scopes
+            .as_ref()
+            .and_then(|s| s.as_deref())
+            .unwrap_or_default(),
+    );
     let expires_at = match &body.expires_at {
         None => None,
         Some(None) => Some(None),
