@@ -299,6 +299,10 @@ async fn register_login_and_use_the_api_through_the_proxy() {
     one.login("nobody@example.com", "correct horse battery")
         .await
         .assert_error(401, "invalid_credentials");
+    // An oversized password is refused without hashing it.
+    one.login("ann@example.com", &"x".repeat(100_000))
+        .await
+        .assert_error(401, "invalid_credentials");
     let a = one.login("ANN@example.com", "correct horse battery").await;
     assert_eq!(a.status, 200, "{}", a.text);
     let tokens = a.json();

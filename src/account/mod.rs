@@ -358,6 +358,13 @@ pub async fn login(
     let email = body.email.trim().to_lowercase();
     let client = client_address(&state, peer.ip(), &headers);
     throttle_login(&state, &account, &email, client).await?;
+    // No stored password is this long (registration refuses it): no need to hash it.
+    if body.password.len() > password::MAX_PASSWORD_BYTES {
+        return Err(unauthenticated(
+            "invalid_credentials",
+            "wrong e-mail address or password",
+        ));
+    }
     let db = state.db()?;
     let user = users::find_by_email(db, &email).await?;
     let matches = state
