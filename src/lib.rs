@@ -8,6 +8,7 @@ pub mod access_log;
 pub mod account;
 pub mod admin;
 pub mod auth;
+pub mod canonical;
 pub mod config;
 pub mod db;
 pub mod echo;

@@ -1,8 +1,10 @@
 //! Route matching: path prefix by whole segments (longest wins), then host specificity
-//! (exact, then the longest wildcard, then any host), then method.
+//! (exact, then the longest wildcard, then any host), then method. Routes marked
+//! `case_insensitive` match their prefix ignoring ASCII case.
 //!
-//! Built once per config snapshot. A lookup costs one hash probe per path segment, however
-//! many routes there are.
+//! Built once per config snapshot. A lookup costs one hash probe per path segment (two when
+//! some route is case-insensitive), however many routes there are. Paths and hosts are
+//! expected in their canonical form ([`crate::canonical`]).
 
 use crate::config::RouteSpec;
 use http::Method;
@@ -21,6 +23,8 @@ pub enum RouteMatch<'a, R> {
 /// An immutable routing table over routes of type `R` (the proxy stores its compiled routes).
 pub struct Router<R> {
     by_prefix: HashMap<Box<str>, Vec<Candidate<R>>>,
+    /// Case-insensitive routes, by their lower-cased prefix.
+    by_folded_prefix: HashMap<Box<str>, Vec<Candidate<R>>>,
 }
 
 struct Candidate<R> {
@@ -73,6 +77,7 @@ impl<R> Router<R> {
     /// Builds the table; `routes` pairs each validated spec with what a match should return.
     pub fn new(routes: impl IntoIterator<Item = (RouteSpec, Arc<R>)>) -> Self {
         let mut by_prefix: HashMap<Box<str>, Vec<Candidate<R>>> = HashMap::new();
+        let mut by_folded_prefix: HashMap<Box<str>, Vec<Candidate<R>>> = HashMap::new();
         for (spec, route) in routes {
             let key = prefix_key(&spec.path_prefix);
             let hosts: Vec<HostMatch> = if spec.hosts.is_empty() {
@@ -80,7 +85,13 @@ impl<R> Router<R> {
             } else {
                 spec.hosts.iter().map(|h| HostMatch::parse(h)).collect()
             };
-            let list = by_prefix.entry(key.into()).or_default();
+            let list = if spec.case_insensitive {
+                by_folded_prefix
+                    .entry(key.to_ascii_lowercase().into())
+                    .or_default()
+            } else {
+                by_prefix.entry(key.into()).or_default()
+            };
             for host in hosts {
                 list.push(Candidate {
                     host,
@@ -89,26 +100,47 @@ impl<R> Router<R> {
                 });
             }
         }
-        for list in by_prefix.values_mut() {
+        for list in by_prefix.values_mut().chain(by_folded_prefix.values_mut()) {
             // Stable: among equally specific hosts, the order of the file decides.
             list.sort_by_key(|c| std::cmp::Reverse(c.host.specificity()));
         }
-        Router { by_prefix }
+        Router {
+            by_prefix,
+            by_folded_prefix,
+        }
     }
 
     /// Finds the route for a request. `host` is the request's host without port.
     pub fn find(&self, path: &str, host: Option<&str>, method: &Method) -> RouteMatch<'_, Arc<R>> {
         let mut allowed: Vec<Method> = Vec::new();
         let mut key = path.trim_end_matches('/');
+        // Lower-cased once, and only when some route needs it; `key` is always a prefix.
+        let folded = (!self.by_folded_prefix.is_empty())
+            .then(|| key.to_ascii_lowercase())
+            .unwrap_or_default();
         loop {
-            if let Some(list) = self.by_prefix.get(key) {
-                for c in list.iter().filter(|c| c.host.matches(host)) {
-                    match &c.methods {
-                        None => return RouteMatch::Found(&c.route),
-                        Some(ms) if ms.contains(method) => return RouteMatch::Found(&c.route),
-                        Some(ms) => allowed.extend(ms.iter().cloned()),
-                    }
-                }
+            let exact = self.by_prefix.get(key);
+            let insensitive = match folded.get(..key.len()) {
+                Some(k) if !self.by_folded_prefix.is_empty() => self.by_folded_prefix.get(k),
+                _ => None,
+            };
+            let candidates = || {
+                exact
+                    .into_iter()
+                    .chain(insensitive)
+                    .flatten()
+                    .filter(|c| c.host.matches(host))
+            };
+            // The most specific host whose methods fit; the first of equals (file order,
+            // case-sensitive routes first).
+            let found = candidates()
+                .filter(|c| c.methods.as_ref().is_none_or(|ms| ms.contains(method)))
+                .min_by_key(|c| std::cmp::Reverse(c.host.specificity()));
+            if let Some(c) = found {
+                return RouteMatch::Found(&c.route);
+            }
+            for c in candidates() {
+                allowed.extend(c.methods.iter().flatten().cloned());
             }
             if key.is_empty() {
                 break;
@@ -131,30 +163,6 @@ impl<R> Router<R> {
 /// The root `/` is stored as the empty key so that segment trimming ends on it.
 fn prefix_key(prefix: &str) -> &str {
     prefix.trim_end_matches('/')
-}
-
-/// `true` when a path has a `.` or `..` segment (also percent-encoded): such paths are
-/// refused, since an upstream that normalises them could be reached outside the route's prefix.
-pub fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|seg| {
-        let seg = seg.as_bytes();
-        let mut dots = 0;
-        let mut i = 0;
-        while i < seg.len() {
-            if seg[i] == b'.' {
-                i += 1;
-            } else if seg[i] == b'%'
-                && seg.get(i + 1) == Some(&b'2')
-                && matches!(seg.get(i + 2), Some(b'e' | b'E'))
-            {
-                i += 3;
-            } else {
-                return false;
-            }
-            dots += 1;
-        }
-        dots == 1 || dots == 2
-    })
 }
 
 /// Removes a route's prefix from the request path (and keeps the query).
@@ -196,6 +204,9 @@ mod tests {
                 forward_credential: false,
             },
             limits: Default::default(),
+            case_insensitive: false,
+            keep_in_path: Default::default(),
+            allow_override_headers: false,
         }
     }
 
@@ -266,20 +277,23 @@ mod tests {
     }
 
     #[test]
-    fn dot_segments_are_detected() {
-        for bad in [
-            "/a/../b",
-            "/a/./b",
-            "/..",
-            "/a/%2e%2E/b",
-            "/a/.%2e",
-            "/a/%2E",
-        ] {
-            assert!(has_dot_segment(bad), "{bad}");
-        }
-        for ok in ["/a/b", "/a/.well-known", "/a/...", "/a/b.c", "/"] {
-            assert!(!has_dot_segment(ok), "{ok}");
-        }
+    fn case_insensitive_routes_match_any_case() {
+        let mut admin = spec("admin", "/Admin", &[], None);
+        admin.case_insensitive = true;
+        let r = router(vec![
+            spec("root", "/", &[], None),
+            admin,
+            spec("api", "/api", &[], None),
+        ]);
+        assert_eq!(find(&r, "/admin/users", None, "GET"), "admin");
+        assert_eq!(find(&r, "/ADMIN/users", None, "GET"), "admin");
+        assert_eq!(find(&r, "/aDmIn", None, "GET"), "admin");
+        assert_eq!(
+            find(&r, "/API/x", None, "GET"),
+            "root",
+            "api is case-sensitive"
+        );
+        assert_eq!(find(&r, "/api/x", None, "GET"), "api");
     }
 
     #[test]

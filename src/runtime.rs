@@ -4,6 +4,7 @@
 use crate::auth::{AuthSetupError, Authenticator};
 use crate::config::{Config, RouteSpec};
 use crate::persistence::Persistence;
+use crate::proxy::forward::Scrubber;
 use crate::proxy::rate_limit::{LimitPolicies, LimitSetupError, RoutePolicies};
 use crate::router::Router;
 use crate::upstream::{Pool, PoolError};
@@ -30,6 +31,8 @@ pub struct Runtime {
     pub auth: Authenticator,
     /// Plan and anonymous rate-limit policies.
     pub limits: LimitPolicies,
+    /// Removes what clients must not send upstream.
+    pub scrubber: Scrubber,
 }
 
 /// Why a config could not be compiled into a runtime.
@@ -87,6 +90,7 @@ impl Runtime {
         )?;
         Ok(Runtime {
             generation,
+            scrubber: Scrubber::new(&config.auth),
             config,
             router,
             pools,

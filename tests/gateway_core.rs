@@ -144,10 +144,11 @@ async fn method_mismatch_is_405_with_allow_and_unknown_path_is_404() {
     assert_eq!(body["error"], "route_not_found");
     assert!(body["message"].is_string());
 
-    // Sent raw: HTTP clients normalise dot segments away before sending.
+    // Sent raw: HTTP clients normalise dot segments away before sending. Dot segments are
+    // resolved (tests/boundary.rs); climbing above the root is refused.
     let raw = raw_request(
         &gw,
-        "GET /ro/%2e%2e/admin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "GET /ro/%2e%2e/../admin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     )
     .await;
     assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");

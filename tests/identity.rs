@@ -1626,10 +1626,16 @@ routes:
 // ----------------------------------------------------------------------------------------
 
 /// The `client_ip` the access log records for a request with `headers`, on a gateway with
-/// `trusted_proxies` (`None`: the setting is left out).
+/// `trusted_proxies` (`None`: the setting is left out), believed for `x-forwarded-for`, or
+/// for `forwarded` when `headers` has one.
 async fn logged_client_ip(trusted_proxies: Option<&str>, headers: &[(&str, &str)]) -> String {
+    let believed = if headers.iter().any(|(name, _)| *name == "forwarded") {
+        "forwarded"
+    } else {
+        "x-forwarded-for"
+    };
     let auth = trusted_proxies.map_or(String::new(), |t| {
-        format!("auth:\n  trusted_proxies: {t}\n")
+        format!("auth:\n  trusted_proxies: {t}\n  client_ip_header: {believed}\n")
     });
     let (gw, _up) = start_gateway(&format!(
         "{auth}routes:\n  - {{name: open, path_prefix: /, upstream: up}}\n"
@@ -1685,7 +1691,7 @@ async fn spoofed_leftmost_forwarded_for_entries_are_not_believed() {
 }
 
 #[tokio::test]
-async fn forwarded_header_is_used_when_there_is_no_x_forwarded_for() {
+async fn forwarded_header_is_used_when_configured() {
     // A bare address is a /32.
     let ip = logged_client_ip(
         Some(r#"["127.0.0.1"]"#),
@@ -1698,7 +1704,8 @@ async fn forwarded_header_is_used_when_there_is_no_x_forwarded_for() {
 #[tokio::test]
 async fn refused_requests_behind_a_trusted_proxy_log_the_forwarded_client_ip() {
     let (gw, _up) = start_gateway(
-        "auth:\n  trusted_proxies: [\"127.0.0.1/32\"]\nroutes:\n  \
+        "auth:\n  trusted_proxies: [\"127.0.0.1/32\"]\n  client_ip_header: x-forwarded-for\n\
+         routes:\n  \
          - {name: open, path_prefix: /open, upstream: up}\n  \
          - {name: closed, path_prefix: /closed, upstream: up, auth: required}\n",
     )

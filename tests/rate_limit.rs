@@ -619,7 +619,7 @@ async fn anonymous_callers_each_get_their_own_quota_per_forwarded_ip() {
     let store = Store::Single(&redis);
     let up = TestUpstream::start("up").await;
     let rest = format!(
-        "{auth}  trusted_proxies: [\"127.0.0.1/32\"]\n\
+        "{auth}  trusted_proxies: [\"127.0.0.1/32\"]\n  client_ip_header: x-forwarded-for\n\
          rate_limit:\n{redis}  anonymous: {{limits: [{{requests: 3, per: 1h}}]}}\n\
          routes:\n  - {{name: api, path_prefix: /, upstream: up}}\n",
         auth = auth_yaml(),
@@ -676,7 +676,7 @@ async fn forwarded_for_from_an_untrusted_peer_buys_no_fresh_anonymous_quota() {
     let redis = RedisServer::start().await;
     let up = TestUpstream::start("up").await;
     let rest = format!(
-        "{auth}  trusted_proxies: [\"10.0.0.0/8\"]\n\
+        "{auth}  trusted_proxies: [\"10.0.0.0/8\"]\n  client_ip_header: x-forwarded-for\n\
          rate_limit:\n{redis}  anonymous: {{limits: [{{requests: 3, per: 1h}}]}}\n\
          routes:\n  - {{name: api, path_prefix: /, upstream: up}}\n",
         auth = auth_yaml(),

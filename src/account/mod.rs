@@ -21,7 +21,7 @@ use crate::admin::{created, rfc3339, AdminState, Body, Path, Query, StatusName};
 use crate::auth::client_ip::TrustedProxies;
 use crate::auth::jwt::JwtError;
 use crate::auth::store::Status;
-use crate::config::{AccountSettings, WindowSpec, DEFAULT_JWT_LEEWAY};
+use crate::config::{AccountSettings, ClientIpHeader, WindowSpec, DEFAULT_JWT_LEEWAY};
 use crate::db::tokens::{self as refresh, NewRefreshToken, TokenHash};
 use crate::db::users::{self, Registration, User};
 use crate::db::{consumers, keys, plans, DbError};
@@ -568,7 +568,8 @@ fn client_address(state: &AdminState, peer: IpAddr, headers: &http::HeaderMap) -
         .into_iter()
         .flatten(),
     );
-    TrustedProxies(trusted).client_ip(peer, headers)
+    // The gateway in front always writes X-Forwarded-For (src/proxy/forward.rs).
+    TrustedProxies::new(trusted, ClientIpHeader::XForwardedFor).client_ip(peer, headers)
 }
 
 /// Counts a login attempt against the account (by a keyed digest of its address) and the

@@ -1,41 +1,56 @@
-//! Who the client is on the network. `X-Forwarded-For` (else `Forwarded: for=`) is believed
-//! only when the connection comes from a trusted proxy; then the chain is walked from the
-//! right and the first address that is not a trusted proxy is the client.
+//! Who the client is on the network. One forwarding header (`X-Forwarded-For` or
+//! `Forwarded: for=`, as configured) is believed, and only when the connection comes from a
+//! trusted proxy; then the chain is walked from the right and the first address that is not
+//! a trusted proxy is the client.
 
+use crate::config::ClientIpHeader;
 use ipnet::IpNet;
 use std::net::IpAddr;
 
-/// The configured trusted proxy networks.
+/// The configured trusted proxy networks, and the header they set.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct TrustedProxies(pub Vec<IpNet>);
+pub struct TrustedProxies {
+    nets: Vec<IpNet>,
+    header: ClientIpHeader,
+}
 
 impl TrustedProxies {
-    fn trusts(&self, ip: IpAddr) -> bool {
-        self.0.iter().any(|net| net.contains(&ip))
+    /// Proxies in `nets`, believed for `header` only.
+    pub fn new(nets: Vec<IpNet>, header: ClientIpHeader) -> Self {
+        TrustedProxies { nets, header }
+    }
+
+    /// The header these proxies are believed for.
+    pub fn header(&self) -> ClientIpHeader {
+        self.header
+    }
+
+    /// `true` when `ip` is a trusted proxy.
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.nets.iter().any(|net| net.contains(&ip))
     }
 
     /// The client address for a request that arrived from `peer`.
     pub fn client_ip(&self, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
         let peer = canonical(peer);
-        if self.0.is_empty() || !self.trusts(peer) {
+        if self.nets.is_empty() || !self.trusts(peer) {
             return peer;
         }
-        let xff: Vec<&str> = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .collect();
-        let chain: Vec<&str> = if xff.is_empty() {
-            headers
+        let chain: Vec<&str> = match self.header {
+            ClientIpHeader::XForwardedFor => headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .collect(),
+            ClientIpHeader::Forwarded => headers
                 .get_all("forwarded")
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .flat_map(|v| v.split(','))
                 .filter_map(forwarded_for)
-                .collect()
-        } else {
-            xff
+                .collect(),
         };
         let mut leftmost = peer;
         for hop in chain.iter().rev() {
@@ -99,11 +114,18 @@ mod tests {
         r
     }
 
+    fn trusted_for(header: ClientIpHeader) -> TrustedProxies {
+        TrustedProxies::new(
+            vec![
+                "10.0.0.0/8".parse().unwrap(),
+                "2001:db8::/32".parse().unwrap(),
+            ],
+            header,
+        )
+    }
+
     fn trusted() -> TrustedProxies {
-        TrustedProxies(vec![
-            "10.0.0.0/8".parse().unwrap(),
-            "2001:db8::/32".parse().unwrap(),
-        ])
+        trusted_for(ClientIpHeader::XForwardedFor)
     }
 
     #[test]
@@ -135,8 +157,15 @@ mod tests {
             "forwarded",
             "for=198.51.100.9;proto=https, for=\"[2001:db8::5]:443\"",
         )]);
-        let ip = trusted().client_ip("::ffff:10.0.0.1".parse().unwrap(), &r);
+        let forwarded = trusted_for(ClientIpHeader::Forwarded);
+        let ip = forwarded.client_ip("::ffff:10.0.0.1".parse().unwrap(), &r);
         assert_eq!(ip, "198.51.100.9".parse::<IpAddr>().unwrap());
+        // Only the configured header is believed.
+        let ip = trusted().client_ip("10.0.0.1".parse().unwrap(), &r);
+        assert_eq!(ip, "10.0.0.1".parse::<IpAddr>().unwrap());
+        let xff = req(&[("x-forwarded-for", "6.6.6.6")]);
+        let ip = forwarded.client_ip("10.0.0.1".parse().unwrap(), &xff);
+        assert_eq!(ip, "10.0.0.1".parse::<IpAddr>().unwrap());
         let r = req(&[("x-forwarded-for", "2001:db9::1")]);
         let ip = trusted().client_ip("2001:db8::2".parse().unwrap(), &r);
         assert_eq!(ip, "2001:db9::1".parse::<IpAddr>().unwrap());

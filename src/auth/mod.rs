@@ -126,8 +126,6 @@ pub enum Credential<'a> {
 /// Everything the identify and verify phases need, built once per config snapshot.
 pub struct Authenticator {
     settings: AuthSettings,
-    /// Identity header names, and their underscore spellings, removed from every request.
-    identity_header_names: Vec<http::HeaderName>,
     hasher: Option<KeyHasher>,
     store: CachedStore,
     jwt: JwtVerifier,
@@ -153,36 +151,17 @@ impl Authenticator {
         external_store: Option<Arc<dyn CredentialStore>>,
     ) -> Result<Self, AuthSetupError> {
         let store = external_store.unwrap_or_else(|| Arc::new(yaml_store(consumers)));
-        let names = &settings.identity_headers;
-        let mut identity_header_names = Vec::new();
-        for name in [
-            &names.consumer_id,
-            &names.plan,
-            &names.auth_method,
-            &names.scopes,
-        ] {
-            identity_header_names.push(name.clone());
-            // CGI-style upstreams read `x_consumer_id` as `x-consumer-id`: strip that too.
-            if let Ok(underscored) = http::HeaderName::try_from(name.as_str().replace('-', "_")) {
-                if underscored != *name {
-                    identity_header_names.push(underscored);
-                }
-            }
-        }
         Ok(Authenticator {
-            identity_header_names,
             hasher: settings.pepper.as_ref().map(|p| KeyHasher::new(p.expose())),
             store: CachedStore::new(store, &settings.cache),
             jwt: JwtVerifier::build(&settings.issuers, previous.map(|p| &p.jwt))?,
             revoked: previous.map_or_else(Default::default, |p| Arc::clone(&p.revoked)),
-            trusted: TrustedProxies(settings.trusted_proxies.clone()),
+            trusted: TrustedProxies::new(
+                settings.trusted_proxies.clone(),
+                settings.client_ip_header,
+            ),
             settings: settings.clone(),
         })
-    }
-
-    /// Every header name a client might use to forge an identity.
-    pub fn identity_header_names(&self) -> &[http::HeaderName] {
-        &self.identity_header_names
     }
 
     /// The credential cache (to evict what changed in the store).
@@ -208,6 +187,11 @@ impl Authenticator {
     /// The client's address, believing forwarding headers only from trusted proxies.
     pub fn client_ip(&self, peer: IpAddr, req: &RequestHeader) -> IpAddr {
         self.trusted.client_ip(peer, &req.headers)
+    }
+
+    /// The trusted proxies (to decide whose forwarding headers are passed on).
+    pub fn trusted_proxies(&self) -> &TrustedProxies {
+        &self.trusted
     }
 
     /// The credential the request presents: API key first, then bearer token.

@@ -158,8 +158,22 @@ pub struct AuthSettings {
     pub pepper: Option<Secret>,
     pub cache: CacheSettings,
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Which forwarding header a trusted proxy is believed for.
+    pub client_ip_header: ClientIpHeader,
     pub identity_headers: IdentityHeaders,
     pub issuers: Vec<IssuerSpec>,
+}
+
+/// The forwarding header that names the client when the peer is a trusted proxy. Only
+/// one is believed, so a client cannot pick its own address through the one its proxy
+/// does not set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientIpHeader {
+    /// `X-Forwarded-For: client, proxy1, ...`
+    #[default]
+    XForwardedFor,
+    /// `Forwarded: for=client, for=proxy1` (RFC 7239).
+    Forwarded,
 }
 
 /// Credential cache settings.
@@ -472,6 +486,12 @@ pub struct RouteSpec {
     pub timeouts: RouteTimeouts,
     pub auth: RouteAuth,
     pub limits: RouteLimits,
+    /// Match `path_prefix` ignoring ASCII case (for case-insensitive upstreams).
+    pub case_insensitive: bool,
+    /// Path characters this route lets through to its upstream (refused by default).
+    pub keep_in_path: crate::canonical::PathQuirks,
+    /// Method and URL override headers reach the upstream (stripped by default).
+    pub allow_override_headers: bool,
 }
 
 /// Upstream timeouts of a route.

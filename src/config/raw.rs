@@ -93,6 +93,8 @@ pub struct RawAuth {
     pub cache: Option<RawCredentialCache>,
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// `x-forwarded-for` or `forwarded`: the header trusted proxies set.
+    pub client_ip_header: Option<String>,
     #[serde(default)]
     pub identity_headers: RawIdentityHeaders,
     #[serde(default)]
@@ -376,6 +378,16 @@ pub struct RawRoute {
     #[serde(default)]
     pub forward_credential: bool,
     pub rate_limit: Option<RawRouteLimits>,
+    /// Match `path_prefix` ignoring ASCII case.
+    #[serde(default)]
+    pub case_insensitive: bool,
+    /// Path characters kept for upstreams that need them: `encoded_slash`, `backslash`,
+    /// `semicolon`, `encoded_nul`.
+    #[serde(default)]
+    pub keep_in_path: Vec<String>,
+    /// Let `X-HTTP-Method-Override`, `X-Original-URL` and their kin reach the upstream.
+    #[serde(default)]
+    pub allow_override_headers: bool,
 }
 
 /// Per-route upstream timeouts.

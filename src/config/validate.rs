@@ -510,6 +510,7 @@ fn routes(
             auth_settings,
             p,
         );
+        let keep_in_path = keep_in_path(&r.keep_in_path, &format!("{place}.keep_in_path"), p);
         out.push(RouteSpec {
             name: r.name,
             hosts,
@@ -520,9 +521,30 @@ fn routes(
             timeouts,
             auth,
             limits,
+            case_insensitive: r.case_insensitive,
+            keep_in_path,
+            allow_override_headers: r.allow_override_headers,
         });
     }
     out
+}
+
+/// The path characters a route keeps for its upstream.
+fn keep_in_path(raw: &[String], place: &str, p: &mut Problems) -> crate::canonical::PathQuirks {
+    let mut keep = crate::canonical::PathQuirks::default();
+    for (i, name) in raw.iter().enumerate() {
+        match name.as_str() {
+            "encoded_slash" => keep.encoded_slash = true,
+            "backslash" => keep.backslash = true,
+            "semicolon" => keep.semicolon = true,
+            "encoded_nul" => keep.encoded_nul = true,
+            other => p.push(
+                format!("{place}[{i}]"),
+                format!("unknown {other:?} (encoded_slash, backslash, semicolon, encoded_nul)"),
+            ),
+        }
+    }
+    keep
 }
 
 fn route_auth(
@@ -572,10 +594,10 @@ fn route_auth(
             );
         }
     }
-    if mode == AuthMode::None && (!scopes.is_empty() || forward_credential) {
+    if mode == AuthMode::None && !scopes.is_empty() {
         p.push(
             format!("{place}.auth"),
-            "scopes and forward_credential need auth: optional or required",
+            "scopes need auth: optional or required",
         );
     }
     for (i, scope) in scopes.iter().enumerate() {
@@ -666,7 +688,28 @@ fn auth(
                 })
                 .ok()
         })
-        .collect();
+        .collect::<Vec<_>>();
+    let client_ip_header = match raw.client_ip_header.as_deref() {
+        Some("x-forwarded-for") => ClientIpHeader::XForwardedFor,
+        Some("forwarded") => ClientIpHeader::Forwarded,
+        Some(other) => {
+            p.push(
+                "auth.client_ip_header",
+                format!("unknown header {other:?} (x-forwarded-for, forwarded)"),
+            );
+            ClientIpHeader::default()
+        }
+        None if !trusted_proxies.is_empty() => {
+            p.push(
+                "auth.client_ip_header",
+                "trusted_proxies needs the header they set: x-forwarded-for or forwarded \
+                 (only that one is believed, so a client cannot choose its address through \
+                 the other)",
+            );
+            ClientIpHeader::default()
+        }
+        None => ClientIpHeader::default(),
+    };
     let h = raw.identity_headers;
     let identity_headers = IdentityHeaders {
         consumer_id: header(
@@ -706,6 +749,7 @@ fn auth(
         pepper,
         cache,
         trusted_proxies,
+        client_ip_header,
         identity_headers,
         issuers,
     }
@@ -1412,6 +1456,20 @@ fn path_prefix(raw: &str, place: &str, p: &mut Problems) -> String {
             place,
             format!("{raw:?} must not contain '.' or '..' segments"),
         );
+    } else {
+        // Requests are matched on their canonical path: a prefix that is not canonical
+        // itself could never match.
+        match crate::canonical::path(raw) {
+            Ok((canonical, quirks)) if canonical == raw && quirks.is_clean() => {}
+            Ok((canonical, _)) => p.push(
+                place,
+                format!(
+                    "{raw:?} is not a canonical path (write {canonical:?}; ';', '\\', %2F, %5C \
+                     and %00 are not allowed in a prefix)"
+                ),
+            ),
+            Err(e) => p.push(place, format!("{raw:?}: {e}")),
+        }
     }
     let trimmed = raw.trim_end_matches('/');
     if trimmed.is_empty() {

@@ -16,8 +16,14 @@ pub enum ApiError {
     NoRoute,
     /// A route matches host and path, but not the method.
     MethodNotAllowed(Vec<Method>),
-    /// The path has `.`/`..` segments.
-    BadPath,
+    /// The path has no canonical form, or holds what its route does not allow: why.
+    BadPath(&'static str),
+    /// The request-target is neither origin-form (`/...`) nor an `http(s)` URL.
+    BadRequestTarget,
+    /// The Host (or authority) is not a well-formed `host[:port]`.
+    BadHost,
+    /// An HTTP/1.1 request without `Host`.
+    MissingHost,
     /// The request could not be parsed or was otherwise malformed.
     BadRequest,
     /// Every target of the route's upstream is unhealthy.
@@ -42,7 +48,11 @@ impl ApiError {
         match self {
             ApiError::NoRoute => 404,
             ApiError::MethodNotAllowed(_) => 405,
-            ApiError::BadPath | ApiError::BadRequest => 400,
+            ApiError::BadPath(_)
+            | ApiError::BadRequestTarget
+            | ApiError::BadHost
+            | ApiError::MissingHost
+            | ApiError::BadRequest => 400,
             ApiError::NoHealthyTarget => 503,
             ApiError::BadGateway => 502,
             ApiError::GatewayTimeout => 504,
@@ -68,7 +78,10 @@ impl ApiError {
         match self {
             ApiError::NoRoute => "route_not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
-            ApiError::BadPath => "invalid_path",
+            ApiError::BadPath(_) => "invalid_path",
+            ApiError::BadRequestTarget => "invalid_request_target",
+            ApiError::BadHost => "invalid_host",
+            ApiError::MissingHost => "missing_host",
             ApiError::BadRequest => "bad_request",
             ApiError::NoHealthyTarget => "no_healthy_upstream",
             ApiError::BadGateway => "bad_gateway",
@@ -101,7 +114,12 @@ impl ApiError {
                 "this route accepts {}",
                 ms.iter().map(Method::as_str).collect::<Vec<_>>().join(", ")
             ),
-            ApiError::BadPath => "paths with '.' or '..' segments are not accepted".into(),
+            ApiError::BadPath(why) => format!("the path is refused: {why}"),
+            ApiError::BadRequestTarget => {
+                "the request-target must be a path ('/...') or an http(s) URL".into()
+            }
+            ApiError::BadHost => "the Host header is not a valid host[:port]".into(),
+            ApiError::MissingHost => "an HTTP/1.1 request needs a Host header".into(),
             ApiError::BadRequest => "the request is malformed".into(),
             ApiError::NoHealthyTarget => "no healthy upstream target is available".into(),
             ApiError::BadGateway => "the upstream could not be reached or failed".into(),

@@ -1,8 +1,10 @@
-//! What the upstream sees: the rewritten path, `X-Forwarded-*`, the request id; and what
-//! the client sees of the upstream's response headers.
+//! What the upstream sees: the canonical path, `X-Forwarded-*`, the request id, the
+//! verified identity, and nothing the client made up; and what the client sees of the
+//! upstream's response headers.
 
+use crate::auth::client_ip::TrustedProxies;
 use crate::auth::Identity;
-use crate::config::{AuthSettings, IdentityHeaders};
+use crate::config::{AuthSettings, ClientIpHeader, IdentityHeaders};
 use http::header::{HeaderName, CONNECTION};
 use pingora::http::{RequestHeader, ResponseHeader};
 use std::net::IpAddr;
@@ -10,54 +12,193 @@ use std::net::IpAddr;
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 const X_FORWARDED_HOST: &str = "x-forwarded-host";
+const X_FORWARDED_PORT: &str = "x-forwarded-port";
+const X_FORWARDED_PREFIX: &str = "x-forwarded-prefix";
+const X_REAL_IP: &str = "x-real-ip";
+const FORWARDED: &str = "forwarded";
+
+/// Headers that ask an upstream to use another method or URL than the request line says;
+/// stripped unless the route allows them.
+const OVERRIDE_HEADERS: [&str; 5] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+];
+
+/// Headers the gateway sets or removes itself; a client's spelling of them with `_` for
+/// `-` (which CGI, WSGI and PHP upstreams read as the same name) is removed.
+const GATEWAY_HEADERS: [&str; 9] = [
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    X_FORWARDED_PORT,
+    X_FORWARDED_PREFIX,
+    X_REAL_IP,
+    FORWARDED,
+    super::request_id::HEADER,
+    "x-request-start",
+];
 
 /// Facts about the downstream connection that the upstream request carries.
 pub struct Downstream<'a> {
+    /// The connection's peer address.
+    pub peer: Option<IpAddr>,
+    /// The client, as the trusted-proxy logic resolved it.
     pub client_ip: Option<IpAddr>,
+    /// Whose forwarding headers are believed.
+    pub trusted: &'a TrustedProxies,
     pub tls: bool,
-    /// The host the client asked for (Host header or HTTP/2 authority), with port.
-    pub host: Option<&'a str>,
+    /// The canonical host the client asked for, with its port when it gave one.
+    pub host: Option<String>,
+    /// The port of the listener the request came in on.
+    pub port: Option<u16>,
+    /// The path prefix the route stripped, if it did.
+    pub prefix: Option<&'a str>,
 }
 
-/// Sets `X-Forwarded-For` (appending the client to any chain it sent), `X-Forwarded-Proto`
-/// and `X-Forwarded-Host`.
+/// Sets `X-Forwarded-For`, `-Proto`, `-Host`, `-Port`, `-Prefix` and `X-Real-IP`, and
+/// removes `Forwarded`. A client's own `X-Forwarded-For` is kept (and extended) only when the
+/// peer is a trusted proxy believed for that header.
 pub fn set_forwarded_headers(
     req: &mut RequestHeader,
     downstream: &Downstream,
 ) -> pingora::Result<()> {
-    if let Some(ip) = downstream.client_ip {
-        let chain = match req.headers.get(X_FORWARDED_FOR).map(|v| v.to_str()) {
-            Some(Ok(existing)) if !existing.trim().is_empty() => {
-                format!("{}, {ip}", existing.trim())
-            }
-            _ => ip.to_string(),
+    if let Some(peer) = downstream.peer {
+        let trusted = downstream.trusted.trusts(peer);
+        let existing = req
+            .headers
+            .get(X_FORWARDED_FOR)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty());
+        let chain = match (trusted, downstream.trusted.header(), existing) {
+            (true, ClientIpHeader::XForwardedFor, Some(existing)) => format!("{existing}, {peer}"),
+            // Believed through `Forwarded`: pass on what was resolved, in the header the
+            // upstream (and the account API) reads.
+            (true, ClientIpHeader::Forwarded, _) => match downstream.client_ip {
+                Some(client) if client != peer => format!("{client}, {peer}"),
+                _ => peer.to_string(),
+            },
+            _ => peer.to_string(),
         };
         req.insert_header(X_FORWARDED_FOR, chain)?;
+    } else {
+        req.remove_header(X_FORWARDED_FOR);
     }
+    match downstream.client_ip {
+        Some(ip) => req.insert_header(X_REAL_IP, ip.to_string())?,
+        None => {
+            req.remove_header(X_REAL_IP);
+        }
+    }
+    req.remove_header(FORWARDED);
     req.insert_header(
         X_FORWARDED_PROTO,
         if downstream.tls { "https" } else { "http" },
     )?;
-    match downstream.host {
-        Some(host) => req.insert_header(X_FORWARDED_HOST, host)?,
+    match &downstream.host {
+        Some(host) => req.insert_header(X_FORWARDED_HOST, host.as_str())?,
         None => {
             req.remove_header(X_FORWARDED_HOST);
+        }
+    }
+    match downstream.port {
+        Some(port) => req.insert_header(X_FORWARDED_PORT, port.to_string())?,
+        None => {
+            req.remove_header(X_FORWARDED_PORT);
+        }
+    }
+    match downstream.prefix {
+        Some(prefix) => req.insert_header(X_FORWARDED_PREFIX, prefix)?,
+        None => {
+            req.remove_header(X_FORWARDED_PREFIX);
         }
     }
     Ok(())
 }
 
-/// Removes any identity headers the client sent, then sets them from the verified identity,
-/// so an upstream can trust them.
+/// Finds what a client must not send upstream under any spelling. Built once per config
+/// snapshot.
+pub struct Scrubber {
+    /// The identity header names, in their `-` spelling.
+    identity: Vec<HeaderName>,
+    api_key_header: HeaderName,
+    api_key_query: Option<String>,
+}
+
+/// What a route lets through that is scrubbed by default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Keep {
+    /// Method and URL override headers.
+    pub overrides: bool,
+    /// The gateway's API-key header and query parameter.
+    pub api_key: bool,
+}
+
+impl Scrubber {
+    /// The scrubber for these settings.
+    pub fn new(settings: &AuthSettings) -> Self {
+        let names = &settings.identity_headers;
+        Scrubber {
+            identity: [
+                &names.consumer_id,
+                &names.plan,
+                &names.auth_method,
+                &names.scopes,
+            ]
+            .into_iter()
+            .cloned()
+            .collect(),
+            api_key_header: settings.api_key_header.clone(),
+            api_key_query: settings.api_key_query.clone(),
+        }
+    }
+
+    /// Removes identity headers under every spelling (`_` and `-` as one character), the
+    /// `_` spellings of the gateway's forwarding headers, override headers and the API key
+    /// unless `keep` says otherwise.
+    pub fn scrub(&self, req: &mut RequestHeader, keep: Keep) -> pingora::Result<()> {
+        let doomed: Vec<HeaderName> = req
+            .headers
+            .keys()
+            .filter(|name| self.is_forbidden(name.as_str(), keep))
+            .cloned()
+            .collect();
+        for name in &doomed {
+            req.remove_header(name);
+        }
+        if !keep.api_key {
+            if let Some(param) = &self.api_key_query {
+                remove_query_param(req, param)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn is_forbidden(&self, name: &str, keep: Keep) -> bool {
+        let spelled_otherwise = |canonical: &str| same_name(name, canonical);
+        self.identity.iter().any(|n| spelled_otherwise(n.as_str()))
+            || (name.contains('_') && GATEWAY_HEADERS.iter().any(|n| spelled_otherwise(n)))
+            || (!keep.overrides && OVERRIDE_HEADERS.iter().any(|n| spelled_otherwise(n)))
+            || (!keep.api_key && spelled_otherwise(self.api_key_header.as_str()))
+    }
+}
+
+/// `true` when two lower-case header names are the same with `_` and `-` taken as one.
+fn same_name(a: &str, b: &str) -> bool {
+    let norm = |c: u8| if c == b'_' { b'-' } else { c };
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| norm(x) == norm(y))
+}
+
+/// Sets the identity headers from the verified identity (forged ones were scrubbed), so an
+/// upstream can trust them.
 pub fn set_identity_headers(
     req: &mut RequestHeader,
     names: &IdentityHeaders,
-    forgeable: &[http::HeaderName],
     identity: Option<&Identity>,
 ) -> pingora::Result<()> {
-    for name in forgeable {
-        req.remove_header(name);
-    }
     let Some(identity) = identity else {
         return Ok(());
     };
@@ -74,13 +215,13 @@ pub fn set_identity_headers(
     Ok(())
 }
 
-/// Removes the client's credentials (API-key header or query parameter, `Authorization`).
-pub fn remove_credentials(req: &mut RequestHeader, settings: &AuthSettings) -> pingora::Result<()> {
-    req.remove_header(&settings.api_key_header);
+/// Removes `Authorization` (the bearer token the gateway verified).
+pub fn remove_authorization(req: &mut RequestHeader) {
     req.remove_header(&http::header::AUTHORIZATION);
-    let Some(param) = settings.api_key_query.as_deref() else {
-        return Ok(());
-    };
+}
+
+/// Removes query parameter `param` (every occurrence) from the request's URI.
+fn remove_query_param(req: &mut RequestHeader, param: &str) -> pingora::Result<()> {
     let Some(pq) = req.uri.path_and_query() else {
         return Ok(());
     };
@@ -133,57 +274,68 @@ pub fn strip_hop_by_hop_response(resp: &mut ResponseHeader) {
     }
 }
 
-/// The host of a request without port: the URI authority (HTTP/2) or the Host header.
-pub fn request_host(req: &RequestHeader) -> Option<&str> {
-    let raw = req.uri.authority().map(|a| a.as_str()).or_else(|| {
-        req.headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-    })?;
-    Some(strip_port(raw))
-}
-
-/// The host with its port, as the client sent it.
-pub fn request_authority(req: &RequestHeader) -> Option<&str> {
-    req.uri.authority().map(|a| a.as_str()).or_else(|| {
-        req.headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-    })
-}
-
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        // [v6]:port
-        return host
-            .split(']')
-            .next()
-            .map_or(host, |h| &host[..h.len() + 1]);
-    }
-    match host.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => host,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn forwarded_headers_extend_the_chain() {
-        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        req.insert_header(X_FORWARDED_FOR, "10.0.0.1").unwrap();
-        req.insert_header(X_FORWARDED_HOST, "spoofed").unwrap();
-        let d = Downstream {
+    fn downstream(trusted: &TrustedProxies) -> Downstream<'_> {
+        Downstream {
+            peer: Some("192.0.2.7".parse().unwrap()),
             client_ip: Some("192.0.2.7".parse().unwrap()),
+            trusted,
             tls: true,
-            host: Some("api.example.com:8443"),
-        };
-        set_forwarded_headers(&mut req, &d).unwrap();
-        assert_eq!(req.headers[X_FORWARDED_FOR], "10.0.0.1, 192.0.2.7");
+            host: Some("api.example.com:8443".into()),
+            port: Some(8443),
+            prefix: None,
+        }
+    }
+
+    fn forged() -> RequestHeader {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        for (k, v) in [
+            (X_FORWARDED_FOR, "10.0.0.1"),
+            (X_FORWARDED_HOST, "spoofed"),
+            (X_REAL_IP, "6.6.6.6"),
+            (FORWARDED, "for=6.6.6.6"),
+            (X_FORWARDED_PORT, "1"),
+            (X_FORWARDED_PREFIX, "/evil"),
+        ] {
+            req.insert_header(k, v).unwrap();
+        }
+        req
+    }
+
+    #[test]
+    fn an_untrusted_peer_cannot_set_forwarding_headers() {
+        let mut req = forged();
+        let trusted = TrustedProxies::default();
+        set_forwarded_headers(&mut req, &downstream(&trusted)).unwrap();
+        assert_eq!(req.headers[X_FORWARDED_FOR], "192.0.2.7");
+        assert_eq!(req.headers[X_REAL_IP], "192.0.2.7");
         assert_eq!(req.headers[X_FORWARDED_PROTO], "https");
         assert_eq!(req.headers[X_FORWARDED_HOST], "api.example.com:8443");
+        assert_eq!(req.headers[X_FORWARDED_PORT], "8443");
+        assert!(req.headers.get(X_FORWARDED_PREFIX).is_none());
+        assert!(req.headers.get(FORWARDED).is_none());
+    }
+
+    #[test]
+    fn a_trusted_proxy_chain_is_extended() {
+        let mut req = forged();
+        let trusted = TrustedProxies::new(
+            vec!["192.0.2.0/24".parse().unwrap()],
+            ClientIpHeader::XForwardedFor,
+        );
+        set_forwarded_headers(&mut req, &downstream(&trusted)).unwrap();
+        assert_eq!(req.headers[X_FORWARDED_FOR], "10.0.0.1, 192.0.2.7");
+    }
+
+    #[test]
+    fn separators_are_one_character_in_names() {
+        assert!(same_name("x-consumer_id", "x-consumer-id"));
+        assert!(same_name("x_consumer_id", "x-consumer-id"));
+        assert!(!same_name("x-consumer-idx", "x-consumer-id"));
+        assert!(!same_name("x-consumerid", "x-consumer-id"));
     }
 
     #[test]
@@ -199,12 +351,5 @@ mod tests {
         assert!(resp.headers.get("keep-alive").is_none());
         assert!(resp.headers.get("connection").is_none());
         assert_eq!(resp.headers["x-kept"], "1");
-    }
-
-    #[test]
-    fn host_loses_its_port() {
-        assert_eq!(strip_port("a.example.com:8080"), "a.example.com");
-        assert_eq!(strip_port("a.example.com"), "a.example.com");
-        assert_eq!(strip_port("[::1]:8080"), "[::1]");
     }
 }

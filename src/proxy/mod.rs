@@ -1,6 +1,7 @@
 //! The proxy service: a Pingora `ProxyHttp` whose phases each delegate to one module.
 //!
-//! `request_filter` runs, in order: request id, health endpoint, route match. Then
+//! `request_filter` runs, in order: request id, request-target and host check with the
+//! canonical path ([`target`]), health endpoint, route match, identify, verify, limit. Then
 //! `upstream_peer` picks a healthy target by weighted round-robin, `upstream_request_filter`
 //! rewrites what the upstream sees, `response_filter` what the client sees, and `logging`
 //! records metrics and the access log.
@@ -10,6 +11,7 @@ pub mod forward;
 pub mod health_endpoint;
 pub mod rate_limit;
 pub mod request_id;
+pub mod target;
 
 use crate::access_log::{self, AccessLog, AccessRecord};
 use crate::auth::{AuthError, Identity};
@@ -22,6 +24,7 @@ use crate::runtime::{Route, Runtime};
 use async_trait::async_trait;
 use bytes::Bytes;
 use error::ApiError;
+use futures::FutureExt;
 use http::{HeaderValue, Method};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
@@ -29,6 +32,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType};
 use rate_limit::RequestSubjects;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -83,12 +87,35 @@ impl Limiter {
     }
 }
 
+/// Counts a request in `tollgate_requests_in_flight` for as long as it lives, however it
+/// ends (a panic in a phase included).
+struct InFlight;
+
+impl InFlight {
+    fn start() -> Self {
+        metrics::IN_FLIGHT.inc();
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::IN_FLIGHT.dec();
+    }
+}
+
 /// Per-request state shared by the phases.
 pub struct RequestCtx {
+    _in_flight: InFlight,
     started: Instant,
     /// The config snapshot this request runs on, from start to end.
     runtime: Arc<Runtime>,
     request_id: HeaderValue,
+    /// The canonical path when it differs from the path the client sent.
+    canonical_path: Option<Box<str>>,
+    /// The upstream gets another request-target than the client sent (canonical path,
+    /// origin-form).
+    rewrite_target: bool,
     route: Option<Arc<Route>>,
     /// The client's address (forwarding headers believed only from trusted proxies).
     client_ip: Option<std::net::IpAddr>,
@@ -122,11 +149,13 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        metrics::IN_FLIGHT.inc();
         RequestCtx {
+            _in_flight: InFlight::start(),
             started: Instant::now(),
             runtime: self.live.current(),
             request_id: HeaderValue::from_static(""),
+            canonical_path: None,
+            rewrite_target: false,
             route: None,
             client_ip: None,
             identity: None,
@@ -142,51 +171,21 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
-        ctx.request_id = request_id::assign(&session.req_header().headers);
-        let req = session.req_header();
-        ctx.client_ip = client_ip(session).map(|peer| ctx.runtime.auth.client_ip(peer, req));
-        let path = req.uri.path();
-        if ctx.runtime.config.server.health_path.as_deref() == Some(path)
-            && matches!(req.method, Method::GET | Method::HEAD)
+        // A bug must cost one request a 500, not the connection its access-log line.
+        match AssertUnwindSafe(self.filter_request(session, ctx))
+            .catch_unwind()
+            .await
         {
-            respond_health(session, ctx).await?;
-            return Ok(true);
-        }
-        if ctx.runtime.config.rate_limit.status_path.as_deref() == Some(path)
-            && req.method == Method::GET
-        {
-            return self.respond_standing(session, ctx).await;
-        }
-        if router::has_dot_segment(path) {
-            return reject(session, ctx, ApiError::BadPath).await;
-        }
-        let host = forward::request_host(req);
-        let found = match ctx.runtime.router.find(path, host, &req.method) {
-            RouteMatch::Found(route) => Ok(Arc::clone(route)),
-            RouteMatch::MethodNotAllowed(allowed) => Err(ApiError::MethodNotAllowed(allowed)),
-            RouteMatch::NotFound => Err(ApiError::NoRoute),
-        };
-        let route = match found {
-            Ok(route) => route,
-            Err(e) => return reject(session, ctx, e).await,
-        };
-        let verified = identify(session, ctx, &route.spec.auth).await;
-        ctx.route = Some(Arc::clone(&route));
-        let identity = match verified {
-            Ok(identity) => identity,
-            Err(e) => return reject(session, ctx, ApiError::Auth(e)).await,
-        };
-        let limited = self.limit(ctx, &route, &identity).await;
-        ctx.identity = Some(identity);
-        match limited {
-            Ok(decision) => {
-                ctx.limit = decision;
-                Ok(false)
-            }
-            Err((e, headers)) => {
-                e.send_with(session, &ctx.request_id, headers).await?;
-                ctx.error = Some(e);
-                Ok(true)
+            Ok(result) => result,
+            Err(_) => {
+                log::error!(
+                    "request {}: the request phase panicked",
+                    ctx.request_id.to_str().unwrap_or("")
+                );
+                if session.response_written().is_some() {
+                    return Error::e_explain(ErrorType::InternalError, "request phase panicked");
+                }
+                reject(session, ctx, ApiError::Internal).await
             }
         }
     }
@@ -251,35 +250,64 @@ impl ProxyHttp for Gateway {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        if let Some(route) = ctx.route.as_ref().filter(|r| r.spec.strip_prefix) {
-            let original = upstream.uri.path_and_query().map_or("/", |pq| pq.as_str());
-            let stripped = router::strip_prefix(original, &route.spec.path_prefix);
-            let uri = http::Uri::try_from(stripped).or_else(|e| {
+        let Some(route) = ctx.route.clone() else {
+            return Error::e_explain(ErrorType::InternalError, "no route chosen");
+        };
+        let spec = &route.spec;
+        // What was routed is what is sent: the canonical path, prefix stripped if asked.
+        if ctx.rewrite_target || spec.strip_prefix {
+            let path = ctx
+                .canonical_path
+                .as_deref()
+                .unwrap_or(session.req_header().uri.path());
+            let mut target = if spec.strip_prefix {
+                router::strip_prefix(path, &spec.path_prefix)
+            } else {
+                path.to_string()
+            };
+            if let Some(query) = session.req_header().uri.query() {
+                target.push('?');
+                target.push_str(query);
+            }
+            let uri = http::Uri::try_from(target).or_else(|e| {
                 Error::e_explain(ErrorType::InvalidHTTPHeader, format!("rewritten path: {e}"))
             })?;
             upstream.set_uri(uri);
         }
+        let runtime = &ctx.runtime;
+        let settings = runtime.auth.settings();
+        runtime.scrubber.scrub(
+            upstream,
+            forward::Keep {
+                overrides: spec.allow_override_headers,
+                api_key: spec.auth.forward_credential,
+            },
+        )?;
+        if spec.auth.mode != AuthMode::None && !spec.auth.forward_credential {
+            forward::remove_authorization(upstream);
+        }
+        let host = target::parse(session.req_header())
+            .ok()
+            .and_then(|t| t.authority)
+            .map(|a| match a.port {
+                Some(port) => format!("{}:{port}", a.host),
+                None => a.host.into_owned(),
+            });
         let downstream = forward::Downstream {
-            client_ip: client_ip(session),
+            peer: client_ip(session),
+            client_ip: ctx.client_ip,
+            trusted: runtime.auth.trusted_proxies(),
             tls: is_tls(session),
-            host: forward::request_authority(session.req_header()),
+            host,
+            port: session
+                .server_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.port()),
+            prefix: spec.strip_prefix.then_some(spec.path_prefix.as_str()),
         };
         forward::set_forwarded_headers(upstream, &downstream)?;
         upstream.insert_header(request_id::HEADER, ctx.request_id.clone())?;
-        let settings = ctx.runtime.auth.settings();
-        forward::set_identity_headers(
-            upstream,
-            &settings.identity_headers,
-            ctx.runtime.auth.identity_header_names(),
-            ctx.identity.as_ref(),
-        )?;
-        if let Some(route) = &ctx.route {
-            let policy = &route.spec.auth;
-            if policy.mode != AuthMode::None && !policy.forward_credential {
-                forward::remove_credentials(upstream, settings)?;
-            }
-        }
-        Ok(())
+        forward::set_identity_headers(upstream, &settings.identity_headers, ctx.identity.as_ref())
     }
 
     async fn upstream_response_filter(
@@ -362,16 +390,20 @@ impl ProxyHttp for Gateway {
     /// never the query (it may carry an API key).
     fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
         let req = session.req_header();
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or(req.uri.host());
         format!(
             "{} {}, Host: {}",
             req.method,
             req.uri.path(),
-            forward::request_authority(req).unwrap_or("-")
+            host.unwrap_or("-")
         )
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        metrics::IN_FLIGHT.dec();
         // The response has gone out: free the concurrency slot before this connection's
         // next request is read.
         if let Some(lease) = ctx.limit.as_mut().and_then(|d| d.lease.take()) {
@@ -422,7 +454,7 @@ impl ProxyHttp for Gateway {
                 request_id: ctx.request_id.to_str().unwrap_or(""),
                 client_ip: ctx.client_ip.map(|ip| ip.to_string()),
                 method: req.method.as_str(),
-                path: req.uri.path(),
+                path: ctx.canonical_path.as_deref().unwrap_or(req.uri.path()),
                 route,
                 status,
                 upstream: ctx.tried.last().map(|t| t.to_string()),
@@ -438,6 +470,69 @@ impl ProxyHttp for Gateway {
 }
 
 impl Gateway {
+    /// `request_filter`'s work: request id, target, route, identity, limits.
+    async fn filter_request(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<bool> {
+        ctx.request_id = request_id::assign(&session.req_header().headers);
+        let req = session.req_header();
+        ctx.client_ip = client_ip(session).map(|peer| ctx.runtime.auth.client_ip(peer, req));
+        let target = match target::parse(req) {
+            Ok(target) => target,
+            Err(e) => return reject(session, ctx, e).await,
+        };
+        let path: &str = &target.path;
+        if ctx.runtime.config.server.health_path.as_deref() == Some(path)
+            && matches!(req.method, Method::GET | Method::HEAD)
+        {
+            respond_health(session, ctx).await?;
+            return Ok(true);
+        }
+        if ctx.runtime.config.rate_limit.status_path.as_deref() == Some(path)
+            && req.method == Method::GET
+        {
+            return self.respond_standing(session, ctx).await;
+        }
+        let host = target.authority.as_ref().map(|a| a.host.as_ref());
+        let found = match ctx.runtime.router.find(path, host, &req.method) {
+            RouteMatch::Found(route) => {
+                target::refused_quirk(&target.quirks, &route.spec.keep_in_path)
+                    .map_or_else(|| Ok(Arc::clone(route)), |why| Err(ApiError::BadPath(why)))
+            }
+            RouteMatch::MethodNotAllowed(allowed) => Err(ApiError::MethodNotAllowed(allowed)),
+            RouteMatch::NotFound => Err(ApiError::NoRoute),
+        };
+        ctx.rewrite_target = target.rewritten();
+        if let std::borrow::Cow::Owned(canonical) = target.path {
+            ctx.canonical_path = Some(canonical.into_boxed_str());
+        }
+        let route = match found {
+            Ok(route) => route,
+            Err(e) => return reject(session, ctx, e).await,
+        };
+        let verified = identify(session, ctx, &route.spec.auth).await;
+        ctx.route = Some(Arc::clone(&route));
+        let identity = match verified {
+            Ok(identity) => identity,
+            Err(e) => return reject(session, ctx, ApiError::Auth(e)).await,
+        };
+        let limited = self.limit(ctx, &route, &identity).await;
+        ctx.identity = Some(identity);
+        match limited {
+            Ok(decision) => {
+                ctx.limit = decision;
+                Ok(false)
+            }
+            Err((e, headers)) => {
+                e.send_with(session, &ctx.request_id, headers).await?;
+                ctx.error = Some(e);
+                Ok(true)
+            }
+        }
+    }
+
     /// The limit phase: counts the request against every subject that applies, or says
     /// why it is refused (with the headers the refusal carries). `Ok(None)`: not limited.
     async fn limit(
