@@ -115,9 +115,11 @@ impl<R> Router<R> {
         let mut allowed: Vec<Method> = Vec::new();
         let mut key = path.trim_end_matches('/');
         // Lower-cased once, and only when some route needs it; `key` is always a prefix.
-        let folded = (!self.by_folded_prefix.is_empty())
-            .then(|| key.to_ascii_lowercase())
-            .unwrap_or_default();
+        let folded = if self.by_folded_prefix.is_empty() {
+            String::new()
+        } else {
+            key.to_ascii_lowercase()
+        };
         loop {
             let exact = self.by_prefix.get(key);
             let insensitive = match folded.get(..key.len()) {
