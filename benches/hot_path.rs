@@ -164,7 +164,7 @@ fn jwt_verify(c: &mut Criterion) {
             format!("pem_files: [{{path: '{}'}}]", path.display())
         };
         let auth = authenticator(&format!(
-            "  jwt:\n    - {{issuer: bench, algorithms: [{alg:?}], {keys}}}\n"
+            "  jwt:\n    - {{issuer: bench, audience: any, algorithms: [{alg:?}], {keys}}}\n"
         ));
         let claims = serde_json::json!({"iss": "bench", "sub": "alice", "exp": 4_000_000_000u64, "scope": "read write"});
         let token = jsonwebtoken::encode(&Header::new(alg), &claims, &encoding).expect("token");

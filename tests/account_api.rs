@@ -888,6 +888,42 @@ async fn a_disabled_account_is_forbidden() {
     assert!(took.is_some(), "a disabled account's token still works");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_accounts_token_is_refused() {
+    let stack = Stack::start().await;
+    let one = stack.instance().await;
+    let (id, access, _refresh) = one.signed_up("gone@example.com").await;
+    assert_eq!(one.api_with_token(&access).await, 200);
+
+    // The account and its consumer are removed from the database, announced on the change
+    // channel as the admin API announces a deleted consumer.
+    stack
+        .pg
+        .psql(&format!(
+            "BEGIN; DELETE FROM users WHERE consumer_id = '{id}'; \
+             DELETE FROM consumers WHERE id = '{id}'; \
+             SELECT pg_notify('tollgate_changes', '{{\"kind\":\"consumer\",\"id\":\"{id}\"}}'); \
+             COMMIT;"
+        ))
+        .await;
+    let took = eventually(Duration::from_secs(5), 401, || one.api_with_token(&access)).await;
+    assert!(took.is_some(), "a deleted account's token still works");
+    let hits = stack.upstream.hits();
+    one.call(Method::GET, "/api/x", Some(&access), None)
+        .await
+        .assert_error(401, "invalid_token");
+    // An instance that never saw the account refuses the token too.
+    let two = stack.instance().await;
+    two.call(Method::GET, "/api/x", Some(&access), None)
+        .await
+        .assert_error(401, "invalid_token");
+    assert_eq!(
+        stack.upstream.hits(),
+        hits,
+        "the upstream got a request with a deleted account's token"
+    );
+}
+
 #[tokio::test]
 async fn the_account_section_is_validated() {
     let out = Gateway::check(

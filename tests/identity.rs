@@ -124,13 +124,14 @@ fn assert_key_refused(a: &Answer, code: &str) {
 }
 
 /// A 401 for a token problem: `WWW-Authenticate` with `error="invalid_token"`.
-fn assert_token_refused(a: &Answer, code: &str) {
-    assert_refused(a, 401, code);
+fn assert_token_refused(a: &Answer, code: &str) -> Value {
+    let body = assert_refused(a, 401, code);
     let www = a.header("www-authenticate").unwrap_or("");
     assert!(
         www.starts_with(REALM) && www.contains(r#"error="invalid_token""#),
         "WWW-Authenticate: {www:?}"
     );
+    body
 }
 
 /// The access-log line (JSON on stdout) of the request with `request_id`; polls, since a
@@ -429,10 +430,18 @@ fn claims(iss: &str, sub: &str, extra: Value) -> Value {
 /// (auth, routes, plans, consumers; lines starting `  - ` first add more upstreams). It
 /// gets the API-key pepper and the HS256 secret.
 async fn start_gateway(rest: &str) -> (Gateway, TestUpstream) {
+    start_gateway_with_env(&[], rest).await
+}
+
+/// [`start_gateway`], with `env` set for the gateway process too.
+async fn start_gateway_with_env(env: &[(&str, &str)], rest: &str) -> (Gateway, TestUpstream) {
     let up = TestUpstream::start("up").await;
-    let cfg = GatewayConfig::new()
+    let mut cfg = GatewayConfig::new()
         .with_env(PEPPER_ENV, PEPPER)
         .with_env(JWT_SECRET_ENV, JWT_SECRET);
+    for (name, value) in env {
+        cfg = cfg.with_env(name, value);
+    }
     let yaml = cfg.render(&format!(
         "upstreams:\n  - {{name: up, targets: [{{address: \"{}\"}}]}}\n{rest}",
         up.address()
@@ -484,6 +493,7 @@ impl World {
   api_key: {{query_param: api_key, pepper_env: {PEPPER_ENV}}}
   jwt:
     - issuer: "{HS_ISSUER}"
+      audience: any
       algorithms: [HS256]
       secret_env: {JWT_SECRET_ENV}
       plan_claim: plan
@@ -958,6 +968,7 @@ async fn assert_tokens_accepted(signer: Signer, key_yaml: &str) {
         r#"auth:
   jwt:
     - issuer: "{ISSUER}"
+      audience: any
       algorithms: [{alg}]
       plan_claim: tier
       default_plan: free
@@ -1096,9 +1107,11 @@ impl TokenWorld {
       algorithms: [RS256]
       pem_files: [{}]
     - issuer: https://ec.test/
+      audience: any
       algorithms: [ES256]
       pem_files: [{}]
     - issuer: https://mixed.test/
+      audience: any
       algorithms: [RS256, HS256]
       secret_env: {JWT_SECRET_ENV}
       pem_files: [{}]
@@ -1267,6 +1280,287 @@ async fn token_without_exp_is_401_invalid_token() {
     assert_token_refused(&a, "invalid_token");
 }
 
+#[tokio::test]
+async fn token_without_aud_is_refused_when_the_issuer_lists_audiences() {
+    let t = TokenWorld::start().await;
+    // No `required_claims` names aud: listing audiences is enough to require it.
+    let c = claims(ISSUER, "alice", json!({}));
+    let a = t.send(&token(&t.rs256(), None, &c)).await;
+    let body = assert_token_refused(&a, "invalid_token");
+    assert!(body["message"].as_str().unwrap().contains("aud"), "{body}");
+    let c = claims(ISSUER, "alice", json!({"aud": []}));
+    assert_token_refused(&t.send(&token(&t.rs256(), None, &c)).await, "invalid_token");
+    assert_eq!(t._up.hits(), 0, "a refused token reached the upstream");
+}
+
+#[tokio::test]
+async fn token_with_a_crit_header_is_401_invalid_token() {
+    let t = TokenWorld::start().await;
+    let c = claims(ISSUER, "alice", json!({"aud": "orders-api", "b64": false}));
+    for crit in [json!(["b64"]), json!(["exp"]), json!([])] {
+        let header = json!({"alg": "RS256", "typ": "JWT", "crit": crit, "b64": false});
+        let a = t.send(&token_with_header(&header, &c, &t.rs256())).await;
+        let body = assert_token_refused(&a, "invalid_token");
+        assert!(body["message"].as_str().unwrap().contains("crit"), "{body}");
+    }
+    assert_eq!(t._up.hits(), 0, "a refused token reached the upstream");
+    // The control: the same claims without crit pass.
+    let header = json!({"alg": "RS256", "typ": "JWT"});
+    let a = t.send(&token_with_header(&header, &c, &t.rs256())).await;
+    assert_identity(&a, "jwt", Some("alice"), None, None);
+}
+
+#[tokio::test]
+async fn typ_is_checked_when_the_issuer_configures_it() {
+    let keys = Keys::new();
+    let (gw, up) = start_gateway(&format!(
+        r#"auth:
+  jwt:
+    - issuer: "{ISSUER}"
+      audience: any
+      typ: at+jwt
+      algorithms: [RS256]
+      pem_files: [{}]
+routes:
+  - {{name: orders, path_prefix: /orders, upstream: up, auth: required}}
+"#,
+        keys.pem_file_yaml("rsa")
+    ))
+    .await;
+    let signer = Signer::Rs256(keys.private("rsa"));
+    let send = |typ: Option<&str>| {
+        let mut header = json!({"alg": "RS256"});
+        if let Some(typ) = typ {
+            header["typ"] = json!(typ);
+        }
+        let t = token_with_header(&header, &claims(ISSUER, "alice", json!({})), &signer);
+        let gw = &gw;
+        async move { get(gw, "/orders", &[("authorization", &bearer(&t))]).await }
+    };
+    // RFC 7515 §4.1.9: case-insensitive, and the `application/` prefix may be left out.
+    for typ in ["at+jwt", "AT+JWT", "application/at+jwt"] {
+        assert_identity(&send(Some(typ)).await, "jwt", Some("alice"), None, None);
+    }
+    let hits = up.hits();
+    for typ in [Some("JWT"), Some("application/jwt"), Some("at+jwt2"), None] {
+        let a = send(typ).await;
+        let body = assert_token_refused(&a, "invalid_token");
+        assert!(body["message"].as_str().unwrap().contains("typ"), "{typ:?}: {body}");
+    }
+    assert_eq!(up.hits(), hits, "a refused token reached the upstream");
+}
+
+#[tokio::test]
+async fn exp_is_required_even_when_required_claims_leave_it_out() {
+    let keys = Keys::new();
+    let (gw, up) = start_gateway(&format!(
+        r#"auth:
+  jwt:
+    - issuer: "{ISSUER}"
+      audience: any
+      required_claims: [sub]
+      algorithms: [RS256]
+      pem_files: [{}]
+routes:
+  - {{name: orders, path_prefix: /orders, upstream: up, auth: required}}
+"#,
+        keys.pem_file_yaml("rsa")
+    ))
+    .await;
+    let signer = Signer::Rs256(keys.private("rsa"));
+    let forever = json!({"iss": ISSUER, "sub": "alice"});
+    let a = get(&gw, "/orders", &[("authorization", &bearer(&token(&signer, None, &forever)))]).await;
+    let body = assert_token_refused(&a, "invalid_token");
+    assert!(body["message"].as_str().unwrap().contains("exp"), "{body}");
+    assert_eq!(up.hits(), 0, "a token without exp reached the upstream");
+    let a = get(
+        &gw,
+        "/orders",
+        &[("authorization", &bearer(&token(&signer, None, &claims(ISSUER, "alice", json!({})))))],
+    )
+    .await;
+    assert_identity(&a, "jwt", Some("alice"), None, None);
+}
+
+/// Runs `tollgate check` on a file with the `auth.jwt` list `issuers` (and a route that
+/// accepts JWTs), the process environment holding `env` (values as raw bytes).
+async fn check_issuers(issuers: &str, env: &[(&str, &[u8])]) -> CommandOutput {
+    use std::os::unix::ffi::OsStringExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tollgate.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "listeners: [{{address: \"127.0.0.1:1\"}}]\n\
+             upstreams:\n  - {{name: up, targets: [{{address: \"127.0.0.1:9\"}}]}}\n\
+             routes:\n  - {{name: r, path_prefix: /, upstream: up, auth: required}}\n\
+             auth:\n  jwt:\n{issuers}"
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    cmd.args(["check", "-c"]).arg(&path).current_dir(dir.path());
+    for (name, value) in env {
+        cmd.env(name, std::ffi::OsString::from_vec(value.to_vec()));
+    }
+    support::process::run_command(cmd, Duration::from_secs(20))
+        .await
+        .unwrap()
+        .into()
+}
+
+/// Asserts that `out` failed and its stderr holds every one of `needles`.
+fn assert_refused_config(out: &CommandOutput, needles: &[&str]) {
+    assert!(!out.success(), "{out}");
+    for needle in needles {
+        assert!(out.stderr.contains(needle), "{needle:?} not said\n{out}");
+    }
+}
+
+#[tokio::test]
+async fn issuer_without_audiences_is_refused_unless_audience_any_is_written() {
+    let keys = Keys::new();
+    let pem = keys.pem_file_yaml("rsa");
+    let out = check_issuers(
+        &format!(
+            "    - {{issuer: a, algorithms: [RS256], pem_files: [{pem}]}}\n\
+             \x20   - {{issuer: b, audiences: [], algorithms: [RS256], pem_files: [{pem}]}}\n\
+             \x20   - {{issuer: c, audience: all, algorithms: [RS256], pem_files: [{pem}]}}\n\
+             \x20   - {{issuer: d, audience: any, audiences: [x], algorithms: [RS256], pem_files: [{pem}]}}\n"
+        ),
+        &[],
+    )
+    .await;
+    assert_refused_config(
+        &out,
+        &[
+            "auth.jwt[0].audiences: list the accepted audiences, or write `audience: any`",
+            "auth.jwt[1].audiences: list the accepted audiences",
+            "auth.jwt[2].audience: \"all\": the only value is `any`",
+            "auth.jwt[3].audience: `audience: any` and a list of audiences exclude each other",
+        ],
+    );
+    let out = check_issuers(
+        &format!(
+            "    - {{issuer: a, audience: any, algorithms: [RS256], pem_files: [{pem}]}}\n\
+             \x20   - {{issuer: b, audiences: [orders], algorithms: [RS256], pem_files: [{pem}]}}\n"
+        ),
+        &[],
+    )
+    .await;
+    assert!(out.success(), "{out}");
+}
+
+#[tokio::test]
+async fn leeway_over_five_minutes_is_refused_naming_the_field() {
+    let keys = Keys::new();
+    let pem = keys.pem_file_yaml("rsa");
+    let out = check_issuers(
+        &format!(
+            "    - {{issuer: a, audience: any, leeway: 301s, algorithms: [RS256], pem_files: [{pem}]}}\n\
+             \x20   - {{issuer: b, audience: any, leeway: 30d, algorithms: [RS256], pem_files: [{pem}]}}\n"
+        ),
+        &[],
+    )
+    .await;
+    assert_refused_config(
+        &out,
+        &[
+            "auth.jwt[0].leeway: must be at most 5m",
+            "auth.jwt[1].leeway: must be at most 5m",
+        ],
+    );
+    let out = check_issuers(
+        &format!("    - {{issuer: a, audience: any, leeway: 5m, algorithms: [RS256], pem_files: [{pem}]}}\n"),
+        &[],
+    )
+    .await;
+    assert!(out.success(), "{out}");
+}
+
+#[tokio::test]
+async fn secret_env_with_secret_encoding_base64url_holds_a_binary_hs256_key() {
+    // 32 bytes that are not UTF-8 (and hold a NUL, which no environment variable can).
+    let key: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(37) ^ 0x80).collect();
+    assert!(std::str::from_utf8(&key).is_err() && key.contains(&0));
+    let encoded = b64url(&key);
+    let (gw, up) = start_gateway_with_env(
+        &[("TG_TEST_BINARY_SECRET", &encoded)],
+        &format!(
+            r#"auth:
+  jwt:
+    - issuer: "{ISSUER}"
+      audience: any
+      algorithms: [HS256]
+      secret_env: TG_TEST_BINARY_SECRET
+      secret_encoding: base64url
+routes:
+  - {{name: orders, path_prefix: /orders, upstream: up, auth: required}}
+"#
+        ),
+    )
+    .await;
+    let c = || claims(ISSUER, "alice", json!({}));
+    let good = token(&Signer::Hs256(key.clone()), None, &c());
+    let a = get(&gw, "/orders", &[("authorization", &bearer(&good))]).await;
+    assert_identity(&a, "jwt", Some("alice"), None, None);
+    // Keyed with the text of the variable instead of the bytes it encodes: refused.
+    let hits = up.hits();
+    let text_keyed = token(&Signer::Hs256(encoded.clone().into_bytes()), None, &c());
+    let a = get(&gw, "/orders", &[("authorization", &bearer(&text_keyed))]).await;
+    assert_token_refused(&a, "invalid_token");
+    assert_eq!(up.hits(), hits);
+    assert!(!gw.logs().contains(&encoded), "the secret was logged");
+}
+
+#[tokio::test]
+async fn unusable_secret_env_values_say_what_is_wrong_not_that_the_variable_is_unset() {
+    let issuer = |i: usize, env: &str, encoding: &str| {
+        format!(
+            "    - {{issuer: i{i}, audience: any, algorithms: [HS256], secret_env: {env}{encoding}}}\n"
+        )
+    };
+    let issuers = [
+        issuer(0, "TG_JWT_SHORT", ""),
+        issuer(1, "TG_JWT_EMPTY", ""),
+        issuer(2, "TG_JWT_NOT_B64", ", secret_encoding: base64url"),
+        issuer(3, "TG_JWT_SHORT_B64", ", secret_encoding: base64url"),
+        issuer(4, "TG_JWT_UNSET_ANYWHERE", ""),
+        issuer(5, "TG_JWT_SHORT", ", secret_encoding: hex"),
+    ]
+    .concat();
+    let short_b64 = b64url(&[7u8; 16]);
+    let out = check_issuers(
+        &issuers,
+        &[
+            ("TG_JWT_SHORT", b"too short"),
+            ("TG_JWT_EMPTY", b""),
+            ("TG_JWT_NOT_B64", b"not*base64url!"),
+            ("TG_JWT_SHORT_B64", short_b64.as_bytes()),
+        ],
+    )
+    .await;
+    assert_refused_config(
+        &out,
+        &[
+            "auth.jwt[0].secret_env: $TG_JWT_SHORT must hold at least 32 bytes (it holds 9)",
+            "auth.jwt[1].secret_env: $TG_JWT_EMPTY is set but empty",
+            "auth.jwt[2].secret_env: $TG_JWT_NOT_B64 is not valid base64url",
+            "auth.jwt[3].secret_env: $TG_JWT_SHORT_B64 must hold at least 32 bytes once decoded (it holds 16)",
+            "auth.jwt[4].secret_env: $TG_JWT_UNSET_ANYWHERE is not set",
+            "auth.jwt[5].secret_encoding: unknown encoding \"hex\" (raw, base64url, base64)",
+        ],
+    );
+    for set in ["TG_JWT_SHORT", "TG_JWT_EMPTY", "TG_JWT_NOT_B64", "TG_JWT_SHORT_B64"] {
+        assert!(!out.stderr.contains(&format!("${set} is not set")), "{out}");
+    }
+    assert!(!out.stderr.contains("too short") && !out.stderr.contains("not*base64url"), "a value was printed\n{out}");
+
+    // A raw value that is not UTF-8 is a key like any other.
+    let out = check_issuers(&issuer(0, "TG_JWT_RAW_BINARY", ""), &[("TG_JWT_RAW_BINARY", &[0xff; 40])]).await;
+    assert!(out.success(), "{out}");
+}
+
 // ----------------------------------------------------------------------------------------
 // RFC 7515 appendix A.2
 // ----------------------------------------------------------------------------------------
@@ -1304,6 +1598,7 @@ async fn rfc7515_gateway(pem: bool, settings: &str) -> (Gateway, TestUpstream, T
         r#"auth:
   jwt:
     - issuer: joe
+      audience: any
       algorithms: [RS256]
       consumer_claim: iss
       {key}
@@ -1317,13 +1612,13 @@ async fn rfc7515_gateway(pem: bool, settings: &str) -> (Gateway, TestUpstream, T
 
 #[tokio::test]
 async fn rfc7515_a2_rs256_vector_verifies() {
-    // The vector has no `sub`, so `iss` names the consumer; the leeway spans the years since
-    // it expired (plus a day).
-    let leeway = now() - RFC7515_A2_EXP + 86_400;
-    let settings = format!("      leeway: {leeway}s\n      required_claims: [exp]\n");
-    let (gw, _up, _dir) = rfc7515_gateway(true, &settings).await;
+    // The vector expired in 2011 and the leeway is capped at 5 minutes, so it can only be
+    // refused; but claims are checked only once the signature verified, so `expired_token`
+    // (not `invalid_token`) proves the signature was good. `iss` names the consumer.
+    let (gw, _up, _dir) = rfc7515_gateway(true, "      leeway: 5m\n").await;
     let a = get(&gw, "/x", &[("authorization", &bearer(RFC7515_A2_TOKEN))]).await;
-    assert_identity(&a, "jwt", Some("joe"), None, None);
+    assert_token_refused(&a, "expired_token");
+    assert!(RFC7515_A2_EXP < now());
 
     // One character less of the signature, and it fails.
     let cut = &RFC7515_A2_TOKEN[..RFC7515_A2_TOKEN.len() - 1];
@@ -1340,74 +1635,162 @@ async fn rfc7515_a2_vector_from_a_jwks_file_is_expired_under_the_default_leeway(
     assert_token_refused(&a, "expired_token");
 }
 
+/// Replaces `path` with `contents` in one step (as a deploy tool would).
+fn replace_file(path: &Path, contents: &[u8]) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[tokio::test]
+async fn replaced_pem_file_and_jwks_file_take_effect_on_reload() {
+    let keys = Keys::new();
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("issuer.pub.pem");
+    let set = dir.path().join("issuer.jwks.json");
+    replace_file(&pem, &std::fs::read(keys.public("rsa")).unwrap());
+    replace_file(&set, jwks(&[("k1", &keys.public("rsa"))]).as_bytes());
+    let (gw, up) = start_gateway(&format!(
+        r#"auth:
+  jwt:
+    - {{issuer: "https://pem.test/", audience: any, algorithms: [RS256], pem_files: [{{path: "{}"}}]}}
+    - {{issuer: "https://jwks.test/", audience: any, algorithms: [RS256], jwks_file: "{}"}}
+routes:
+  - {{name: orders, path_prefix: /orders, upstream: up, auth: required}}
+"#,
+        pem.display(),
+        set.display()
+    ))
+    .await;
+    let status = |iss: &'static str, key: &'static str| {
+        let t = token(&Signer::Rs256(keys.private(key)), Some("k1"), &claims(iss, "alice", json!({})));
+        let gw = &gw;
+        async move { get(gw, "/orders", &[("authorization", &bearer(&t))]).await.status }
+    };
+    for iss in ["https://pem.test/", "https://jwks.test/"] {
+        assert_eq!((status(iss, "rsa").await, status(iss, "rsa2").await), (200, 401), "{iss}");
+    }
+
+    // The issuer rotates to rsa2: both files are replaced, then the gateway is reloaded.
+    replace_file(&pem, &std::fs::read(keys.public("rsa2")).unwrap());
+    replace_file(&set, jwks(&[("k1", &keys.public("rsa2"))]).as_bytes());
+    gw.signal(libc::SIGHUP);
+    assert!(
+        gw.wait_for_log("generation 2", Duration::from_secs(5)).await,
+        "no reload\n{}",
+        gw.logs()
+    );
+    let hits = up.hits();
+    for iss in ["https://pem.test/", "https://jwks.test/"] {
+        assert_eq!((status(iss, "rsa").await, status(iss, "rsa2").await), (401, 200), "{iss}");
+    }
+    assert_eq!(up.hits(), hits + 2, "a token of the replaced key reached the upstream");
+}
+
 // ----------------------------------------------------------------------------------------
 // JWKS from a URL: rotation, refresh, outages
 // ----------------------------------------------------------------------------------------
 
-/// A JWKS endpoint: answers `GET /jwks` with the current key set, one connection at a time.
+/// What a [`JwksServer`] answers `GET /jwks` with.
+#[derive(Clone)]
+enum Reply {
+    /// 200 with this body.
+    Body(String),
+    /// 302 to this location.
+    Redirect(String),
+}
+
+/// The state a [`JwksServer`] shares with its connection tasks.
+struct JwksState {
+    reply: Mutex<Reply>,
+    /// Requests received so far.
+    fetches: AtomicUsize,
+    /// The next request is answered with this body, once the notify is given.
+    held: Mutex<Option<(String, Arc<tokio::sync::Notify>)>>,
+}
+
+/// A JWKS endpoint over plain HTTP or TLS: answers `GET /jwks` with the current [`Reply`],
+/// each connection in its own task (so a held answer delays no other).
 struct JwksServer {
     addr: SocketAddr,
-    body: Arc<Mutex<String>>,
-    fetches: Arc<AtomicUsize>,
+    tls: bool,
+    state: Arc<JwksState>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl JwksServer {
     async fn start(body: String) -> Self {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        Self::launch(Reply::Body(body), None).await
+    }
+
+    /// Serves over TLS with `cert` (clients must trust its CA).
+    async fn start_tls(reply: Reply, cert: &LeafCert) -> Self {
+        Self::launch(reply, Some(tls_acceptor(cert))).await
+    }
+
+    async fn launch(reply: Reply, tls: Option<openssl::ssl::SslAcceptor>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let body = Arc::new(Mutex::new(body));
-        let current = Arc::clone(&body);
-        let fetches = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&fetches);
+        let state = Arc::new(JwksState {
+            reply: Mutex::new(reply),
+            fetches: AtomicUsize::new(0),
+            held: Mutex::new(None),
+        });
+        let shared = Arc::clone(&state);
+        let is_tls = tls.is_some();
         let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
             loop {
-                let Ok((mut conn, _)) = listener.accept().await else {
+                let Ok((conn, _)) = listener.accept().await else {
                     continue;
                 };
-                let mut request = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                let state = Arc::clone(&shared);
+                match &tls {
+                    None => connections.spawn(answer_jwks(conn, state)),
+                    Some(acceptor) => {
+                        let ssl = openssl::ssl::Ssl::new(acceptor.context()).unwrap();
+                        connections.spawn(async move {
+                            let mut stream = tokio_openssl::SslStream::new(ssl, conn).unwrap();
+                            if std::pin::Pin::new(&mut stream).accept().await.is_ok() {
+                                answer_jwks(stream, state).await;
+                            }
+                        })
                     }
-                }
-                counter.fetch_add(1, Ordering::SeqCst);
-                let (status, text) = if request.starts_with(b"GET /jwks ") {
-                    ("200 OK", current.lock().unwrap().clone())
-                } else {
-                    ("404 Not Found", String::new())
                 };
-                let response = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n\
-                     content-length: {}\r\nconnection: close\r\n\r\n{text}",
-                    text.len()
-                );
-                let _ = conn.write_all(response.as_bytes()).await;
-                let _ = conn.shutdown().await;
             }
         });
         JwksServer {
             addr,
-            body,
-            fetches,
+            tls: is_tls,
+            state,
             task,
         }
     }
 
-    /// Requests served so far.
+    /// Requests received so far.
     fn fetches(&self) -> usize {
-        self.fetches.load(Ordering::SeqCst)
+        self.state.fetches.load(Ordering::SeqCst)
     }
 
     fn url(&self) -> String {
-        format!("http://{}/jwks", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}/jwks", self.addr)
     }
 
     fn serve(&self, body: String) {
-        *self.body.lock().unwrap() = body;
+        *self.state.reply.lock().unwrap() = Reply::Body(body);
+    }
+
+    fn redirect_to(&self, location: &str) {
+        *self.state.reply.lock().unwrap() = Reply::Redirect(location.to_string());
+    }
+
+    /// The next request gets `body` (whatever is served by then), answered only once the
+    /// returned notify is given.
+    fn hold_next(&self, body: String) -> Arc<tokio::sync::Notify> {
+        let release = Arc::new(tokio::sync::Notify::new());
+        *self.state.held.lock().unwrap() = Some((body, Arc::clone(&release)));
+        release
     }
 
     /// Stops listening: fetches are refused from now on.
@@ -1415,6 +1798,43 @@ impl JwksServer {
         self.task.abort();
         let _ = self.task.await;
     }
+}
+
+/// Reads one request head from `conn` and answers it as [`JwksServer`] says.
+async fn answer_jwks<S>(mut conn: S, state: Arc<JwksState>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut request = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+    }
+    state.fetches.fetch_add(1, Ordering::SeqCst);
+    let held = state.held.lock().unwrap().take();
+    let reply = match held {
+        Some((body, release)) => {
+            release.notified().await;
+            Reply::Body(body)
+        }
+        None => state.reply.lock().unwrap().clone(),
+    };
+    let (status, location, text) = match reply {
+        _ if !request.starts_with(b"GET /jwks ") => ("404 Not Found", String::new(), String::new()),
+        Reply::Body(text) => ("200 OK", String::new(), text),
+        Reply::Redirect(to) => ("302 Found", format!("location: {to}\r\n"), String::new()),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n{location}\
+         content-length: {}\r\nconnection: close\r\n\r\n{text}",
+        text.len()
+    );
+    let _ = conn.write_all(response.as_bytes()).await;
+    let _ = conn.shutdown().await;
 }
 
 /// The RSA public key in the PEM file `path` as a JWK (RFC 7517), with `kid` if any.
@@ -1437,21 +1857,36 @@ fn jwks(keys: &[(&str, &Path)]) -> String {
     json!({ "keys": keys }).to_string()
 }
 
-/// A gateway whose only key source for [`ISSUER`] (RS256) is `url`, refreshed after
-/// `refresh`, refetched for unknown kids at most every `min_refresh`.
+/// A gateway whose only key source for [`ISSUER`] (RS256) is the plain-http `url`,
+/// refreshed after `refresh`, refetched for unknown kids at most every `min_refresh`.
 async fn jwks_gateway(url: &str, refresh: &str, min_refresh: &str) -> (Gateway, TestUpstream) {
-    start_gateway(&format!(
-        r#"auth:
+    let settings = format!(
+        "      allow_insecure_jwks: true\n      jwks_refresh: {refresh}\n      jwks_min_refresh: {min_refresh}\n"
+    );
+    jwks_gateway_with(url, &settings, &[]).await
+}
+
+/// A gateway whose only key source for [`ISSUER`] (RS256) is `url`, with `settings` (YAML
+/// lines of the issuer) and `env` for the gateway process.
+async fn jwks_gateway_with(
+    url: &str,
+    settings: &str,
+    env: &[(&str, &str)],
+) -> (Gateway, TestUpstream) {
+    start_gateway_with_env(
+        env,
+        &format!(
+            r#"auth:
   jwt:
     - issuer: "{ISSUER}"
+      audience: any
       algorithms: [RS256]
       jwks_url: "{url}"
-      jwks_refresh: {refresh}
-      jwks_min_refresh: {min_refresh}
-routes:
+{settings}routes:
   - {{name: orders, path_prefix: /orders, upstream: up, auth: required}}
 "#
-    ))
+        ),
+    )
     .await
 }
 
@@ -1601,7 +2036,7 @@ async fn keys_offered_by_the_token_jku_or_jwk_header_are_never_used() {
     let (gw, _up) = start_gateway(&format!(
         r#"auth:
   jwt:
-    - {{issuer: "{ISSUER}", algorithms: [RS256], pem_files: [{}]}}
+    - {{issuer: "{ISSUER}", audience: any, algorithms: [RS256], pem_files: [{}]}}
 routes:
   - {{name: orders, path_prefix: /orders, upstream: up, auth: required}}
 "#,
@@ -1621,6 +2056,188 @@ routes:
     assert_token_refused(&a, "invalid_token");
     assert_eq!(evil.fetches(), 0, "the gateway fetched the token's jku/x5u");
     evil.stop().await;
+}
+
+#[tokio::test]
+async fn jwks_url_over_plain_http_is_refused_unless_allow_insecure_jwks() {
+    let out = check_issuers(
+        "    - {issuer: a, audience: any, algorithms: [RS256], jwks_url: \"http://keys.example/jwks\"}\n\
+         \x20   - {issuer: b, audience: any, algorithms: [RS256], jwks_url: \"ftp://keys.example/jwks\"}\n\
+         \x20   - {issuer: c, audience: any, algorithms: [RS256], jwks_url: \"https://keys.example/jwks\", allow_insecure_jwks: true, jwks_file: x.json}\n",
+        &[],
+    )
+    .await;
+    assert_refused_config(
+        &out,
+        &[
+            "auth.jwt[0].jwks_url: \"http://keys.example/jwks\" is plain http: key sets must be fetched over https (or set allow_insecure_jwks: true)",
+            "auth.jwt[1].jwks_url: \"ftp://keys.example/jwks\" is not an https URL",
+        ],
+    );
+    let out = check_issuers(
+        "    - {issuer: a, audience: any, algorithms: [RS256], jwks_url: \"http://keys.example/jwks\", allow_insecure_jwks: true}\n\
+         \x20   - {issuer: b, audience: any, algorithms: [RS256], jwks_url: \"https://keys.example/jwks\"}\n",
+        &[],
+    )
+    .await;
+    assert!(out.success(), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_is_fetched_over_https_and_a_redirect_to_plain_http_is_not_followed() {
+    let keys = Keys::new();
+    let certs = Certs::new();
+    let cert = certs.leaf("jwks", &["127.0.0.1"]);
+    let set = jwks(&[("k1", &keys.public("rsa"))]);
+    let server = JwksServer::start_tls(Reply::Body(set.clone()), &cert).await;
+    let ca = certs.ca_path().to_str().unwrap().to_string();
+    let trust = [("SSL_CERT_FILE", ca.as_str())];
+    let (gw, up) = jwks_gateway_with(&server.url(), "      jwks_min_refresh: 0s\n", &trust).await;
+    let a = send_token(&gw, &rs256_token(&keys, "rsa", Some("k1"))).await;
+    assert_identity(&a, "jwt", Some("alice"), None, None);
+    assert!(server.url().starts_with("https://"));
+
+    // A second https key server that redirects to a plain-http one holding the attacker's key.
+    let plain = JwksServer::start(jwks(&[("evil", &keys.public("rsa2"))])).await;
+    let redirecting = JwksServer::start_tls(Reply::Redirect(plain.url()), &cert).await;
+    let (gw, up2) = jwks_gateway_with(&redirecting.url(), "      jwks_min_refresh: 0s\n", &trust).await;
+    let a = send_token(&gw, &rs256_token(&keys, "rsa2", Some("evil"))).await;
+    assert_token_refused(&a, "invalid_token");
+    assert_eq!(redirecting.fetches(), 1, "{}", gw.logs());
+    assert_eq!(plain.fetches(), 0, "the redirect to http was followed");
+    assert!(gw.stderr().contains("fetch failed"), "{}", gw.logs());
+    assert_eq!((up.hits(), up2.hits()), (1, 0));
+    server.stop().await;
+    redirecting.stop().await;
+    plain.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_redirect_to_another_host_is_not_followed() {
+    let keys = Keys::new();
+    // The other host (`localhost`, not 127.0.0.1) serves the attacker's key.
+    let other = JwksServer::start(jwks(&[("evil", &keys.public("rsa2"))])).await;
+    let elsewhere = other.url().replace("127.0.0.1", "localhost");
+    let server = JwksServer::start(String::new()).await;
+    server.redirect_to(&elsewhere);
+    let (gw, up) = jwks_gateway_with(
+        &server.url(),
+        "      allow_insecure_jwks: true\n      jwks_min_refresh: 0s\n",
+        &[],
+    )
+    .await;
+    let a = send_token(&gw, &rs256_token(&keys, "rsa2", Some("evil"))).await;
+    assert_token_refused(&a, "invalid_token");
+    assert_eq!(server.fetches(), 1);
+    assert_eq!(other.fetches(), 0, "the redirect to another host was followed");
+    assert!(
+        gw.stderr().contains("not the same origin as the jwks_url"),
+        "{}",
+        gw.logs()
+    );
+    assert_eq!(up.hits(), 0);
+    server.stop().await;
+    other.stop().await;
+}
+
+/// Sends a token naming an unknown kid (a foreground fetch, `jwks_min_refresh: 0s`) and
+/// waits until the gateway logs `needle` about it.
+async fn force_fetch_and_wait_for_log(gw: &Gateway, keys: &Keys, needle: &str) {
+    let a = send_token(gw, &rs256_token(keys, "rsa2", Some("k9"))).await;
+    assert_token_refused(&a, "invalid_token");
+    assert!(
+        gw.wait_for_log(needle, Duration::from_secs(5)).await,
+        "no {needle:?} logged\n{}",
+        gw.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_answer_over_1_mib_is_a_failed_fetch_that_keeps_the_last_good_keys() {
+    let keys = Keys::new();
+    let server = JwksServer::start(jwks(&[("k1", &keys.public("rsa"))])).await;
+    let (gw, _up) = jwks_gateway(&server.url(), "1h", "0s").await;
+    let a = send_token(&gw, &rs256_token(&keys, "rsa", Some("k1"))).await;
+    assert_identity(&a, "jwt", Some("alice"), None, None);
+
+    // A well-formed set holding k2 (and k9), padded past 1 MiB.
+    let mut big: Value = serde_json::from_str(&jwks(&[
+        ("k2", &keys.public("rsa2")),
+        ("k9", &keys.public("rsa2")),
+    ]))
+    .unwrap();
+    big["padding"] = json!("x".repeat(1024 * 1024));
+    server.serve(big.to_string());
+    force_fetch_and_wait_for_log(&gw, &keys, "larger than 1048576 bytes").await;
+    // k2 was never taken from it; k1 still works.
+    let a = send_token(&gw, &rs256_token(&keys, "rsa2", Some("k2"))).await;
+    assert_token_refused(&a, "invalid_token");
+    let a = send_token(&gw, &rs256_token(&keys, "rsa", Some("k1"))).await;
+    assert_identity(&a, "jwt", Some("alice"), None, None);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_answer_without_a_usable_key_is_a_failed_fetch_that_keeps_the_last_good_keys() {
+    let keys = Keys::new();
+    let server = JwksServer::start(jwks(&[("k1", &keys.public("rsa"))])).await;
+    let (gw, _up) = jwks_gateway(&server.url(), "1h", "0s").await;
+    let a = send_token(&gw, &rs256_token(&keys, "rsa", Some("k1"))).await;
+    assert_identity(&a, "jwt", Some("alice"), None, None);
+
+    // An HMAC key is no use to an RS256 issuer.
+    let oct = json!({"keys": [{"kty": "oct", "kid": "k9", "k": b64url(JWT_SECRET.as_bytes())}]});
+    server.serve(oct.to_string());
+    force_fetch_and_wait_for_log(&gw, &keys, "none of its 1 keys is usable").await;
+    let a = send_token(&gw, &rs256_token(&keys, "rsa", Some("k1"))).await;
+    assert_identity(&a, "jwt", Some("alice"), None, None);
+
+    server.serve(json!({"keys": []}).to_string());
+    force_fetch_and_wait_for_log(&gw, &keys, "none of its 0 keys is usable").await;
+    let a = send_token(&gw, &rs256_token(&keys, "rsa", Some("k1"))).await;
+    assert_identity(&a, "jwt", Some("alice"), None, None);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_older_jwks_fetch_never_replaces_a_newer_key_set() {
+    let keys = Keys::new();
+    let old_set = jwks(&[("k1", &keys.public("rsa"))]);
+    let server = JwksServer::start(old_set.clone()).await;
+    let (gw, _up) = jwks_gateway(&server.url(), "1s", "0s").await;
+    let a = send_token(&gw, &rs256_token(&keys, "rsa", Some("k1"))).await;
+    assert_identity(&a, "jwt", Some("alice"), None, None);
+    assert_eq!(server.fetches(), 1);
+
+    // The next fetch (the background refresh) is answered late, with the old set; by then
+    // the issuer has withdrawn k1 and published k2.
+    let release = server.hold_next(old_set);
+    server.serve(jwks(&[("k2", &keys.public("rsa2"))]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.fetches() < 2 {
+        let a = send_token(&gw, &rs256_token(&keys, "rsa", Some("k1"))).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert!(Instant::now() < deadline, "no background refresh\n{}", gw.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A k2 token fetches in the foreground (started later) and gets the new set at once.
+    let a = send_token(&gw, &rs256_token(&keys, "rsa2", Some("k2"))).await;
+    assert_identity(&a, "jwt", Some("alice"), None, None);
+    assert_eq!(server.fetches(), 3);
+
+    // Now the old answer arrives: it is discarded, k1 stays withdrawn.
+    release.notify_one();
+    assert!(
+        gw.wait_for_log("discarded the answer of an older fetch", Duration::from_secs(5))
+            .await,
+        "{}",
+        gw.logs()
+    );
+    let a = send_token(&gw, &rs256_token(&keys, "rsa", Some("k1"))).await;
+    assert_token_refused(&a, "invalid_token");
+    let a = send_token(&gw, &rs256_token(&keys, "rsa2", Some("k2"))).await;
+    assert_identity(&a, "jwt", Some("alice"), None, None);
+    server.stop().await;
 }
 
 // ----------------------------------------------------------------------------------------

@@ -3,12 +3,18 @@
 //! token's word, so `alg: none`, an HMAC token signed with an RSA public key, or a token
 //! from an unconfigured issuer all fail.
 //!
-//! Keys come from a secret (environment variable), PEM files, a JWKS file or a JWKS URL. A
-//! URL's key set is fetched on first use, refreshed in the background once older than the
-//! refresh interval, and fetched again (at most once per `jwks_min_refresh`) when a token
-//! names an unknown `kid`; if a fetch fails the last good keys stay.
+//! Beyond the signature, a token must carry `exp`, an accepted `aud` when the issuer lists
+//! audiences, the configured `typ` if any, and no `crit` header (no extension is understood).
+//!
+//! Keys come from a secret (environment variable), PEM files, a JWKS file or a JWKS URL; the
+//! files are read again whenever the verifier is rebuilt (every reload). A URL's key set is
+//! fetched on first use, refreshed in the background once older than the refresh interval,
+//! and fetched again (at most once per `jwks_min_refresh`) when a token names an unknown
+//! `kid`. A fetch that fails (including an answer over [`JWKS_MAX_BYTES`], a redirect to
+//! another origin, or a set with no key usable for the issuer's algorithms) keeps the last
+//! good keys, and a fetch that started before the one whose keys are in use is discarded.
 
-use crate::config::{IssuerSpec, JwtKeySource};
+use crate::config::{Audiences, IssuerSpec, JwksUrlSpec, JwtKeySource, JWKS_MAX_BYTES};
 use arc_swap::ArcSwap;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
@@ -17,7 +23,7 @@ use moka::Expiry;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Why a token was refused. Messages name what is wrong, never the token.
@@ -41,6 +47,12 @@ pub enum JwtError {
     MissingClaim(String),
     #[error("the token has been revoked (logged out)")]
     Revoked,
+    #[error("the token names critical header extensions (crit), which are not supported")]
+    CriticalHeader,
+    #[error("the token's type (typ header) is not accepted here")]
+    BadType,
+    #[error("the token's consumer is not known here")]
+    UnknownConsumer,
 }
 
 /// What a verified token says about its bearer.
@@ -134,15 +146,11 @@ impl JwtVerifier {
     ) -> Result<Self, JwtSetupError> {
         let mut issuers = HashMap::new();
         for spec in specs {
-            let reused = previous
+            let previous_jwks = previous
                 .and_then(|p| p.issuers.get(&spec.issuer))
-                .filter(|v| v.spec == *spec)
-                .cloned();
-            let verifier = match reused {
-                Some(v) => v,
-                None => Arc::new(IssuerVerifier::build(spec)?),
-            };
-            issuers.insert(spec.issuer.clone(), verifier);
+                .and_then(|v| v.jwks.as_ref());
+            let verifier = IssuerVerifier::build(spec, previous_jwks)?;
+            issuers.insert(spec.issuer.clone(), Arc::new(verifier));
         }
         Ok(JwtVerifier {
             issuers,
@@ -156,6 +164,13 @@ impl JwtVerifier {
     /// `true` when no issuer is configured (bearer tokens are then refused).
     pub fn is_empty(&self) -> bool {
         self.issuers.is_empty()
+    }
+
+    /// `true` when tokens of `issuer` are refused unless the store knows their consumer.
+    pub fn requires_known_consumer(&self, issuer: &str) -> bool {
+        self.issuers
+            .get(issuer)
+            .is_some_and(|v| v.spec.consumer_must_exist)
     }
 
     /// Verifies `token` and extracts the identity it carries.
@@ -188,6 +203,10 @@ impl JwtVerifier {
     /// (what a token costs the first time it is seen).
     pub async fn verify_uncached(&self, token: &str) -> Result<TokenIdentity, JwtError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Malformed)?;
+        if header.crit.is_some() {
+            // RFC 7515 §4.1.11: extensions the recipient does not understand make it invalid.
+            return Err(JwtError::CriticalHeader);
+        }
         #[derive(serde::Deserialize)]
         struct IssuerOnly {
             iss: Option<String>,
@@ -198,18 +217,22 @@ impl JwtVerifier {
             .iss
             .and_then(|iss| self.issuers.get(&iss))
             .ok_or(JwtError::UnknownIssuer)?;
-        issuer
-            .verify(token, header.alg, header.kid.as_deref())
-            .await
+        issuer.verify(token, &header).await
     }
 }
 
 impl IssuerVerifier {
-    fn build(spec: &IssuerSpec) -> Result<Self, JwtSetupError> {
+    /// Reads the issuer's key files now; a URL's fetched key set is taken over from
+    /// `previous_jwks` when it is the same URL fetched the same way.
+    fn build(
+        spec: &IssuerSpec,
+        previous_jwks: Option<&Arc<JwksSource>>,
+    ) -> Result<Self, JwtSetupError> {
         let err = |reason: String| JwtSetupError {
             issuer: spec.issuer.clone(),
             reason,
         };
+        let families = families_of(spec);
         let mut static_keys = Vec::new();
         let mut jwks = None;
         for source in &spec.keys {
@@ -233,18 +256,26 @@ impl IssuerVerifier {
                         std::fs::read(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
                     let set: JwkSet = serde_json::from_slice(&text)
                         .map_err(|e| err(format!("{}: {e}", path.display())))?;
-                    static_keys.extend(keys_of(&set));
+                    let keys = keys_of(&set, &families);
+                    if keys.is_empty() {
+                        return Err(err(format!(
+                            "{}: no key usable for the issuer's algorithms",
+                            path.display()
+                        )));
+                    }
+                    static_keys.extend(keys);
                 }
-                JwtKeySource::JwksUrl {
-                    url,
-                    refresh,
-                    min_refresh,
-                } => {
-                    jwks = Some(Arc::new(JwksSource::new(
-                        url.clone(),
-                        *refresh,
-                        *min_refresh,
-                    )));
+                JwtKeySource::JwksUrl(url) => {
+                    let reused = previous_jwks
+                        .filter(|j| j.spec == *url && j.families == families)
+                        .cloned();
+                    jwks = Some(match reused {
+                        Some(j) => j,
+                        None => Arc::new(
+                            JwksSource::new(url.clone(), families.clone())
+                                .map_err(|e| err(format!("jwks client for {}: {e}", url.url)))?,
+                        ),
+                    });
                 }
             }
         }
@@ -254,14 +285,21 @@ impl IssuerVerifier {
             .map(|alg| {
                 let mut v = Validation::new(*alg);
                 v.set_issuer(&[spec.issuer.as_str()]);
-                if spec.audiences.is_empty() {
-                    v.validate_aud = false;
-                } else {
-                    v.set_audience(&spec.audiences);
+                let mut required = spec.required_claims.clone();
+                // A token without an expiry would be valid forever.
+                required.push("exp".into());
+                match &spec.audiences {
+                    Audiences::Any => v.validate_aud = false,
+                    Audiences::OneOf(audiences) => {
+                        v.set_audience(audiences);
+                        // The library checks `aud` only when present: absent is refused too.
+                        required.push("aud".into());
+                    }
                 }
                 v.leeway = spec.leeway.as_secs();
+                v.validate_exp = true;
                 v.validate_nbf = true;
-                v.set_required_spec_claims(&spec.required_claims);
+                v.set_required_spec_claims(&required);
                 (*alg, v)
             })
             .collect();
@@ -276,14 +314,23 @@ impl IssuerVerifier {
     async fn verify(
         &self,
         token: &str,
-        alg: Algorithm,
-        kid: Option<&str>,
+        header: &jsonwebtoken::Header,
     ) -> Result<TokenIdentity, JwtError> {
         let validation = self
             .validations
-            .get(&alg)
+            .get(&header.alg)
             .ok_or(JwtError::AlgorithmNotAllowed)?;
-        let family = alg.family();
+        if let Some(expected) = &self.spec.typ {
+            if !header
+                .typ
+                .as_deref()
+                .is_some_and(|typ| same_media_type(expected, typ))
+            {
+                return Err(JwtError::BadType);
+            }
+        }
+        let kid = header.kid.as_deref();
+        let family = header.alg.family();
         let mut outcome = self.try_keys(&self.static_keys, token, family, kid, validation);
         if let (Err(JwtError::BadSignature), Some(jwks)) = (&outcome, &self.jwks) {
             let keys = jwks.current(kid).await;
@@ -303,7 +350,7 @@ impl IssuerVerifier {
     /// Starts a background fetch when the JWKS is older than its refresh interval.
     fn refresh_if_stale(&self) {
         if let Some(jwks) = &self.jwks {
-            if jwks.since_last_attempt().is_some_and(|s| s >= jwks.refresh) {
+            if jwks.since_last_attempt().is_some_and(|s| s >= jwks.spec.refresh) {
                 jwks.fetch_in_background();
             }
         }
@@ -382,6 +429,29 @@ impl IssuerVerifier {
     }
 }
 
+/// RFC 7515 §4.1.9: `typ` is a media type, compared case-insensitively, and its
+/// `application/` prefix may be left out.
+fn same_media_type(expected: &str, got: &str) -> bool {
+    fn short(t: &str) -> &str {
+        match (t.get(..12), t.get(12..)) {
+            (Some(prefix), Some(rest)) if prefix.eq_ignore_ascii_case("application/") => rest,
+            _ => t,
+        }
+    }
+    short(expected.trim()).eq_ignore_ascii_case(short(got.trim()))
+}
+
+/// The key families the issuer's algorithms use.
+fn families_of(spec: &IssuerSpec) -> Vec<AlgorithmFamily> {
+    let mut families: Vec<AlgorithmFamily> = Vec::new();
+    for family in spec.algorithms.iter().map(|a| a.family()) {
+        if !families.contains(&family) {
+            families.push(family);
+        }
+    }
+    families
+}
+
 /// A PEM public key of the kind the issuer's algorithms need.
 fn pem_key(pem: &[u8], spec: &IssuerSpec) -> Result<Unnamed, String> {
     let families: Vec<AlgorithmFamily> = spec.algorithms.iter().map(|a| a.family()).collect();
@@ -414,13 +484,13 @@ impl Unnamed {
     }
 }
 
-/// The usable keys of a JWKS (keys of unsupported types are skipped).
-fn keys_of(set: &JwkSet) -> Vec<NamedKey> {
+/// The keys of a JWKS usable for `families` (keys of other or unsupported types are skipped).
+fn keys_of(set: &JwkSet, families: &[AlgorithmFamily]) -> Vec<NamedKey> {
     set.keys
         .iter()
         .filter_map(|jwk| {
             let key = DecodingKey::from_jwk(jwk).ok()?;
-            Some(NamedKey {
+            families.contains(&key.family()).then(|| NamedKey {
                 kid: jwk.common.key_id.clone(),
                 family: key.family(),
                 key,
@@ -431,42 +501,111 @@ fn keys_of(set: &JwkSet) -> Vec<NamedKey> {
 
 /// A key set fetched from a URL.
 struct JwksSource {
-    url: String,
-    refresh: Duration,
-    min_refresh: Duration,
+    spec: JwksUrlSpec,
+    /// Only keys of these families are kept (those of the issuer's algorithms).
+    families: Vec<AlgorithmFamily>,
     client: reqwest::Client,
     keys: ArcSwap<Vec<NamedKey>>,
     /// Milliseconds after `created` at which the last fetch was tried; 0: never.
     last_attempt_ms: AtomicU64,
     created: Instant,
-    /// One fetch at a time; waiters reuse its result.
+    /// One foreground fetch at a time; waiters reuse its result.
     fetching: tokio::sync::Mutex<()>,
     /// Increases each time a fetch brings a key set different from the last one.
     generation: AtomicU64,
-    /// Hash of the last fetched JWKS document.
-    last_document: AtomicU64,
+    /// Numbers fetches (background and foreground) in the order they start.
+    started: AtomicU64,
+    /// Which fetch the keys in use came from; held only to compare and store, never
+    /// across an await.
+    applied: Mutex<Applied>,
+}
+
+/// The fetch whose key set is in use.
+#[derive(Default)]
+struct Applied {
+    /// Its number in [`JwksSource::started`] order; 0: none yet.
+    fetch: u64,
+    /// Hash of its JWKS document.
+    document: u64,
 }
 
 /// Longest wait for a key-set fetch on the request path.
 const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(3);
+/// Redirects followed per fetch (each within the URL's origin).
+const JWKS_MAX_REDIRECTS: usize = 3;
+
+/// Why a JWKS fetch failed (the last good keys stay).
+#[derive(Debug, thiserror::Error)]
+enum JwksFetchError {
+    /// reqwest's message leaves out its causes (e.g. why a redirect was refused): say them.
+    #[error("{}", with_causes(.0))]
+    Request(#[from] reqwest::Error),
+    #[error("status {0}")]
+    Status(reqwest::StatusCode),
+    #[error("the answer is larger than {JWKS_MAX_BYTES} bytes")]
+    TooLarge,
+    #[error("not a JWKS document: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("none of its {0} keys is usable for the issuer's algorithms")]
+    NoUsableKey(usize),
+}
+
+/// `error: cause: cause...`, each cause said once.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let said = e.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = e.source();
+    }
+    text
+}
+
+/// The client that fetches a key set: bounded in time, https only unless the file allows
+/// http, following redirects only within the URL's origin (scheme, host and port).
+fn jwks_client(spec: &JwksUrlSpec) -> Result<reqwest::Client, reqwest::Error> {
+    let redirects = reqwest::redirect::Policy::custom(|attempt| {
+        let same_origin = attempt
+            .previous()
+            .first()
+            .is_some_and(|first| first.origin() == attempt.url().origin());
+        if attempt.previous().len() > JWKS_MAX_REDIRECTS {
+            attempt.error(format!("more than {JWKS_MAX_REDIRECTS} redirects"))
+        } else if !same_origin {
+            let refused = format!(
+                "redirect to {} refused: not the same origin as the jwks_url",
+                attempt.url()
+            );
+            attempt.error(refused)
+        } else {
+            attempt.follow()
+        }
+    });
+    reqwest::Client::builder()
+        .timeout(JWKS_FETCH_TIMEOUT)
+        .https_only(!spec.allow_insecure)
+        .redirect(redirects)
+        .build()
+}
 
 impl JwksSource {
-    fn new(url: String, refresh: Duration, min_refresh: Duration) -> Self {
-        JwksSource {
-            url,
-            refresh,
-            min_refresh,
-            client: reqwest::Client::builder()
-                .timeout(JWKS_FETCH_TIMEOUT)
-                .build()
-                .unwrap_or_default(),
+    fn new(spec: JwksUrlSpec, families: Vec<AlgorithmFamily>) -> Result<Self, reqwest::Error> {
+        Ok(JwksSource {
+            client: jwks_client(&spec)?,
+            spec,
+            families,
             keys: ArcSwap::from_pointee(Vec::new()),
             last_attempt_ms: AtomicU64::new(0),
             created: Instant::now(),
             fetching: tokio::sync::Mutex::new(()),
             generation: AtomicU64::new(0),
-            last_document: AtomicU64::new(0),
-        }
+            started: AtomicU64::new(0),
+            applied: Mutex::new(Applied::default()),
+        })
     }
 
     /// The keys to try for a token with `kid`: fetches now if the set is empty or lacks the
@@ -476,11 +615,11 @@ impl JwksSource {
         let missing = keys.is_empty()
             || kid.is_some_and(|k| !keys.iter().any(|n| n.kid.as_deref() == Some(k)));
         let since = self.since_last_attempt();
-        if missing && since.is_none_or(|s| s >= self.min_refresh) {
+        if missing && since.is_none_or(|s| s >= self.spec.min_refresh) {
             self.fetch().await;
             return self.keys.load_full();
         }
-        if since.is_some_and(|s| s >= self.refresh) {
+        if since.is_some_and(|s| s >= self.spec.refresh) {
             // Stale: serve what we have; a fetch runs alongside for the next requests.
             self.fetch_in_background();
         }
@@ -524,34 +663,70 @@ impl JwksSource {
     }
 
     async fn fetch_now(&self) {
-        match fetch_jwks(&self.client, &self.url).await {
-            Ok((keys, document_hash)) => {
-                if self.last_document.swap(document_hash, Ordering::AcqRel) != document_hash {
-                    log::info!("jwks {}: {} keys", self.url, keys.len());
-                    self.keys.store(Arc::new(keys));
-                    self.generation.fetch_add(1, Ordering::AcqRel);
-                }
-            }
+        let number = self.started.fetch_add(1, Ordering::AcqRel) + 1;
+        match fetch_jwks(&self.client, &self.spec.url, &self.families).await {
+            Ok((keys, document)) => self.apply(number, keys, document),
             Err(e) => log::warn!(
                 "jwks {}: fetch failed, keeping the last good keys: {e}",
-                self.url
+                self.spec.url
             ),
+        }
+    }
+
+    /// Puts the key set of fetch `number` in use, unless a fetch that started later has
+    /// already put its own in place (a slow older answer never replaces a newer one).
+    fn apply(&self, number: u64, keys: Vec<NamedKey>, document: u64) {
+        let mut applied = self.applied.lock().unwrap_or_else(PoisonError::into_inner);
+        if number < applied.fetch {
+            log::info!(
+                "jwks {}: discarded the answer of an older fetch (a newer key set is in use)",
+                self.spec.url
+            );
+            return;
+        }
+        applied.fetch = number;
+        if applied.document != document {
+            applied.document = document;
+            log::info!("jwks {}: {} keys", self.spec.url, keys.len());
+            self.keys.store(Arc::new(keys));
+            self.generation.fetch_add(1, Ordering::AcqRel);
         }
     }
 }
 
-/// The usable keys of the JWKS at `url`, and a hash of the document (to notice changes).
-async fn fetch_jwks(client: &reqwest::Client, url: &str) -> Result<(Vec<NamedKey>, u64), String> {
+/// The keys of the JWKS at `url` usable for `families`, and a hash of the document (to
+/// notice changes). The body is read up to [`JWKS_MAX_BYTES`].
+async fn fetch_jwks(
+    client: &reqwest::Client,
+    url: &str,
+    families: &[AlgorithmFamily],
+) -> Result<(Vec<NamedKey>, u64), JwksFetchError> {
     use std::hash::{Hash, Hasher};
-    let resp = client.get(url).send().await.map_err(|e| e.to_string())?;
+    let mut resp = client.get(url).send().await?;
     if !resp.status().is_success() {
-        return Err(format!("status {}", resp.status()));
+        return Err(JwksFetchError::Status(resp.status()));
     }
-    let body = resp.bytes().await.map_err(|e| e.to_string())?;
-    let set: JwkSet = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+    if resp
+        .content_length()
+        .is_some_and(|n| n > JWKS_MAX_BYTES as u64)
+    {
+        return Err(JwksFetchError::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if body.len() + chunk.len() > JWKS_MAX_BYTES {
+            return Err(JwksFetchError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let set: JwkSet = serde_json::from_slice(&body)?;
+    let keys = keys_of(&set, families);
+    if keys.is_empty() {
+        return Err(JwksFetchError::NoUsableKey(set.keys.len()));
+    }
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     body.hash(&mut hasher);
-    Ok((keys_of(&set), hasher.finish()))
+    Ok((keys, hasher.finish()))
 }
 
 #[cfg(test)]
@@ -573,10 +748,12 @@ mod tests {
     fn joe(leeway: Duration, algorithms: Vec<Algorithm>) -> JwtVerifier {
         let spec = IssuerSpec {
             issuer: "joe".into(),
-            audiences: vec![],
+            audiences: Audiences::Any,
             algorithms,
             leeway,
             required_claims: vec!["exp".into()],
+            typ: None,
+            consumer_must_exist: false,
             consumer_claim: "iss".into(),
             plan_claim: None,
             default_plan: Some("free".into()),
@@ -643,5 +820,46 @@ mod tests {
         // {"alg":"HS256"} . {"iss":"mallory"}
         let stranger = "eyJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJtYWxsb3J5In0.c2ln";
         assert_eq!(v.verify(stranger).await, Err(JwtError::UnknownIssuer));
+    }
+
+    #[test]
+    fn typ_is_a_media_type_compared_without_case_or_application_prefix() {
+        assert!(same_media_type("at+jwt", "AT+JWT"));
+        assert!(same_media_type("at+jwt", "application/at+jwt"));
+        assert!(same_media_type("application/at+jwt", "at+jwt"));
+        assert!(!same_media_type("at+jwt", "jwt"));
+        assert!(!same_media_type("at+jwt", "application/"));
+        assert!(!same_media_type("at+jwt", "é"));
+    }
+
+    fn fetched(kid: &str) -> Vec<NamedKey> {
+        vec![NamedKey {
+            kid: Some(kid.into()),
+            family: AlgorithmFamily::Hmac,
+            key: DecodingKey::from_secret(b"k"),
+        }]
+    }
+
+    fn kids(source: &JwksSource) -> Vec<Option<String>> {
+        source.keys.load().iter().map(|k| k.kid.clone()).collect()
+    }
+
+    #[test]
+    fn an_older_fetch_never_replaces_the_key_set_of_a_newer_one() {
+        let spec = JwksUrlSpec {
+            url: "https://keys.test/jwks".into(),
+            refresh: Duration::from_secs(60),
+            min_refresh: Duration::ZERO,
+            allow_insecure: false,
+        };
+        let source = JwksSource::new(spec, vec![AlgorithmFamily::Hmac]).unwrap();
+        source.apply(2, fetched("new"), 2);
+        assert_eq!(kids(&source), [Some("new".to_string())]);
+        let generation = source.generation.load(Ordering::Acquire);
+        source.apply(1, fetched("old"), 1);
+        assert_eq!(kids(&source), [Some("new".to_string())]);
+        assert_eq!(source.generation.load(Ordering::Acquire), generation);
+        source.apply(3, fetched("newer"), 3);
+        assert_eq!(kids(&source), [Some("newer".to_string())]);
     }
 }

@@ -309,7 +309,8 @@ impl Authenticator {
         {
             return Err(AuthError::InvalidToken(JwtError::Revoked));
         }
-        // A token for a consumer the store knows is subject to that consumer's status.
+        // A token for a consumer the store knows is subject to that consumer's status; for
+        // an issuer whose consumers must exist (the account API's), an unknown one is refused.
         let known = self
             .store
             .find_consumer(&identity.subject)
@@ -318,10 +319,13 @@ impl Authenticator {
                 log::warn!("{e}");
                 AuthError::StoreUnavailable
             })?;
-        if known.is_some_and(|c| c.status != Status::Active) {
-            return Err(AuthError::ConsumerDisabled);
+        match known {
+            None if self.jwt.requires_known_consumer(&identity.issuer) => {
+                Err(AuthError::InvalidToken(JwtError::UnknownConsumer))
+            }
+            Some(c) if c.status != Status::Active => Err(AuthError::ConsumerDisabled),
+            _ => Ok(identity),
         }
-        Ok(identity)
     }
 }
 

@@ -144,6 +144,12 @@ pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(5);
 pub const DEFAULT_CACHE_ENTRIES: u64 = 100_000;
 /// Clock skew tolerated on `exp` and `nbf`.
 pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(30);
+/// The largest `leeway` the file may set: clocks that disagree by more are broken, and a
+/// larger leeway would keep expired tokens working.
+pub const MAX_JWT_LEEWAY: Duration = Duration::from_secs(300);
+/// The largest JWKS document fetched from a `jwks_url`: real key sets are a few KiB; a
+/// bigger answer is refused (a failed fetch) rather than read into memory.
+pub const JWKS_MAX_BYTES: usize = 1024 * 1024;
 /// A JWKS URL is fetched again in the background when its keys are older than this.
 pub const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(300);
 /// A token with an unknown `kid` triggers a fetch at most this often per issuer.
@@ -219,31 +225,59 @@ impl std::fmt::Debug for Secret {
 #[derive(Debug, Clone, PartialEq)]
 pub struct IssuerSpec {
     pub issuer: String,
-    /// Accepted `aud` values; empty: the audience is not checked.
-    pub audiences: Vec<String>,
+    /// Which `aud` values are accepted.
+    pub audiences: Audiences,
     pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// Clock skew tolerated on `exp` and `nbf`; at most [`MAX_JWT_LEEWAY`].
     pub leeway: Duration,
+    /// Registered claims a token must carry; always includes `exp` (and `aud` when
+    /// audiences are listed).
     pub required_claims: Vec<String>,
+    /// The `typ` header a token must carry (compared case-insensitively, an
+    /// `application/` prefix ignored); `None`: not checked.
+    pub typ: Option<String>,
+    /// A token is refused unless the credential store knows its consumer (the account
+    /// issuer: a deleted account's tokens stop working).
+    pub consumer_must_exist: bool,
     pub consumer_claim: String,
     pub plan_claim: Option<String>,
     pub default_plan: Option<String>,
     pub keys: Vec<JwtKeySource>,
 }
 
+/// Which `aud` values an issuer's tokens may carry.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Audiences {
+    /// `audience: any`: the audience is not checked.
+    Any,
+    /// A token must carry `aud` naming at least one of these (never empty).
+    OneOf(Vec<String>),
+}
+
 /// Where an issuer's verification keys come from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum JwtKeySource {
+    /// An HMAC key (from `secret_env`, decoded as `secret_encoding` says).
     Secret(Secret),
-    PemFile {
-        path: PathBuf,
-        kid: Option<String>,
-    },
+    /// A PEM public key file, read again on every reload.
+    PemFile { path: PathBuf, kid: Option<String> },
+    /// A JWKS file, read again on every reload.
     JwksFile(PathBuf),
-    JwksUrl {
-        url: String,
-        refresh: Duration,
-        min_refresh: Duration,
-    },
+    /// A JWKS fetched over the network.
+    JwksUrl(JwksUrlSpec),
+}
+
+/// A JWKS URL and how it is fetched.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JwksUrlSpec {
+    /// `https://` unless `allow_insecure` (then `http://` too).
+    pub url: String,
+    /// Background refresh once the keys are older than this.
+    pub refresh: Duration,
+    /// A token naming an unknown `kid` fetches at most this often.
+    pub min_refresh: Duration,
+    /// `allow_insecure_jwks: true`: plain `http://` URLs are allowed.
+    pub allow_insecure: bool,
 }
 
 /// A plan: the limits of the consumers on it.

@@ -136,19 +136,28 @@ pub struct RawIssuer {
     pub issuer: String,
     #[serde(default)]
     pub audiences: Vec<String>,
+    /// `any`: accept every audience (the only value; otherwise list `audiences`).
+    pub audience: Option<String>,
     pub algorithms: Vec<String>,
     pub leeway: Option<String>,
     pub required_claims: Option<Vec<String>>,
+    /// The `typ` header tokens must carry, e.g. `at+jwt`.
+    pub typ: Option<String>,
     pub consumer_claim: Option<String>,
     pub plan_claim: Option<String>,
     pub default_plan: Option<String>,
     pub secret_env: Option<String>,
+    /// How the value of `secret_env` is read: `raw` (default), `base64url` or `base64`.
+    pub secret_encoding: Option<String>,
     #[serde(default)]
     pub pem_files: Vec<RawPemFile>,
     pub jwks_file: Option<String>,
     pub jwks_url: Option<String>,
     pub jwks_refresh: Option<String>,
     pub jwks_min_refresh: Option<String>,
+    /// Allows a plain `http://` `jwks_url`.
+    #[serde(default)]
+    pub allow_insecure_jwks: bool,
 }
 
 /// A PEM public key file, optionally known by a `kid`.

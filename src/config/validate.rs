@@ -795,13 +795,9 @@ fn issuer_spec(
         .any(|a| a.family() != AlgorithmFamily::Hmac);
     let mut keys = Vec::new();
     if let Some(env) = &raw.secret_env {
-        match std::env::var(env) {
-            Ok(v) if v.len() >= 32 => keys.push(JwtKeySource::Secret(Secret::new(v.into_bytes()))),
-            Ok(_) => p.push(
-                format!("{place}.secret_env"),
-                format!("${env} must hold at least 32 bytes"),
-            ),
-            Err(_) => p.push(format!("{place}.secret_env"), format!("${env} is not set")),
+        let encoding = secret_encoding(raw.secret_encoding.as_deref(), place, p);
+        if let Some(secret) = hmac_secret(env, encoding, &format!("{place}.secret_env"), p) {
+            keys.push(JwtKeySource::Secret(secret));
         }
         if !wants_hmac {
             p.push(
@@ -809,11 +805,19 @@ fn issuer_spec(
                 "a secret only verifies HS256/384/512, which algorithms does not list",
             );
         }
-    } else if wants_hmac {
-        p.push(
-            format!("{place}.secret_env"),
-            "HS* algorithms need a secret (secret_env)",
-        );
+    } else {
+        if wants_hmac {
+            p.push(
+                format!("{place}.secret_env"),
+                "HS* algorithms need a secret (secret_env)",
+            );
+        }
+        if raw.secret_encoding.is_some() {
+            p.push(
+                format!("{place}.secret_encoding"),
+                "only applies to secret_env, which is not set",
+            );
+        }
     }
     for (i, pem) in raw.pem_files.iter().enumerate() {
         keys.push(JwtKeySource::PemFile {
@@ -830,15 +834,23 @@ fn issuer_spec(
         )));
     }
     if let Some(url) = &raw.jwks_url {
-        if !(url.starts_with("http://") || url.starts_with("https://"))
-            || url.parse::<http::Uri>().is_err()
-        {
-            p.push(
+        let scheme = url.parse::<http::Uri>().ok().and_then(|u| {
+            u.host()?;
+            u.scheme_str().map(str::to_ascii_lowercase)
+        });
+        match scheme.as_deref() {
+            Some("https") => {}
+            Some("http") if raw.allow_insecure_jwks => {}
+            Some("http") => p.push(
                 format!("{place}.jwks_url"),
-                format!("{url:?} is not an http(s) URL"),
-            );
+                format!("{url:?} is plain http: key sets must be fetched over https (or set allow_insecure_jwks: true)"),
+            ),
+            _ => p.push(
+                format!("{place}.jwks_url"),
+                format!("{url:?} is not an https URL"),
+            ),
         }
-        keys.push(JwtKeySource::JwksUrl {
+        keys.push(JwtKeySource::JwksUrl(JwksUrlSpec {
             url: url.clone(),
             refresh: duration(
                 raw.jwks_refresh.clone(),
@@ -852,7 +864,13 @@ fn issuer_spec(
                 DEFAULT_JWKS_MIN_REFRESH,
                 p,
             ),
-        });
+            allow_insecure: raw.allow_insecure_jwks,
+        }));
+    } else if raw.allow_insecure_jwks {
+        p.push(
+            format!("{place}.allow_insecure_jwks"),
+            "only applies to jwks_url, which is not set",
+        );
     }
     let has_public_source = raw.pem_files.len()
         + usize::from(raw.jwks_file.is_some())
@@ -874,21 +892,171 @@ fn issuer_spec(
             format!("no plan named {plan:?}"),
         );
     }
+    let leeway = duration(
+        raw.leeway,
+        &format!("{place}.leeway"),
+        DEFAULT_JWT_LEEWAY,
+        p,
+    );
+    if leeway > MAX_JWT_LEEWAY {
+        p.push(
+            format!("{place}.leeway"),
+            format!(
+                "must be at most {} (a longer leeway keeps expired tokens working)",
+                humantime::format_duration(MAX_JWT_LEEWAY)
+            ),
+        );
+    }
+    if raw.typ.as_deref().is_some_and(|t| t.trim().is_empty()) {
+        p.push(format!("{place}.typ"), "must not be empty");
+    }
+    let mut required_claims = raw.required_claims.unwrap_or_default();
+    if !required_claims.iter().any(|c| c == "exp") {
+        // A token without an expiry would be valid forever.
+        required_claims.insert(0, "exp".into());
+    }
     IssuerSpec {
         issuer: raw.issuer,
-        audiences: raw.audiences,
+        audiences: audiences(raw.audiences, raw.audience, place, p),
         algorithms,
-        leeway: duration(
-            raw.leeway,
-            &format!("{place}.leeway"),
-            DEFAULT_JWT_LEEWAY,
-            p,
-        ),
-        required_claims: raw.required_claims.unwrap_or_else(|| vec!["exp".into()]),
+        leeway,
+        required_claims,
+        typ: raw.typ,
+        consumer_must_exist: false,
         consumer_claim: raw.consumer_claim.unwrap_or_else(|| "sub".into()),
         plan_claim: raw.plan_claim,
         default_plan: raw.default_plan,
         keys,
+    }
+}
+
+/// `audiences: [..]`, or `audience: any` written out: an issuer never accepts every
+/// audience by omission.
+fn audiences(
+    listed: Vec<String>,
+    any: Option<String>,
+    place: &str,
+    p: &mut Problems,
+) -> Audiences {
+    match (any.as_deref(), listed.is_empty()) {
+        (Some("any"), true) => Audiences::Any,
+        (Some("any"), false) => {
+            p.push(
+                format!("{place}.audience"),
+                "`audience: any` and a list of audiences exclude each other",
+            );
+            Audiences::OneOf(listed)
+        }
+        (Some(other), _) => {
+            p.push(
+                format!("{place}.audience"),
+                format!("{other:?}: the only value is `any`; list accepted values under audiences"),
+            );
+            Audiences::OneOf(listed)
+        }
+        (None, true) => {
+            p.push(
+                format!("{place}.audiences"),
+                "list the accepted audiences, or write `audience: any` to accept tokens for every audience",
+            );
+            Audiences::Any
+        }
+        (None, false) => {
+            for (i, aud) in listed.iter().enumerate() {
+                if aud.is_empty() {
+                    p.push(format!("{place}.audiences[{i}]"), "must not be empty");
+                }
+            }
+            Audiences::OneOf(listed)
+        }
+    }
+}
+
+/// How a `secret_env` value is turned into key bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum SecretEncoding {
+    /// The variable's bytes as they are.
+    Raw,
+    /// Base64url (RFC 4648 §5), padding optional: binary keys such as JWK `k` values.
+    Base64Url,
+    /// Standard base64 (RFC 4648 §4), padding optional.
+    Base64,
+}
+
+fn secret_encoding(raw: Option<&str>, place: &str, p: &mut Problems) -> SecretEncoding {
+    match raw {
+        None | Some("raw") => SecretEncoding::Raw,
+        Some("base64url") => SecretEncoding::Base64Url,
+        Some("base64") => SecretEncoding::Base64,
+        Some(other) => {
+            p.push(
+                format!("{place}.secret_encoding"),
+                format!("unknown encoding {other:?} (raw, base64url, base64)"),
+            );
+            SecretEncoding::Raw
+        }
+    }
+}
+
+/// The HMAC key in the environment variable `env`, at least 32 bytes once decoded. Each
+/// failure says what is wrong with the value (never the value itself).
+fn hmac_secret(
+    env: &str,
+    encoding: SecretEncoding,
+    place: &str,
+    p: &mut Problems,
+) -> Option<Secret> {
+    use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+    use base64::engine::DecodePaddingMode;
+    use base64::Engine;
+    use std::os::unix::ffi::OsStringExt;
+    let Some(value) = std::env::var_os(env) else {
+        p.push(place, format!("${env} is not set"));
+        return None;
+    };
+    if value.is_empty() {
+        p.push(place, format!("${env} is set but empty"));
+        return None;
+    }
+    let lenient = GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    let decoded = match encoding {
+        SecretEncoding::Raw => Ok(value.into_vec()),
+        SecretEncoding::Base64Url | SecretEncoding::Base64 => {
+            let (name, alphabet) = if encoding == SecretEncoding::Base64Url {
+                ("base64url", &base64::alphabet::URL_SAFE)
+            } else {
+                ("base64", &base64::alphabet::STANDARD)
+            };
+            let text = value.into_vec();
+            GeneralPurpose::new(alphabet, lenient)
+                .decode(text.trim_ascii())
+                // The decoder's own message would quote a character of the secret.
+                .map_err(|_| format!("${env} is not valid {name} (secret_encoding: {name})"))
+        }
+    };
+    match decoded {
+        Ok(bytes) if bytes.len() >= 32 => Some(Secret::new(bytes)),
+        Ok(bytes) => {
+            let decoded = if encoding == SecretEncoding::Raw {
+                ""
+            } else {
+                " once decoded"
+            };
+            p.push(
+                place,
+                format!(
+                    "${env} must hold at least 32 bytes{decoded} (it holds {})",
+                    bytes.len()
+                ),
+            );
+            None
+        }
+        Err(message) => {
+            p.push(place, message);
+            None
+        }
     }
 }
 
@@ -1171,14 +1339,20 @@ fn account(raw: RawAccount, p: &mut Problems) -> AccountSettings {
 }
 
 /// The proxy-side issuer of account access tokens: HS256 under the signing secret, the
-/// consumer in `sub`, the plan in `plan`, and a `jti` (logout blocks it).
+/// consumer in `sub`, the plan in `plan`, and a `jti` (logout blocks it). The consumer must
+/// exist in the store, so a deleted account's tokens stop working.
 fn account_issuer(account: &AccountSettings) -> IssuerSpec {
     IssuerSpec {
         issuer: account.issuer.clone(),
-        audiences: account.audience.iter().cloned().collect(),
+        audiences: match &account.audience {
+            Some(aud) => Audiences::OneOf(vec![aud.clone()]),
+            None => Audiences::Any,
+        },
         algorithms: vec![jsonwebtoken::Algorithm::HS256],
         leeway: DEFAULT_JWT_LEEWAY,
         required_claims: vec!["exp".into(), "sub".into(), "jti".into()],
+        typ: None,
+        consumer_must_exist: true,
         consumer_claim: "sub".into(),
         plan_claim: Some("plan".into()),
         default_plan: None,

@@ -241,7 +241,9 @@ impl Drop for TestUpstream {
     }
 }
 
-fn tls_acceptor(cert: &LeafCert) -> SslAcceptor {
+/// An OpenSSL acceptor presenting `cert` (ALPN `h2` and `http/1.1`), for test servers that
+/// speak TLS.
+pub fn tls_acceptor(cert: &LeafCert) -> SslAcceptor {
     let key = openssl::pkey::PKey::private_key_from_pem(cert.key_pem.as_bytes())
         .expect("cannot parse the upstream's private key");
     let leaf = openssl::x509::X509::from_pem(cert.cert_pem.as_bytes())
