@@ -1481,7 +1481,7 @@ async fn leeway_over_five_minutes_is_refused_naming_the_field() {
 #[tokio::test]
 async fn secret_env_with_secret_encoding_base64url_holds_a_binary_hs256_key() {
     // 32 bytes that are not UTF-8 (and hold a NUL, which no environment variable can).
-    let key: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(37) ^ 0x80).collect();
+    let key: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(37) | 0x80).chain([0]).collect();
     assert!(std::str::from_utf8(&key).is_err() && key.contains(&0));
     let encoded = b64url(&key);
     let (gw, up) = start_gateway_with_env(
@@ -1725,7 +1725,7 @@ impl JwksServer {
 
     /// Serves over TLS with `cert` (clients must trust its CA).
     async fn start_tls(reply: Reply, cert: &LeafCert) -> Self {
-        Self::launch(reply, Some(tls_acceptor(cert))).await
+        Self::launch(reply, Some(http1_tls_acceptor(cert))).await
     }
 
     async fn launch(reply: Reply, tls: Option<openssl::ssl::SslAcceptor>) -> Self {

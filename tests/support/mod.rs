@@ -33,4 +33,4 @@ pub use net::{free_port, http_client, http_client_builder, port_is_closed, wait_
 pub use postgres::Postgres;
 pub use process::CommandOutput;
 pub use redis::{redis_command, RedisCluster, RedisServer, Resp};
-pub use upstream::{tls_acceptor, TestUpstream};
+pub use upstream::{http1_tls_acceptor, TestUpstream};

@@ -39,7 +39,7 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use openssl::ssl::{self, AlpnError, Ssl, SslAcceptor, SslMethod};
+use openssl::ssl::{self, AlpnError, Ssl, SslAcceptor, SslAcceptorBuilder, SslMethod};
 use serde_json::{json, Map, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
@@ -241,9 +241,21 @@ impl Drop for TestUpstream {
     }
 }
 
-/// An OpenSSL acceptor presenting `cert` (ALPN `h2` and `http/1.1`), for test servers that
-/// speak TLS.
-pub fn tls_acceptor(cert: &LeafCert) -> SslAcceptor {
+fn tls_acceptor(cert: &LeafCert) -> SslAcceptor {
+    let mut builder = acceptor_builder(cert);
+    builder.set_alpn_select_callback(|_, offered| {
+        ssl::select_next_proto(b"\x02h2\x08http/1.1", offered).ok_or(AlpnError::NOACK)
+    });
+    builder.build()
+}
+
+/// An OpenSSL acceptor presenting `cert` that negotiates no ALPN protocol (clients speak
+/// HTTP/1.1), for test servers other than [`TestUpstream`] that speak TLS.
+pub fn http1_tls_acceptor(cert: &LeafCert) -> SslAcceptor {
+    acceptor_builder(cert).build()
+}
+
+fn acceptor_builder(cert: &LeafCert) -> SslAcceptorBuilder {
     let key = openssl::pkey::PKey::private_key_from_pem(cert.key_pem.as_bytes())
         .expect("cannot parse the upstream's private key");
     let leaf = openssl::x509::X509::from_pem(cert.cert_pem.as_bytes())
@@ -259,10 +271,7 @@ pub fn tls_acceptor(cert: &LeafCert) -> SslAcceptor {
     builder
         .check_private_key()
         .expect("the upstream's key does not match its certificate");
-    builder.set_alpn_select_callback(|_, offered| {
-        ssl::select_next_proto(b"\x02h2\x08http/1.1", offered).ok_or(AlpnError::NOACK)
-    });
-    builder.build()
+    builder
 }
 
 /// Accepts connections until aborted. Aborting drops the listener and the
