@@ -1092,7 +1092,7 @@ async fn token_without_the_route_scope_is_403_insufficient_scope() {
 /// RSA key plus the HS256 secret), and a required route `/orders`.
 struct TokenWorld {
     gw: Gateway,
-    _up: TestUpstream,
+    up: TestUpstream,
     keys: Keys,
 }
 
@@ -1123,7 +1123,7 @@ routes:
             keys.pem_file_yaml("rsa"),
         ))
         .await;
-        TokenWorld { gw, _up: up, keys }
+        TokenWorld { gw, up, keys }
     }
 
     fn rs256(&self) -> Signer {
@@ -1290,7 +1290,7 @@ async fn token_without_aud_is_refused_when_the_issuer_lists_audiences() {
     assert!(body["message"].as_str().unwrap().contains("aud"), "{body}");
     let c = claims(ISSUER, "alice", json!({"aud": []}));
     assert_token_refused(&t.send(&token(&t.rs256(), None, &c)).await, "invalid_token");
-    assert_eq!(t._up.hits(), 0, "a refused token reached the upstream");
+    assert_eq!(t.up.hits(), 0, "a refused token reached the upstream");
 }
 
 #[tokio::test]
@@ -1303,7 +1303,7 @@ async fn token_with_a_crit_header_is_401_invalid_token() {
         let body = assert_token_refused(&a, "invalid_token");
         assert!(body["message"].as_str().unwrap().contains("crit"), "{body}");
     }
-    assert_eq!(t._up.hits(), 0, "a refused token reached the upstream");
+    assert_eq!(t.up.hits(), 0, "a refused token reached the upstream");
     // The control: the same claims without crit pass.
     let header = json!({"alg": "RS256", "typ": "JWT"});
     let a = t.send(&token_with_header(&header, &c, &t.rs256())).await;
@@ -1345,7 +1345,10 @@ routes:
     for typ in [Some("JWT"), Some("application/jwt"), Some("at+jwt2"), None] {
         let a = send(typ).await;
         let body = assert_token_refused(&a, "invalid_token");
-        assert!(body["message"].as_str().unwrap().contains("typ"), "{typ:?}: {body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("typ"),
+            "{typ:?}: {body}"
+        );
     }
     assert_eq!(up.hits(), hits, "a refused token reached the upstream");
 }
@@ -1369,14 +1372,22 @@ routes:
     .await;
     let signer = Signer::Rs256(keys.private("rsa"));
     let forever = json!({"iss": ISSUER, "sub": "alice"});
-    let a = get(&gw, "/orders", &[("authorization", &bearer(&token(&signer, None, &forever)))]).await;
+    let a = get(
+        &gw,
+        "/orders",
+        &[("authorization", &bearer(&token(&signer, None, &forever)))],
+    )
+    .await;
     let body = assert_token_refused(&a, "invalid_token");
     assert!(body["message"].as_str().unwrap().contains("exp"), "{body}");
     assert_eq!(up.hits(), 0, "a token without exp reached the upstream");
     let a = get(
         &gw,
         "/orders",
-        &[("authorization", &bearer(&token(&signer, None, &claims(ISSUER, "alice", json!({})))))],
+        &[(
+            "authorization",
+            &bearer(&token(&signer, None, &claims(ISSUER, "alice", json!({})))),
+        )],
     )
     .await;
     assert_identity(&a, "jwt", Some("alice"), None, None);
@@ -1481,7 +1492,10 @@ async fn leeway_over_five_minutes_is_refused_naming_the_field() {
 #[tokio::test]
 async fn secret_env_with_secret_encoding_base64url_holds_a_binary_hs256_key() {
     // 32 bytes that are not UTF-8 (and hold a NUL, which no environment variable can).
-    let key: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(37) | 0x80).chain([0]).collect();
+    let key: Vec<u8> = (0..32u8)
+        .map(|i| i.wrapping_mul(37) | 0x80)
+        .chain([0])
+        .collect();
     assert!(std::str::from_utf8(&key).is_err() && key.contains(&0));
     let encoded = b64url(&key);
     let (gw, up) = start_gateway_with_env(
@@ -1551,13 +1565,25 @@ async fn unusable_secret_env_values_say_what_is_wrong_not_that_the_variable_is_u
             "auth.jwt[5].secret_encoding: unknown encoding \"hex\" (raw, base64url, base64)",
         ],
     );
-    for set in ["TG_JWT_SHORT", "TG_JWT_EMPTY", "TG_JWT_NOT_B64", "TG_JWT_SHORT_B64"] {
+    for set in [
+        "TG_JWT_SHORT",
+        "TG_JWT_EMPTY",
+        "TG_JWT_NOT_B64",
+        "TG_JWT_SHORT_B64",
+    ] {
         assert!(!out.stderr.contains(&format!("${set} is not set")), "{out}");
     }
-    assert!(!out.stderr.contains("too short") && !out.stderr.contains("not*base64url"), "a value was printed\n{out}");
+    assert!(
+        !out.stderr.contains("too short") && !out.stderr.contains("not*base64url"),
+        "a value was printed\n{out}"
+    );
 
     // A raw value that is not UTF-8 is a key like any other.
-    let out = check_issuers(&issuer(0, "TG_JWT_RAW_BINARY", ""), &[("TG_JWT_RAW_BINARY", &[0xff; 40])]).await;
+    let out = check_issuers(
+        &issuer(0, "TG_JWT_RAW_BINARY", ""),
+        &[("TG_JWT_RAW_BINARY", &[0xff; 40])],
+    )
+    .await;
     assert!(out.success(), "{out}");
 }
 
@@ -1663,12 +1689,24 @@ routes:
     ))
     .await;
     let status = |iss: &'static str, key: &'static str| {
-        let t = token(&Signer::Rs256(keys.private(key)), Some("k1"), &claims(iss, "alice", json!({})));
+        let t = token(
+            &Signer::Rs256(keys.private(key)),
+            Some("k1"),
+            &claims(iss, "alice", json!({})),
+        );
         let gw = &gw;
-        async move { get(gw, "/orders", &[("authorization", &bearer(&t))]).await.status }
+        async move {
+            get(gw, "/orders", &[("authorization", &bearer(&t))])
+                .await
+                .status
+        }
     };
     for iss in ["https://pem.test/", "https://jwks.test/"] {
-        assert_eq!((status(iss, "rsa").await, status(iss, "rsa2").await), (200, 401), "{iss}");
+        assert_eq!(
+            (status(iss, "rsa").await, status(iss, "rsa2").await),
+            (200, 401),
+            "{iss}"
+        );
     }
 
     // The issuer rotates to rsa2: both files are replaced, then the gateway is reloaded.
@@ -1676,15 +1714,24 @@ routes:
     replace_file(&set, jwks(&[("k1", &keys.public("rsa2"))]).as_bytes());
     gw.signal(libc::SIGHUP);
     assert!(
-        gw.wait_for_log("generation 2", Duration::from_secs(5)).await,
+        gw.wait_for_log("generation 2", Duration::from_secs(5))
+            .await,
         "no reload\n{}",
         gw.logs()
     );
     let hits = up.hits();
     for iss in ["https://pem.test/", "https://jwks.test/"] {
-        assert_eq!((status(iss, "rsa").await, status(iss, "rsa2").await), (401, 200), "{iss}");
+        assert_eq!(
+            (status(iss, "rsa").await, status(iss, "rsa2").await),
+            (401, 200),
+            "{iss}"
+        );
     }
-    assert_eq!(up.hits(), hits + 2, "a token of the replaced key reached the upstream");
+    assert_eq!(
+        up.hits(),
+        hits + 2,
+        "a token of the replaced key reached the upstream"
+    );
 }
 
 // ----------------------------------------------------------------------------------------
@@ -2100,7 +2147,8 @@ async fn jwks_is_fetched_over_https_and_a_redirect_to_plain_http_is_not_followed
     // A second https key server that redirects to a plain-http one holding the attacker's key.
     let plain = JwksServer::start(jwks(&[("evil", &keys.public("rsa2"))])).await;
     let redirecting = JwksServer::start_tls(Reply::Redirect(plain.url()), &cert).await;
-    let (gw, up2) = jwks_gateway_with(&redirecting.url(), "      jwks_min_refresh: 0s\n", &trust).await;
+    let (gw, up2) =
+        jwks_gateway_with(&redirecting.url(), "      jwks_min_refresh: 0s\n", &trust).await;
     let a = send_token(&gw, &rs256_token(&keys, "rsa2", Some("evil"))).await;
     assert_token_refused(&a, "invalid_token");
     assert_eq!(redirecting.fetches(), 1, "{}", gw.logs());
@@ -2129,7 +2177,11 @@ async fn jwks_redirect_to_another_host_is_not_followed() {
     let a = send_token(&gw, &rs256_token(&keys, "rsa2", Some("evil"))).await;
     assert_token_refused(&a, "invalid_token");
     assert_eq!(server.fetches(), 1);
-    assert_eq!(other.fetches(), 0, "the redirect to another host was followed");
+    assert_eq!(
+        other.fetches(),
+        0,
+        "the redirect to another host was followed"
+    );
     assert!(
         gw.stderr().contains("not the same origin as the jwks_url"),
         "{}",
@@ -2217,7 +2269,11 @@ async fn a_slow_older_jwks_fetch_never_replaces_a_newer_key_set() {
     while server.fetches() < 2 {
         let a = send_token(&gw, &rs256_token(&keys, "rsa", Some("k1"))).await;
         assert_eq!(a.status, 200, "{}", a.body);
-        assert!(Instant::now() < deadline, "no background refresh\n{}", gw.logs());
+        assert!(
+            Instant::now() < deadline,
+            "no background refresh\n{}",
+            gw.logs()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // A k2 token fetches in the foreground (started later) and gets the new set at once.
@@ -2228,8 +2284,11 @@ async fn a_slow_older_jwks_fetch_never_replaces_a_newer_key_set() {
     // Now the old answer arrives: it is discarded, k1 stays withdrawn.
     release.notify_one();
     assert!(
-        gw.wait_for_log("discarded the answer of an older fetch", Duration::from_secs(5))
-            .await,
+        gw.wait_for_log(
+            "discarded the answer of an older fetch",
+            Duration::from_secs(5)
+        )
+        .await,
         "{}",
         gw.logs()
     );

@@ -246,7 +246,7 @@ impl IssuerVerifier {
                     let pem =
                         std::fs::read(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
                     static_keys.push(
-                        pem_key(&pem, spec)
+                        pem_key(&pem, &families)
                             .map_err(|e| err(format!("{}: {e}", path.display())))?
                             .named(kid.clone()),
                     );
@@ -350,7 +350,10 @@ impl IssuerVerifier {
     /// Starts a background fetch when the JWKS is older than its refresh interval.
     fn refresh_if_stale(&self) {
         if let Some(jwks) = &self.jwks {
-            if jwks.since_last_attempt().is_some_and(|s| s >= jwks.spec.refresh) {
+            if jwks
+                .since_last_attempt()
+                .is_some_and(|s| s >= jwks.spec.refresh)
+            {
                 jwks.fetch_in_background();
             }
         }
@@ -452,9 +455,8 @@ fn families_of(spec: &IssuerSpec) -> Vec<AlgorithmFamily> {
     families
 }
 
-/// A PEM public key of the kind the issuer's algorithms need.
-fn pem_key(pem: &[u8], spec: &IssuerSpec) -> Result<Unnamed, String> {
-    let families: Vec<AlgorithmFamily> = spec.algorithms.iter().map(|a| a.family()).collect();
+/// A PEM public key of one of `families` (those of the issuer's algorithms).
+fn pem_key(pem: &[u8], families: &[AlgorithmFamily]) -> Result<Unnamed, String> {
     let try_family = |family: AlgorithmFamily| -> Option<DecodingKey> {
         match family {
             AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(pem).ok(),
@@ -464,8 +466,8 @@ fn pem_key(pem: &[u8], spec: &IssuerSpec) -> Result<Unnamed, String> {
         }
     };
     families
-        .into_iter()
-        .find_map(|family| try_family(family).map(|key| Unnamed { family, key }))
+        .iter()
+        .find_map(|&family| try_family(family).map(|key| Unnamed { family, key }))
         .ok_or_else(|| "not a PEM public key for the issuer's algorithms".to_string())
 }
 

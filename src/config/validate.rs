@@ -932,12 +932,7 @@ fn issuer_spec(
 
 /// `audiences: [..]`, or `audience: any` written out: an issuer never accepts every
 /// audience by omission.
-fn audiences(
-    listed: Vec<String>,
-    any: Option<String>,
-    place: &str,
-    p: &mut Problems,
-) -> Audiences {
+fn audiences(listed: Vec<String>, any: Option<String>, place: &str, p: &mut Problems) -> Audiences {
     match (any.as_deref(), listed.is_empty()) {
         (Some("any"), true) => Audiences::Any,
         (Some("any"), false) => {
