@@ -1259,20 +1259,8 @@ fn account(raw: RawAccount, p: &mut Problems) -> AccountSettings {
     let env = raw
         .signing_secret_env
         .unwrap_or_else(|| DEFAULT_ACCOUNT_SECRET_ENV.to_string());
-    let secret = match std::env::var(&env) {
-        Ok(v) if v.len() >= 32 => v.into_bytes(),
-        Ok(_) => {
-            p.push(
-                "account.signing_secret_env",
-                format!("${env} must hold at least 32 bytes"),
-            );
-            Vec::new()
-        }
-        Err(_) => {
-            p.push("account.signing_secret_env", format!("${env} is not set"));
-            Vec::new()
-        }
-    };
+    let secret = hmac_secret(&env, SecretEncoding::Raw, "account.signing_secret_env", p)
+        .unwrap_or_else(|| Secret::new(Vec::new()));
     let access_token_ttl = duration(
         raw.access_token_ttl,
         "account.access_token_ttl",
@@ -1314,7 +1302,7 @@ fn account(raw: RawAccount, p: &mut Problems) -> AccountSettings {
     AccountSettings {
         issuer,
         audience: raw.audience,
-        signing_secret: Secret::new(secret),
+        signing_secret: secret,
         access_token_ttl,
         refresh_token_ttl,
         default_plan: raw.default_plan,
