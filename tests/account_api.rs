@@ -12,7 +12,7 @@ use support::*;
 
 const PEPPER: &str = "pepper-for-the-account-api-tests";
 const SECRET: &str = "account-signing-secret-for-the-tests-0123456789";
-const ADMIN_TOKEN: &str = "account-tests-admin-token-0123";
+const ADMIN_TOKEN: &str = "account-tests-admin-token-4d2b8f6a0e9c7d5b3a1f8e6c4d2b0a9f7e5c3d1b";
 
 /// One gateway instance: the proxy (with `/account` routed to its own admin listener and
 /// `/api` to a test upstream), and its admin listener.
@@ -962,4 +962,166 @@ async fn the_platform_example_is_valid() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Many logins at once: the argon2 hasher runs 4 and queues 16; the rest are told at once
+/// to retry (503 `overloaded` with `Retry-After`), and every request gets an answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_logins_get_503_with_retry_after_and_no_hang() {
+    let stack = Stack::start().await;
+    let one = stack
+        .instance_with(
+            "{per_account: {requests: 1000, per: 1m}, per_ip: {requests: 1000, per: 1m}}",
+        )
+        .await;
+    assert_eq!(
+        one.register("busy@example.com", "a long enough password")
+            .await
+            .status,
+        201
+    );
+    let logins = (0..80).map(|_| {
+        one.send(
+            Method::POST,
+            "/account/login",
+            None,
+            Some(json!({"email": "busy@example.com", "password": "a long enough password"})),
+            &[],
+            true,
+        )
+    });
+    // A bound on the whole burst only to turn a hang into a failure, not a timing claim.
+    let answers = tokio::time::timeout(Duration::from_secs(120), futures::future::join_all(logins))
+        .await
+        .expect("logins hung: the hashing queue is not bounded");
+    let mut busy = 0;
+    for a in &answers {
+        match a.status {
+            200 => {}
+            503 => {
+                a.assert_error(503, "overloaded");
+                assert_eq!(a.headers["retry-after"], "1");
+                busy += 1;
+            }
+            other => panic!("unexpected {other}: {}", a.text),
+        }
+    }
+    assert!(busy > 0, "80 concurrent logins and none was told to retry");
+    assert!(busy < answers.len(), "no login got through");
+    // Afterwards the hasher is free again.
+    assert_eq!(
+        one.login("busy@example.com", "a long enough password")
+            .await
+            .status,
+        200
+    );
+}
+
+/// Refresh and logout are counted per session (refresh-token family) and per client
+/// address: a session's third refresh within the window is 429, so is its third logout
+/// (with successive access tokens of one session), and so is the address's fifth refresh
+/// attempt with made-up tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_and_logout_are_throttled_per_session_and_address() {
+    let stack = Stack::start().await;
+    let one = stack
+        .instance_with(
+            "{per_account: {requests: 50, per: 1m}, per_ip: {requests: 4, per: 1m}, per_session: {requests: 2, per: 1m}}",
+        )
+        .await;
+    let (_, a1, r1) = one.signed_up("sess@example.com").await;
+    let t = one.refresh(&r1).await;
+    assert_eq!(t.status, 200, "{}", t.text);
+    let (a2, r2) = (
+        t.json()["access_token"].as_str().unwrap().to_string(),
+        t.json()["refresh_token"].as_str().unwrap().to_string(),
+    );
+    let t = one.refresh(&r2).await;
+    assert_eq!(t.status, 200, "{}", t.text);
+    let (a3, r3) = (
+        t.json()["access_token"].as_str().unwrap().to_string(),
+        t.json()["refresh_token"].as_str().unwrap().to_string(),
+    );
+    let a = one.refresh(&r3).await;
+    a.assert_error(429, "rate_limited");
+    assert!(a.text.contains("per_session"), "{}", a.text);
+    assert!(a.headers.contains_key("retry-after"));
+    // Logout: two per session, then 429; the third access token still works.
+    for token in [&a1, &a2] {
+        let a = one
+            .call(Method::POST, "/account/logout", Some(token), None)
+            .await;
+        assert_eq!(a.status, 204, "{}", a.text);
+    }
+    let a = one
+        .call(Method::POST, "/account/logout", Some(&a3), None)
+        .await;
+    a.assert_error(429, "rate_limited");
+
+    // Per address: the refreshes above made 3 of 4; made-up tokens: one more 401, then 429.
+    one.refresh("tgr_made-up-token")
+        .await
+        .assert_error(401, "invalid_refresh_token");
+    one.refresh("tgr_made-up-token")
+        .await
+        .assert_error(429, "rate_limited");
+}
+
+/// The account API shares the admin listener, which the proxy reaches from loopback:
+/// without admin tokens that listener would be open to every caller of the proxy, so the
+/// combination is refused by `check` (and so at start and on reload).
+#[tokio::test]
+async fn the_account_api_needs_admin_tokens() {
+    let out = Gateway::check(
+        "listeners: [{address: \"127.0.0.1:1\"}]\ndatabase: {url: \"postgres://x@127.0.0.1:1/x\"}\n\
+         admin: {address: \"127.0.0.1:2\", tokens_env: TG_NO_ADMIN_TOKENS_HERE}\n\
+         account: {signing_secret_env: TG_NOT_SET_ANYWHERE}\n",
+    )
+    .await;
+    assert!(!out.success(), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("account: the account API shares the admin listener, which is open without admin tokens"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// `[null, null]` posted to `POST /account/keys` used to create a key (serde reads a
+/// struct from an array); bodies must be one JSON object, and nothing is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_bodies_must_be_json_objects() {
+    let stack = Stack::start().await;
+    let one = stack.instance().await;
+    let (_, access, _) = one.signed_up("obj@example.com").await;
+    for body in ["[null,null]", "null", "[]", "7"] {
+        let a = one
+            .gw
+            .http()
+            .post(one.gw.url("/account/keys"))
+            .bearer_auth(&access)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        Answer::read(a).await.assert_error(400, "invalid_request");
+    }
+    let a = one
+        .gw
+        .http()
+        .post(one.gw.url("/account/register"))
+        .header("content-type", "application/json")
+        .body(r#"["new@example.com", "a long enough password"]"#)
+        .send()
+        .await
+        .unwrap();
+    Answer::read(a).await.assert_error(400, "invalid_request");
+    let keys = one
+        .call(Method::GET, "/account/keys", Some(&access), None)
+        .await;
+    assert_eq!(keys.json(), json!([]), "{}", keys.text);
+    one.login("new@example.com", "a long enough password")
+        .await
+        .assert_error(401, "invalid_credentials");
 }

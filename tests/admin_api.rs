@@ -10,9 +10,9 @@ use std::time::Duration;
 use support::*;
 
 const PEPPER: &str = "pepper-for-the-admin-api-tests";
-const TOKEN: &str = "admin-token-one-0123456789";
-const OTHER_TOKEN: &str = "admin-token-two-9876543210";
-const READER_TOKEN: &str = "admin-reader-token-5555555555";
+const TOKEN: &str = "admin-token-one-7f3a9c1e5b2d8f4a6c0e9b1d3f5a7c9e2b4d6f8a1c3e5";
+const OTHER_TOKEN: &str = "admin-token-two-0b9d7f5e3c1a8e6d4b2f0a9c7e5d3b1f8a6c4e2d0b9f7";
+const READER_TOKEN: &str = "admin-reader-token-5e1c9a7f3d5b0e8c2a6f4d9b7e1c3a5f0d8b6e2c4a9f";
 
 /// A gateway with the admin API on PostgreSQL (or without a database).
 struct Admin {
@@ -33,10 +33,24 @@ impl Admin {
     }
 
     async fn start_with(pg: Option<&Postgres>, pepper: bool) -> Admin {
+        Self::start_full(pg, pepper, true, "").await
+    }
+
+    /// `tokens`: the three test tokens, else none (open to loopback); `admin_extra`: more
+    /// lines of the `admin:` section, each indented by two spaces.
+    async fn start_full(
+        pg: Option<&Postgres>,
+        pepper: bool,
+        tokens: bool,
+        admin_extra: &str,
+    ) -> Admin {
         let port = free_port();
-        let mut cfg = GatewayConfig::new()
-            .with_env("TOLLGATE_ADMIN_TOKENS", &format!("{TOKEN}, {OTHER_TOKEN}"))
-            .with_env("TOLLGATE_ADMIN_READ_ONLY_TOKENS", READER_TOKEN);
+        let mut cfg = GatewayConfig::new();
+        if tokens {
+            cfg = cfg
+                .with_env("TOLLGATE_ADMIN_TOKENS", &format!("{TOKEN}, {OTHER_TOKEN}"))
+                .with_env("TOLLGATE_ADMIN_READ_ONLY_TOKENS", READER_TOKEN);
+        }
         if pepper {
             cfg = cfg.with_env("TOLLGATE_KEY_PEPPER", PEPPER);
         }
@@ -45,7 +59,7 @@ impl Admin {
             .unwrap_or_default();
         let yaml = base_yaml(
             &cfg,
-            &format!("{database}admin:\n  address: 127.0.0.1:{port}\n"),
+            &format!("{database}admin:\n  address: 127.0.0.1:{port}\n{admin_extra}"),
         );
         let gw = Gateway::start(cfg, &yaml).await;
         wait_for_port(port, Duration::from_secs(20))
@@ -238,7 +252,10 @@ async fn plans_crud_validation_and_conflicts() {
         "must be at least 1"
     );
     assert_eq!(body["fields"]["limits[1].burst"], "must be at least 1");
-    assert_eq!(body["fields"]["name"], "must be 1 to 128 bytes long");
+    assert_eq!(
+        body["fields"]["name"],
+        "1-64 characters: letters, digits, '-', '_', '.'"
+    );
     assert!(body["fields"]["concurrency"].is_string(), "{body}");
     let body = admin
         .post("/admin/plans", json!({"name": "empty", "limits": []}))
@@ -411,11 +428,18 @@ async fn consumers_crud_filters_and_paging() {
         .post("/admin/consumers", json!({"id": "c1"}))
         .await
         .assert_error(409, "conflict");
+    // A plan that does not exist (yet) is a conflict with the stored state, not bad input.
     let body = admin
         .post("/admin/consumers", json!({"id": "c9", "plan": "nope"}))
         .await
-        .assert_error(400, "invalid_request");
-    assert_eq!(body["fields"]["plan"], "no plan named \"nope\"");
+        .assert_error(409, "conflict");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("no plan named \"nope\""),
+        "{body}"
+    );
     let body = admin
         .post(
             "/admin/consumers",
@@ -1025,4 +1049,375 @@ async fn admin_subcommand_serves_only_the_admin_api() {
     assert!(proxy_closed, "the proxy listener must not be opened");
     assert_eq!(answer.unwrap().status(), 201);
     assert!(exited.is_some(), "tollgate admin did not stop on SIGTERM");
+}
+
+/// A raw request to the admin listener with the given headers and body.
+async fn raw(
+    admin: &Admin,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Answer {
+    let mut req = admin.gw.http().request(method.clone(), admin.url(path));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    if let Some(body) = body {
+        req = req.body(body.to_string());
+    }
+    let resp = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    Answer::read(resp).await
+}
+
+/// DNS rebinding: a page on `evil.example` re-pointed at 127.0.0.1 sends its own name as
+/// `Host`; the admin listener refuses it (421) before anything runs, also with a valid
+/// token, while loopback literals (any port) and `admin.allowed_hosts` are served.
+#[tokio::test]
+async fn dns_rebinding_host_is_refused_with_421() {
+    let pg = Postgres::start().await;
+    let admin = Admin::start_full(
+        Some(&pg),
+        true,
+        true,
+        "  allowed_hosts: [Admin.Internal.]\n",
+    )
+    .await;
+    let bearer = format!("Bearer {TOKEN}");
+    let json = ("content-type", "application/json");
+    for host in [
+        "evil.example",
+        "evil.example:9080",
+        "127.0.0.1.nip.io",
+        "[",
+        "a:80:80",
+        "10.0.0.1",
+    ] {
+        let a = raw(
+            &admin,
+            Method::POST,
+            "/admin/consumers",
+            &[("host", host), ("authorization", &bearer), json],
+            Some(r#"{"id": "rebound"}"#),
+        )
+        .await;
+        a.assert_error(421, "misdirected_request");
+        for path in ["/health", "/openapi.json", "/account/login"] {
+            raw(&admin, Method::GET, path, &[("host", host)], None)
+                .await
+                .assert_error(421, "misdirected_request");
+        }
+    }
+    // Nothing was created by the refused requests.
+    admin
+        .get("/admin/consumers/rebound")
+        .await
+        .assert_error(404, "not_found");
+    let port = admin.port.to_string();
+    for host in [
+        format!("127.0.0.1:{port}"),
+        "localhost".to_string(),
+        format!("LocalHost.:{port}"),
+        format!("[::1]:{port}"),
+        "127.9.9.9".to_string(),
+        "admin.internal".to_string(),
+        format!("ADMIN.internal:{port}"),
+    ] {
+        let a = raw(
+            &admin,
+            Method::GET,
+            "/admin/plans",
+            &[("host", &host), ("authorization", &bearer)],
+            None,
+        )
+        .await;
+        assert_eq!(a.status, 200, "{host}: {}", a.text);
+    }
+    assert!(admin
+        .gw
+        .stderr()
+        .contains("admin: refused a request for host \"evil.example\""));
+}
+
+/// No CSRF by a simple form: without a token (an admin API open to loopback), a
+/// state-changing request needs a JSON content type; a form or text/plain POST is 415
+/// and changes nothing.
+#[tokio::test]
+async fn simple_form_posts_without_a_token_are_refused_415() {
+    let pg = Postgres::start().await;
+    let admin = Admin::start_full(Some(&pg), true, false, "").await;
+    for content_type in [
+        "application/x-www-form-urlencoded",
+        "text/plain",
+        "multipart/form-data; boundary=x",
+    ] {
+        for (method, path, body) in [
+            (Method::POST, "/admin/consumers", r#"{"id": "forged"}"#),
+            (Method::POST, "/admin/reload", ""),
+            (Method::DELETE, "/admin/plans/gold", ""),
+            (
+                Method::POST,
+                "/account/register",
+                r#"{"email":"a@b.c","password":"long enough pw"}"#,
+            ),
+        ] {
+            raw(
+                &admin,
+                method,
+                path,
+                &[("content-type", content_type)],
+                Some(body),
+            )
+            .await
+            .assert_error(415, "unsupported_media_type");
+        }
+    }
+    // No content type at all is refused too.
+    raw(&admin, Method::POST, "/admin/reload", &[], None)
+        .await
+        .assert_error(415, "unsupported_media_type");
+    admin
+        .send(Method::GET, "/admin/consumers/forged", None, None)
+        .await
+        .assert_error(404, "not_found");
+    let audit = admin.send(Method::GET, "/admin/audit", None, None).await;
+    assert_eq!(
+        audit.json(),
+        json!([]),
+        "a refused request changed something"
+    );
+    // With a JSON content type the open API works as before.
+    let a = raw(
+        &admin,
+        Method::POST,
+        "/admin/reload",
+        &[("content-type", "application/json")],
+        None,
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let a = admin
+        .send(
+            Method::POST,
+            "/admin/consumers",
+            None,
+            Some(json!({"id": "real"})),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{}", a.text);
+}
+
+/// Failed admin-token attempts are logged without the token and counted per client
+/// address; once spent, even the right token is 429 (a guesser cannot tell), and a forged
+/// `X-Forwarded-For` from the same peer does not start a fresh count.
+#[tokio::test]
+async fn failed_admin_tokens_are_logged_and_throttled() {
+    let pg = Postgres::start().await;
+    let admin = Admin::start_full(
+        Some(&pg),
+        true,
+        true,
+        "  failed_auth_throttle: {requests: 3, per: 1m}\n",
+    )
+    .await;
+    let guess = "guessed-token-3b8e1f0c6a4d2e9b7f5c3a1d0e8b6f4c2a9d7e5b3f1c";
+    for _ in 0..3 {
+        admin
+            .send(Method::GET, "/admin/plans", Some(guess), None)
+            .await
+            .assert_error(401, "unauthorized");
+    }
+    let a = admin
+        .send(Method::GET, "/admin/plans", Some(guess), None)
+        .await;
+    a.assert_error(429, "rate_limited");
+    let retry: u64 = a.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    // The right token from the same address: refused as well, before it is looked at.
+    admin
+        .send(Method::GET, "/admin/plans", Some(TOKEN), None)
+        .await
+        .assert_error(429, "rate_limited");
+    let spoofed = raw(
+        &admin,
+        Method::GET,
+        "/admin/plans",
+        &[
+            ("authorization", &format!("Bearer {TOKEN}")),
+            ("x-forwarded-for", "203.0.113.77"),
+        ],
+        None,
+    )
+    .await;
+    spoofed.assert_error(429, "rate_limited");
+    let logs = admin.gw.logs();
+    assert!(
+        logs.contains("admin: refused GET /admin/plans from 127.0.0.1: an unknown token"),
+        "{logs}"
+    );
+    assert!(!logs.contains(guess), "a token reached the logs");
+    assert!(!logs.contains(TOKEN), "a token reached the logs");
+}
+
+/// Admin tokens need 256 bits of estimated entropy: a weaker one is refused by `check`,
+/// at start and by a reload (which keeps the running tokens); tokens from
+/// `admin.tokens_file` are read again on every reload.
+#[tokio::test]
+async fn admin_tokens_need_entropy_and_are_reread_on_reload() {
+    let pg = Postgres::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    let weak = "admin-token-0123456789"; // 22 characters: about 134 bits
+    std::fs::write(&file, format!("# operators\n{weak}\n")).unwrap();
+    let section = |port: u16| {
+        format!(
+            "database: {{url: \"{}\"}}\nadmin:\n  address: 127.0.0.1:{port}\n  tokens_file: \"{}\"\n",
+            pg.url(),
+            file.display()
+        )
+    };
+    let cfg = GatewayConfig::new();
+    let out = Gateway::check(&base_yaml(&cfg, &section(free_port()))).await;
+    assert!(!out.success(), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("admin.tokens_file: 1 token(s) in")
+            && out.stderr.contains("at least 256 bits of entropy"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains(weak), "the weak token was printed");
+    for low in ["a".repeat(64), "ab".repeat(40)] {
+        std::fs::write(&file, &low).unwrap();
+        let out = Gateway::check(&base_yaml(&cfg, &section(free_port()))).await;
+        assert!(!out.success(), "{low} passed");
+    }
+    let port = free_port();
+    let yaml = base_yaml(&cfg, &section(port));
+    std::fs::write(&file, weak).unwrap();
+    let failed = Gateway::start_expect_failure(GatewayConfig::new(), &yaml).await;
+    assert_ne!(failed.code, Some(0));
+    assert!(
+        failed.stderr.contains("admin.tokens_file"),
+        "{}",
+        failed.stderr
+    );
+
+    // Start with TOKEN, switch the file to OTHER_TOKEN, reload: only OTHER_TOKEN works.
+    std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
+    let admin_cfg = GatewayConfig::new();
+    let yaml = base_yaml(&admin_cfg, &section(port));
+    let gw = Gateway::start(admin_cfg, &yaml).await;
+    wait_for_port(port, Duration::from_secs(20)).await.unwrap();
+    let admin = Admin { gw, port };
+    assert_eq!(admin.get("/admin/plans").await.status, 200);
+    std::fs::write(&file, format!("{OTHER_TOKEN}\n")).unwrap();
+    let a = admin
+        .send(Method::POST, "/admin/reload", Some(TOKEN), None)
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.json()["restart_needed"], json!([]));
+    admin
+        .send(Method::GET, "/admin/plans", Some(TOKEN), None)
+        .await
+        .assert_error(401, "unauthorized");
+    let a = admin
+        .send(Method::GET, "/admin/plans", Some(OTHER_TOKEN), None)
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    // A weak token in the file: the reload is refused and OTHER_TOKEN stays.
+    std::fs::write(&file, format!("{weak}\n")).unwrap();
+    let a = admin
+        .send(Method::POST, "/admin/reload", Some(OTHER_TOKEN), None)
+        .await;
+    let body = a.assert_error(422, "invalid_config");
+    assert!(body.to_string().contains("admin.tokens_file"), "{body}");
+    assert!(!body.to_string().contains(weak), "{body}");
+    let a = admin
+        .send(Method::GET, "/admin/plans", Some(OTHER_TOKEN), None)
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    admin
+        .send(Method::GET, "/admin/plans", Some(weak), None)
+        .await
+        .assert_error(401, "unauthorized");
+}
+
+/// Ids, plan names and scopes accepted by the admin API follow the file's rules: a
+/// consumer id with spaces, commas or quotes (which would travel upstream as
+/// `x-consumer-id: q"x, admin`) is 400 naming the field, and nothing is stored.
+#[tokio::test]
+async fn ids_follow_the_file_rules() {
+    let pg = Postgres::start().await;
+    let admin = Admin::start(Some(&pg)).await;
+    for id in [
+        "q\"x, admin",
+        "a b",
+        "a,b",
+        "it's",
+        "back\\slash",
+        "tab\t",
+        "é",
+        "",
+    ] {
+        let body = admin
+            .post("/admin/consumers", json!({"id": id}))
+            .await
+            .assert_error(400, "invalid_request");
+        assert!(body["fields"]["id"].is_string(), "{id:?}: {body}");
+    }
+    let body = admin
+        .post(
+            "/admin/plans",
+            json!({"name": "gold plan, x=\"1\"", "limits": [{"requests": 1, "per_seconds": 1}]}),
+        )
+        .await
+        .assert_error(400, "invalid_request");
+    assert!(body["fields"]["name"].is_string(), "{body}");
+    let body = admin
+        .post(
+            "/admin/consumers",
+            json!({"id": "fine", "plan": "no such, plan", "scopes": ["ok", "bad\"scope", "a b"]}),
+        )
+        .await
+        .assert_error(400, "invalid_request");
+    assert!(body["fields"]["plan"].is_string(), "{body}");
+    assert!(body["fields"]["scopes[1]"].is_string(), "{body}");
+    assert!(body["fields"]["scopes[2]"].is_string(), "{body}");
+    let page = admin.get("/admin/consumers").await.json();
+    assert_eq!(page["items"], json!([]), "{page}");
+    // What the file accepts, the API accepts.
+    admin
+        .post_ok("/admin/consumers", json!({"id": "team-7_a.b:c/d@e"}), 201)
+        .await;
+}
+
+/// Bodies must be one JSON object: an array (serde would fill the struct's fields from
+/// it), `null`, a number or a string is 400, and nothing is created.
+#[tokio::test]
+async fn admin_bodies_must_be_json_objects() {
+    let pg = Postgres::start().await;
+    let admin = Admin::start(Some(&pg)).await;
+    let bearer = format!("Bearer {TOKEN}");
+    for body in [r#"["arr", null]"#, "null", "1", r#""x""#, " [] ", ""] {
+        for path in ["/admin/consumers", "/admin/plans"] {
+            let a = raw(
+                &admin,
+                Method::POST,
+                path,
+                &[
+                    ("authorization", &bearer),
+                    ("content-type", "application/json"),
+                ],
+                Some(body),
+            )
+            .await;
+            a.assert_error(400, "invalid_request");
+        }
+    }
+    let page = admin.get("/admin/consumers").await.json();
+    assert_eq!(page["items"], json!([]), "{page}");
+    assert_eq!(admin.get("/admin/plans").await.json(), json!([]));
 }

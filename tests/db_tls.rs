@@ -143,7 +143,7 @@ async fn the_change_listener_connects_over_tls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_runs_on_a_tls_only_database() {
-    const TOKEN: &str = "db-tls-admin-token-0123456789";
+    const TOKEN: &str = "db-tls-admin-token-8c6e4a2f0d9b7c5e3a1d8f6b4c2e0a9d7b5f3c1e";
     let certs = Certs::new();
     let pg = Postgres::start_with_tls(&certs.leaf("pg", &["localhost", "127.0.0.1"])).await;
     let upstream = TestUpstream::start("a").await;

@@ -14,38 +14,38 @@ pub mod tokens;
 
 use crate::admin::error::{AdminError, ErrorBody, Fields};
 use crate::admin::keys::{create_key_for, KeyCreate, KeyCreated, KeyOut};
-use crate::admin::ops::{
-    consumer_standing, limit_error, usage_for, LimitsOut, UsageOut, UsageParams,
-};
+use crate::admin::ops::{consumer_standing, usage_for, LimitsOut, UsageOut, UsageParams};
+use crate::admin::throttle::{client_address, client_key, count};
 use crate::admin::{created, rfc3339, AdminState, Body, Path, Query, StatusName};
-use crate::auth::client_ip::TrustedProxies;
 use crate::auth::jwt::JwtError;
 use crate::auth::store::Status;
-use crate::config::{AccountSettings, ClientIpHeader, WindowSpec, DEFAULT_JWT_LEEWAY};
+use crate::config::{AccountSettings, DEFAULT_JWT_LEEWAY};
 use crate::db::tokens::{self as refresh, NewRefreshToken, TokenHash};
 use crate::db::users::{self, Registration, User};
 use crate::db::{consumers, keys, plans, DbError};
-use crate::limit::{Algorithm, Policy, Subject, Window};
 use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
-use ipnet::IpNet;
 use ring::hmac;
 use serde::{Deserialize, Serialize};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::SystemTime;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-/// The `/account/*` endpoints.
+/// The `/account/*` endpoints. Those that take no access token get the CSRF rule (a token
+/// or a JSON content type, see `crate::admin::csrf`); the others answer 401 without one.
 pub fn routes() -> OpenApiRouter<AdminState> {
     OpenApiRouter::new()
         .routes(routes!(register))
         .routes(routes!(login))
         .routes(routes!(refresh_tokens))
+        .route_layer(axum::middleware::from_fn(
+            crate::admin::csrf::require_token_or_json,
+        ))
         .routes(routes!(logout))
         .routes(routes!(me))
         .routes(routes!(create_own_key, list_own_keys))
@@ -61,9 +61,15 @@ pub fn routes() -> OpenApiRouter<AdminState> {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Credentials {
-    /// E-mail address (compared case-insensitively).
+    /// E-mail address (compared case-insensitively): one `@` between two non-empty parts
+    /// without spaces or control characters, at most 254 characters.
+    #[schema(
+        pattern = r"^[^@\s\x00-\x1f\x7f-\x9f]+@[^@\s\x00-\x1f\x7f-\x9f]+$",
+        max_length = 254
+    )]
     pub email: String,
-    /// Password: 8 characters or more.
+    /// Password: 8 to 256 characters, not the e-mail address.
+    #[schema(min_length = 8, max_length = 256)]
     pub password: String,
 }
 
@@ -88,11 +94,13 @@ pub struct LogoutBody {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OwnKeyCreate {
-    /// A label (may be empty).
+    /// A label (may be empty): at most 128 characters, no control characters.
     #[serde(default)]
+    #[schema(pattern = r"^[^\x00-\x1f\x7f-\x9f]*$", max_length = 128)]
     pub name: Option<String>,
     /// RFC 3339; absent: never expires.
     #[serde(default)]
+    #[schema(format = DateTime)]
     pub expires_at: Option<String>,
 }
 
@@ -131,8 +139,10 @@ pub struct TokensOut {
 #[into_params(parameter_in = Query)]
 pub struct OwnUsageParams {
     /// First day, `YYYY-MM-DD` (default: 30 days before `to`).
+    #[param(format = Date, pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
     pub from: Option<String>,
-    /// Last day (default: today).
+    /// Last day (default: today). Before `from`: no rows.
+    #[param(format = Date, pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
     pub to: Option<String>,
 }
 
@@ -155,6 +165,8 @@ pub struct AccountCaller {
     pub id: String,
     /// The token's `jti`.
     pub token_id: String,
+    /// The token's session (`sid`, its refresh-token family), when it has one.
+    pub session_id: Option<String>,
     /// When verification would stop accepting the token: `exp` plus the issuer's leeway
     /// (Unix seconds). A logout blocks it until then.
     pub valid_until: u64,
@@ -218,6 +230,7 @@ impl FromRequestParts<AdminState> for AccountCaller {
         Ok(AccountCaller {
             id: identity.subject.clone(),
             token_id: token_id.clone(),
+            session_id: identity.session_id.clone(),
             valid_until,
         })
     }
@@ -280,8 +293,8 @@ pub async fn register(
     Body(body): Body<Credentials>,
 ) -> Result<Response, AdminError> {
     let account = current_settings(&state)?;
-    let client = client_address(&state, peer.ip(), &headers);
-    throttle(
+    let client = client_address(&state, peer.ip(), &headers, true);
+    count(
         &state,
         "registration",
         &[(
@@ -289,15 +302,17 @@ pub async fn register(
             "register_per_ip",
             &account.login_per_ip,
         )],
+        None,
     )
     .await?;
     let mut fields = Fields::default();
-    let email = body.email.trim().to_lowercase();
+    // Checked as sent (the documented pattern), stored in lower case.
     fields.check(
-        users::is_plausible_email(&email),
+        users::is_plausible_email(&body.email),
         "email",
         "must be an e-mail address",
     );
+    let email = body.email.to_lowercase();
     if let Some(problem) = password::weakness(&body.password, &email) {
         fields.push("password", problem);
     }
@@ -315,7 +330,7 @@ pub async fn register(
         .passwords()
         .hash(body.password)
         .await
-        .map_err(|e| AdminError::Internal(e.to_string()))?;
+        .map_err(password_error)?;
     let id = format!(
         "usr_{}",
         tokens::random_hex(state.rng(), 16).map_err(|e| AdminError::Internal(e.to_string()))?
@@ -356,10 +371,10 @@ pub async fn login(
 ) -> Result<Json<TokensOut>, AdminError> {
     let account = current_settings(&state)?;
     let email = body.email.trim().to_lowercase();
-    let client = client_address(&state, peer.ip(), &headers);
+    let client = client_address(&state, peer.ip(), &headers, true);
     throttle_login(&state, &account, &email, client).await?;
     // No stored password is this long (registration refuses it): no need to hash it.
-    if body.password.len() > password::MAX_PASSWORD_BYTES {
+    if body.password.chars().count() > password::MAX_PASSWORD_CHARS {
         return Err(unauthenticated(
             "invalid_credentials",
             "wrong e-mail address or password",
@@ -374,7 +389,7 @@ pub async fn login(
             user.as_ref().map(|u| u.password_hash.clone()),
         )
         .await
-        .map_err(|e| AdminError::Internal(e.to_string()))?;
+        .map_err(password_error)?;
     let user = match user {
         Some(user) if matches => user,
         _ => {
@@ -417,9 +432,13 @@ pub async fn login(
     ))]
 pub async fn refresh_tokens(
     State(state): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: http::HeaderMap,
     Body(body): Body<RefreshBody>,
 ) -> Result<Json<TokensOut>, AdminError> {
     let account = current_settings(&state)?;
+    let client = client_address(&state, peer.ip(), &headers, true);
+    throttle_session(&state, &account, "refresh", client, None).await?;
     let db = state.db()?;
     let presented = TokenHash::of(&body.refresh_token);
     // A disabled account is refused before its token is used up, so that re-enabling it
@@ -430,6 +449,17 @@ pub async fn refresh_tokens(
             "unknown refresh token",
         ));
     };
+    count(
+        &state,
+        "refresh",
+        &[(
+            format!("refresh:s:{}", known.family_id),
+            "per_session",
+            &account.per_session,
+        )],
+        None,
+    )
+    .await?;
     let consumer = active_consumer(&state, &known.user_id).await?;
     let next = tokens::new_refresh_token(state.rng()).map_err(internal)?;
     let rotated = refresh::rotate(
@@ -478,15 +508,20 @@ pub async fn refresh_tokens(
     ))]
 pub async fn logout(
     State(state): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: http::HeaderMap,
     caller: AccountCaller,
     body: axum::body::Bytes,
 ) -> Result<StatusCode, AdminError> {
+    let account = current_settings(&state)?;
+    let client = client_address(&state, peer.ip(), &headers, true);
+    let session = caller.session_id.as_deref().unwrap_or(&caller.token_id);
+    throttle_session(&state, &account, "logout", client, Some(session)).await?;
     // The body is optional: nothing (or `{}`) revokes the access token only.
     let body: LogoutBody = if body.iter().all(u8::is_ascii_whitespace) {
         LogoutBody::default()
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| AdminError::invalid(format!("malformed JSON body: {e}")))?
+        crate::admin::json_object(&body)?
     };
     let db = state.db()?;
     if let Some(token) = body.refresh_token {
@@ -495,7 +530,7 @@ pub async fn logout(
             .filter(|t| t.user_id == caller.id)
             .ok_or_else(|| AdminError::NotFound("no such refresh token on this account".into()))?;
         refresh::revoke_family(db, &actor(&caller.id), &found.family_id).await?;
-        end_session(&state, &current_settings(&state)?, &found.family_id).await;
+        end_session(&state, &account, &found.family_id).await;
     }
     state
         .revocations()
@@ -551,25 +586,21 @@ async fn end_session(state: &AdminState, account: &AccountSettings, session_id: 
     }
 }
 
-fn internal(e: tokens::TokenError) -> AdminError {
-    AdminError::Internal(e.to_string())
+/// 503 with `Retry-After` when the hasher is full; 500 when it failed.
+fn password_error(e: password::PasswordError) -> AdminError {
+    match e {
+        password::PasswordError::Busy => {
+            log::warn!("account: every password-hashing slot and queue place is taken");
+            AdminError::Overloaded {
+                retry_after: password::BUSY_RETRY_AFTER,
+            }
+        }
+        other => AdminError::Internal(other.to_string()),
+    }
 }
 
-/// The client's address: the peer, or the forwarding chain when the peer is the gateway
-/// itself (loopback) or a configured trusted proxy.
-fn client_address(state: &AdminState, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
-    let runtime = state.live().current();
-    let mut trusted = runtime.config.auth.trusted_proxies.clone();
-    trusted.extend(
-        [
-            ipnet::Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8).map(IpNet::V4),
-            ipnet::Ipv6Net::new(Ipv6Addr::LOCALHOST, 128).map(IpNet::V6),
-        ]
-        .into_iter()
-        .flatten(),
-    );
-    // The gateway in front always writes X-Forwarded-For (src/proxy/forward.rs).
-    TrustedProxies::new(trusted, ClientIpHeader::XForwardedFor).client_ip(peer, headers)
+fn internal(e: tokens::TokenError) -> AdminError {
+    AdminError::Internal(e.to_string())
 }
 
 /// Counts a login attempt against the account (by a keyed digest of its address) and the
@@ -585,7 +616,7 @@ async fn throttle_login(
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    throttle(
+    count(
         state,
         "login",
         &[
@@ -600,62 +631,33 @@ async fn throttle_login(
                 &account.login_per_ip,
             ),
         ],
+        None,
     )
     .await
 }
 
-/// Counts one attempt of `what` against each `(subject, policy name, window)`; 429 once
-/// any is spent. Redis trouble is handled by the configured `rate_limit.failure_mode`.
-async fn throttle(
+/// Counts a refresh or logout (`what`) against the client address and, once known, the
+/// session; 429 once either is spent.
+async fn throttle_session(
     state: &AdminState,
+    account: &AccountSettings,
     what: &str,
-    limits: &[(String, &str, &WindowSpec)],
+    client: IpAddr,
+    session: Option<&str>,
 ) -> Result<(), AdminError> {
-    let policies: Vec<Policy> = limits
-        .iter()
-        .map(|(_, name, w)| {
-            Policy::new(
-                *name,
-                Algorithm::FixedWindow,
-                vec![Window::new(w.requests, w.per)],
-            )
-        })
-        .collect();
-    let subjects: Vec<Subject<'_>> = limits
-        .iter()
-        .zip(&policies)
-        .map(|((key, _, _), policy)| Subject::new(key, policy))
-        .collect();
-    let failure_mode = state.live().current().limits.failure_mode();
-    let lease = tokens::random_hex(state.rng(), 8).map_err(internal)?;
-    let decision = state
-        .limiter()
-        .get()
-        .await
-        .acquire(&subjects, 1, &failure_mode, &lease)
-        .await
-        .map_err(limit_error)?;
-    if decision.allowed {
-        return Ok(());
+    let mut counters = vec![(
+        format!("{what}:ip:{}", client_key(client)),
+        "session_per_ip",
+        &account.login_per_ip,
+    )];
+    if let Some(session) = session {
+        counters.push((
+            format!("{what}:s:{session}"),
+            "per_session",
+            &account.per_session,
+        ));
     }
-    let (policy, retry_after) = crate::proxy::rate_limit::refusal(&decision);
-    log::warn!("account: {what} throttled ({policy})");
-    Err(AdminError::TooManyRequests {
-        message: format!("too many {what} attempts ({policy}); retry later"),
-        retry_after,
-    })
-}
-
-/// The throttling key of a client address: IPv4 as is, IPv6 by its /64 (one host usually
-/// holds a whole /64, so single addresses are free to rotate).
-fn client_key(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-        }
-    }
+    count(state, what, &counters, None).await
 }
 
 // ------------------------------------------------------------------------------------

@@ -1,19 +1,29 @@
 //! Account passwords: argon2id (the argon2 crate's defaults, OWASP's recommended 19 MiB,
 //! 2 passes, 1 lane), stored as PHC strings. Hashing is deliberately slow, so it runs on
-//! the blocking pool, at most [`CONCURRENT_HASHES`] at a time (each holds 19 MiB).
+//! the blocking pool, at most [`CONCURRENT_HASHES`] at a time (each holds 19 MiB), with
+//! at most [`QUEUED_HASHES`] more waiting, each for at most [`MAX_QUEUE_WAIT`]: beyond
+//! that a caller is told to come back ([`PasswordError::Busy`]), never left waiting.
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use ring::rand::{SecureRandom, SystemRandom};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 use tokio::sync::Semaphore;
 
 /// Password hashes computed at once, per process.
 pub const CONCURRENT_HASHES: usize = 4;
+/// Hashes allowed to wait for a slot: about one second of work on four cores. More
+/// waiting would only make every caller slower, and hold their connections.
+pub const QUEUED_HASHES: usize = 16;
+/// The longest a hash waits for a slot before its caller is told to retry.
+pub const MAX_QUEUE_WAIT: Duration = Duration::from_secs(2);
+/// `Retry-After` when the hasher is full, in seconds.
+pub const BUSY_RETRY_AFTER: u64 = 1;
 /// Shortest accepted password, in characters (NIST SP 800-63B).
 pub const MIN_PASSWORD_CHARS: usize = 8;
 /// Longest accepted password, in bytes (bounds the hashing work a request can ask for).
-pub const MAX_PASSWORD_BYTES: usize = 256;
+pub const MAX_PASSWORD_CHARS: usize = 256;
 
 /// Why a password could not be hashed or checked (never says anything about the password).
 #[derive(Debug, thiserror::Error)]
@@ -21,17 +31,23 @@ pub enum PasswordError {
     /// The hasher failed (a malformed stored hash, or no randomness).
     #[error("password hashing failed: {0}")]
     Hashing(String),
+    /// Every slot and every queue place is taken, or the wait was too long: retry later.
+    #[error("every password-hashing slot is busy")]
+    Busy,
 }
 
 /// Hashes and verifies passwords off the async runtime.
 pub struct Passwords {
     slots: Arc<Semaphore>,
+    /// Places for hashes running or waiting: `CONCURRENT_HASHES + QUEUED_HASHES`.
+    places: Arc<Semaphore>,
 }
 
 impl Default for Passwords {
     fn default() -> Self {
         Passwords {
             slots: Arc::new(Semaphore::new(CONCURRENT_HASHES)),
+            places: Arc::new(Semaphore::new(CONCURRENT_HASHES + QUEUED_HASHES)),
         }
     }
 }
@@ -40,8 +56,8 @@ impl Default for Passwords {
 pub fn weakness(password: &str, email: &str) -> Option<&'static str> {
     if password.chars().count() < MIN_PASSWORD_CHARS {
         Some("must be at least 8 characters long")
-    } else if password.len() > MAX_PASSWORD_BYTES {
-        Some("must be at most 256 bytes long")
+    } else if password.chars().count() > MAX_PASSWORD_CHARS {
+        Some("must be at most 256 characters long")
     } else if password.trim().eq_ignore_ascii_case(email.trim()) {
         Some("must not be the e-mail address")
     } else {
@@ -80,15 +96,20 @@ impl Passwords {
         &self,
         work: impl FnOnce() -> Result<T, PasswordError> + Send + 'static,
     ) -> Result<T, PasswordError> {
+        // A place in the queue, or no wait at all.
+        let place = Arc::clone(&self.places)
+            .try_acquire_owned()
+            .map_err(|_| PasswordError::Busy)?;
         // The slot moves into the blocking job: a client that hangs up drops this future,
         // but the hash runs on, and keeps its slot until it is done.
-        let slot = Arc::clone(&self.slots)
-            .acquire_owned()
+        let slot = tokio::time::timeout(MAX_QUEUE_WAIT, Arc::clone(&self.slots).acquire_owned())
             .await
+            .map_err(|_| PasswordError::Busy)?
             .map_err(|_| PasswordError::Hashing("the hasher is shut down".into()))?;
         tokio::task::spawn_blocking(move || {
             let result = work();
             drop(slot);
+            drop(place);
             result
         })
         .await
@@ -144,6 +165,20 @@ mod tests {
         assert!(!p.verify("wrong horse".into(), Some(hash)).await.unwrap());
         // An unknown account never matches, whatever the password.
         assert!(!p.verify("anything".into(), None).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_at_once() {
+        let p = Passwords::default();
+        // Take every place as a flood of logins would.
+        let _held = Arc::clone(&p.places)
+            .acquire_many_owned((CONCURRENT_HASHES + QUEUED_HASHES) as u32)
+            .await
+            .unwrap();
+        assert!(matches!(
+            p.verify("anything".into(), None).await,
+            Err(PasswordError::Busy)
+        ));
     }
 
     #[test]

@@ -115,6 +115,11 @@ mod tests {
                 per: Duration::from_secs(60),
                 burst: None,
             },
+            per_session: WindowSpec {
+                requests: 5,
+                per: Duration::from_secs(60),
+                burst: None,
+            },
         }
     }
 
@@ -135,10 +140,15 @@ mod tests {
         .unwrap();
         let yaml = "listeners: [{address: \"127.0.0.1:1\"}]\n\
                     account: {issuer: tollgate-test, audience: api, signing_secret_env: TG_TOKENS_TEST_SECRET}\n\
-                    database: {url: \"postgres://localhost/x\"}\nadmin: {address: \"127.0.0.1:1\"}\n";
+                    database: {url: \"postgres://localhost/x\"}\n\
+                    admin: {address: \"127.0.0.1:1\", tokens_env: TG_TOKENS_TEST_ADMIN}\n";
         std::env::set_var(
             "TG_TOKENS_TEST_SECRET",
             "an-account-signing-secret-of-32-bytes",
+        );
+        std::env::set_var(
+            "TG_TOKENS_TEST_ADMIN",
+            "4f0c2a9e7d5b3f1c8a6e4d2b0f9c7a5e3d1b8f6c4a2e0d9b7f5c3a1e8d6b4f2c",
         );
         let config = crate::config::parse(yaml, std::path::Path::new(".")).unwrap();
         let verifier = JwtVerifier::build(&config.auth.issuers, None).unwrap();

@@ -3,11 +3,15 @@
 //! token is either full (any call) or read-only (`GET` and `HEAD`; anything else is 403).
 
 use super::error::AdminError;
-use crate::config::Secret;
-use axum::extract::{Request, State};
+use super::throttle::{check_spent, client_address, client_key, count};
+use super::AdminState;
+use crate::config::{AdminSettings, Secret};
+use crate::limit::FailureMode;
+use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use ring::digest::{digest, SHA256};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 /// Who made an admin call, as the audit log records it: `token:<first 8 hex digits of the
@@ -28,6 +32,8 @@ pub enum Role {
 #[derive(Clone)]
 pub struct AdminAuth {
     digests: Arc<Vec<([u8; 32], Role)>>,
+    /// Nobody is let in.
+    closed: bool,
 }
 
 impl std::fmt::Debug for AdminAuth {
@@ -59,10 +65,35 @@ fn label(digest: &[u8; 32]) -> String {
     format!("token:{hex}")
 }
 
+/// Why a request was not let in (logged; never the token itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No `Authorization` header.
+    Missing,
+    /// A header that is not `Bearer <token>`.
+    NotBearer,
+    /// A bearer token that is none of the configured ones.
+    Unknown,
+    /// The admin section is gone from the running config (a reload removed it): nobody is
+    /// let in until a restart.
+    Closed,
+}
+
+impl std::fmt::Display for AuthFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AuthFailure::Missing => "no Authorization header",
+            AuthFailure::NotBearer => "not a Bearer token",
+            AuthFailure::Unknown => "an unknown token",
+            AuthFailure::Closed => "the admin section was removed from the config",
+        })
+    }
+}
+
 impl AdminAuth {
     /// Accepts `tokens` (full) and `read_only` tokens; with no full tokens, every caller is
     /// let in as `loopback` (configuration validation allows that only on a loopback
-    /// address, and only without read-only tokens).
+    /// address, without read-only tokens, and without the account API).
     pub fn new(tokens: &[Secret], read_only: &[Secret]) -> Self {
         let full = tokens.iter().map(|t| (sha256(t.expose()), Role::Full));
         let reader = read_only
@@ -70,21 +101,42 @@ impl AdminAuth {
             .map(|t| (sha256(t.expose()), Role::ReadOnly));
         AdminAuth {
             digests: Arc::new(full.chain(reader).collect()),
+            closed: false,
         }
     }
 
+    /// The tokens of the running config's `admin:` section; without one, nobody.
+    pub fn current(admin: Option<&AdminSettings>) -> Self {
+        match admin {
+            Some(a) => AdminAuth::new(&a.tokens, &a.read_only_tokens),
+            None => AdminAuth {
+                digests: Arc::new(Vec::new()),
+                closed: true,
+            },
+        }
+    }
+
+    /// Whether any token is configured (without, the API is open to loopback callers).
+    pub fn has_tokens(&self) -> bool {
+        self.closed || !self.digests.is_empty()
+    }
+
     /// Checks an `Authorization` header value: who calls, and what it may do.
-    pub fn check(&self, authorization: Option<&[u8]>) -> Result<(Actor, Role), AdminError> {
+    pub fn check(&self, authorization: Option<&[u8]>) -> Result<(Actor, Role), AuthFailure> {
+        if self.closed {
+            return Err(AuthFailure::Closed);
+        }
         if self.digests.is_empty() {
             return Ok((Actor("loopback".into()), Role::Full));
         }
-        let header = authorization.ok_or(AdminError::Unauthorized)?;
+        let header = authorization.ok_or(AuthFailure::Missing)?;
         let token = header
             .get(..7)
             .filter(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
-            .map(|_| header[7..].trim_ascii())
+            .and_then(|_| header.get(7..))
+            .map(<[u8]>::trim_ascii)
             .filter(|t| !t.is_empty())
-            .ok_or(AdminError::Unauthorized)?;
+            .ok_or(AuthFailure::NotBearer)?;
         let given = sha256(token);
         // Compare against every token, without stopping at the first match.
         let mut found = None;
@@ -95,17 +147,49 @@ impl AdminAuth {
         }
         found
             .map(|(d, role)| (Actor(label(d)), role))
-            .ok_or(AdminError::Unauthorized)
+            .ok_or(AuthFailure::Unknown)
     }
 }
 
-/// Middleware: 401 unless the request carries an accepted token, 403 when a read-only
-/// token attempts a change; puts the [`Actor`] into the request's extensions.
+/// Middleware: 401 unless the request carries an accepted token of the running config
+/// (tokens are re-read on every reload), 403 when a read-only token attempts a change;
+/// puts the [`Actor`] into the request's extensions. Failed attempts are logged (never
+/// the token) and counted per client address: once `admin.failed_auth_throttle` is spent,
+/// every attempt from that address is 429 before its token is even looked at, so a
+/// guesser cannot tell a right guess from a wrong one.
 pub async fn require_token(
-    State(auth): State<AdminAuth>,
+    State(state): State<AdminState>,
     mut request: Request,
     next: Next,
 ) -> Response {
+    let runtime = state.live().current();
+    let admin = runtime.config.admin.as_ref();
+    let auth = AdminAuth::current(admin);
+    let throttle = admin.map(|a| a.failed_auth_throttle.clone());
+    drop(runtime);
+    let counter = match (&throttle, auth.has_tokens()) {
+        (Some(window), true) => {
+            let peer = request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+            let client = client_address(&state, peer, request.headers(), false);
+            Some((
+                client,
+                vec![(
+                    format!("admin-auth:ip:{}", client_key(client)),
+                    "admin_failed_auth_per_ip",
+                    window,
+                )],
+            ))
+        }
+        _ => None,
+    };
+    if let Some((_, counters)) = &counter {
+        if let Err(e) = check_spent(&state, "admin token", counters).await {
+            return e.into_response();
+        }
+    }
     let header = request
         .headers()
         .get(http::header::AUTHORIZATION)
@@ -120,7 +204,22 @@ pub async fn require_token(
             request.extensions_mut().insert(actor);
             next.run(request).await
         }
-        Err(e) => e.into_response(),
+        Err(failure) => {
+            let Some((client, counters)) = counter else {
+                return AdminError::Unauthorized.into_response();
+            };
+            log::warn!(
+                "admin: refused {} {} from {client}: {failure}",
+                request.method(),
+                request.uri().path()
+            );
+            // Throttle failures even when Redis is down: the local limiter takes over.
+            let local = FailureMode::default();
+            match count(&state, "admin token", &counters, Some(local)).await {
+                Err(e @ AdminError::TooManyRequests { .. }) => e.into_response(),
+                _ => AdminError::Unauthorized.into_response(),
+            }
+        }
     }
 }
 
@@ -163,11 +262,16 @@ mod tests {
             Some(b"Bearer "),
             Some(b"first-admin-token-0123"),
         ] {
-            assert!(
-                matches!(a.check(bad), Err(AdminError::Unauthorized)),
-                "{bad:?}"
-            );
+            assert!(a.check(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn closed_without_an_admin_section() {
+        assert_eq!(
+            AdminAuth::current(None).check(None),
+            Err(AuthFailure::Closed)
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `/admin/consumers`: who calls the API, on which plan, with which scopes.
 
 use super::auth::Actor;
-use super::error::{check_name, check_scopes, AdminError, ErrorBody, Fields};
+use super::error::{check_id, check_name, check_scopes, AdminError, ErrorBody, Fields};
 use super::{created, nullable, rfc3339, AdminState, Body, Path, Query, StatusName};
 use crate::db::consumers::{self, Consumer, ConsumerFilter, ConsumerUpdate, NewConsumer};
 use crate::db::{plans, Db, DbError};
@@ -25,16 +25,20 @@ pub(crate) fn routes() -> OpenApiRouter<AdminState> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumerCreate {
-    /// Unique id: 1 to 128 bytes, no control characters.
+    /// Unique id: 1 to 128 visible ASCII characters, no quotes, commas, backslashes or
+    /// spaces (the file's rule).
+    #[schema(pattern = r"^[!#-&(-+\--\[\]-~]+$", min_length = 1, max_length = 128)]
     pub id: String,
     /// Its plan (must exist).
     #[serde(default)]
+    #[schema(pattern = r"^[A-Za-z0-9._-]+$", min_length = 1, max_length = 64)]
     pub plan: Option<String>,
     /// Default `active`.
     #[serde(default)]
     pub status: Option<StatusName>,
     /// Scopes granted to its keys.
     #[serde(default)]
+    #[schema(value_type = Vec<super::openapi::Scope>)]
     pub scopes: Vec<String>,
     /// A JSON object; default `{}`.
     #[serde(default)]
@@ -48,13 +52,14 @@ pub struct ConsumerCreate {
 pub struct ConsumerPatch {
     /// A new plan; `null` takes it off its plan.
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = r"^[A-Za-z0-9._-]+$", min_length = 1, max_length = 64)]
     pub plan: Option<Option<String>>,
     /// A new status.
     #[serde(default)]
     pub status: Option<StatusName>,
     /// New scopes (replacing all).
     #[serde(default)]
+    #[schema(value_type = Option<Vec<super::openapi::Scope>>)]
     pub scopes: Option<Vec<String>>,
     /// New metadata (a JSON object).
     #[serde(default)]
@@ -116,6 +121,7 @@ pub struct ConsumerListQuery {
     /// Only ids after this one (the previous page's `next_after`).
     pub after: Option<String>,
     /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -125,14 +131,15 @@ fn check_metadata(fields: &mut Fields, metadata: Option<&Value>) {
     }
 }
 
-/// 400 naming `plan` when the plan does not exist.
+/// 409 when the plan does not exist (yet): the input is well formed, the stored state
+/// lacks what it names.
 async fn check_plan(db: &Db, plan: Option<&str>) -> Result<(), AdminError> {
     let Some(plan) = plan else { return Ok(()) };
     match plans::get(db, plan).await {
         Ok(_) => Ok(()),
-        Err(DbError::NotFound(_)) => {
-            Err(AdminError::field("plan", format!("no plan named {plan:?}")))
-        }
+        Err(DbError::NotFound(_)) => Err(AdminError::Conflict(format!(
+            "plan: no plan named {plan:?} (create it first)"
+        ))),
         Err(e) => Err(e.into()),
     }
 }
@@ -143,7 +150,7 @@ async fn check_plan(db: &Db, plan: Option<&str>) -> Result<(), AdminError> {
         (status = 201, description = "Created", body = ConsumerOut),
         (status = 400, description = "Invalid input", body = ErrorBody),
         (status = 401, description = "No or a wrong admin token", body = ErrorBody),
-        (status = 409, description = "The id is taken", body = ErrorBody),
+        (status = 409, description = "The id is taken, or the plan named does not exist", body = ErrorBody),
     ))]
 pub async fn create_consumer(
     State(state): State<AdminState>,
@@ -151,7 +158,7 @@ pub async fn create_consumer(
     Body(body): Body<ConsumerCreate>,
 ) -> Result<Response, AdminError> {
     let mut fields = Fields::default();
-    check_name(&mut fields, "id", &body.id);
+    check_id(&mut fields, "id", &body.id);
     if let Some(plan) = &body.plan {
         check_name(&mut fields, "plan", plan);
     }
@@ -231,6 +238,7 @@ pub async fn get_consumer(
         (status = 200, description = "The changed consumer", body = ConsumerOut),
         (status = 400, description = "Invalid input", body = ErrorBody),
         (status = 404, description = "No such consumer", body = ErrorBody),
+        (status = 409, description = "The plan named does not exist", body = ErrorBody),
     ))]
 pub async fn update_consumer(
     State(state): State<AdminState>,

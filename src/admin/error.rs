@@ -2,8 +2,11 @@
 //! (`{"error", "message", "request_id"}`, see `crate::proxy::error`), plus `fields` for
 //! invalid input and `problems` for a refused config reload.
 
+use crate::config::validate::{
+    valid_identifier, valid_name, valid_scope, IDENTIFIER_RULE, NAME_RULE, SCOPE_RULE,
+};
 use crate::db::DbError;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -60,6 +63,17 @@ pub enum AdminError {
         /// What was limited.
         message: String,
         /// Seconds until an attempt can succeed (`Retry-After`).
+        retry_after: u64,
+    },
+    /// 413 `payload_too_large`: the body is over the 2 MB limit.
+    PayloadTooLarge,
+    /// 421 `misdirected_request`: the `Host` is neither a loopback literal nor one of
+    /// `admin.allowed_hosts` (DNS rebinding).
+    MisdirectedRequest,
+    /// 503 `overloaded`: every password-hashing slot and queue place is taken; retry after
+    /// `retry_after` seconds.
+    Overloaded {
+        /// Seconds (`Retry-After`).
         retry_after: u64,
     },
     /// 415 `unsupported_media_type`: the body is not `application/json`.
@@ -128,11 +142,14 @@ impl AdminError {
             AdminError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AdminError::Conflict(_) => StatusCode::CONFLICT,
             AdminError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AdminError::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
+            AdminError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AdminError::InvalidConfig(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AdminError::NoDatabase
             | AdminError::NoPepper
             | AdminError::DatabaseUnavailable(_)
             | AdminError::LimiterUnavailable
+            | AdminError::Overloaded { .. }
             | AdminError::RevocationUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             AdminError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -152,6 +169,9 @@ impl AdminError {
             AdminError::MethodNotAllowed => "method_not_allowed",
             AdminError::Conflict(_) => "conflict",
             AdminError::UnsupportedMediaType(_) => "unsupported_media_type",
+            AdminError::MisdirectedRequest => "misdirected_request",
+            AdminError::PayloadTooLarge => "payload_too_large",
+            AdminError::Overloaded { .. } => "overloaded",
             AdminError::InvalidConfig(_) => "invalid_config",
             AdminError::NoDatabase => "no_database",
             AdminError::NoPepper => "no_pepper",
@@ -177,6 +197,13 @@ impl AdminError {
             | AdminError::Conflict(m)
             | AdminError::UnsupportedMediaType(m) => m.clone(),
             AdminError::RouteNotFound => "no such admin endpoint".into(),
+            AdminError::PayloadTooLarge => "the body is larger than 2 MB".into(),
+            AdminError::MisdirectedRequest => {
+                "this listener does not serve that host (admin.allowed_hosts)".into()
+            }
+            AdminError::Overloaded { .. } => {
+                "too many password checks are in progress; retry later".into()
+            }
             AdminError::MethodNotAllowed => "this endpoint does not accept this method".into(),
             AdminError::InvalidConfig(_) => {
                 "the configuration file was refused; the running config stays".into()
@@ -237,7 +264,8 @@ impl IntoResponse for AdminError {
                     headers.insert(http::header::WWW_AUTHENTICATE, value);
                 }
             }
-            AdminError::TooManyRequests { retry_after, .. } => {
+            AdminError::TooManyRequests { retry_after, .. }
+            | AdminError::Overloaded { retry_after } => {
                 headers.insert(
                     http::header::RETRY_AFTER,
                     http::HeaderValue::from(*retry_after),
@@ -261,13 +289,12 @@ impl From<DbError> for AdminError {
     }
 }
 
-impl From<JsonRejection> for AdminError {
-    fn from(r: JsonRejection) -> Self {
-        match r {
-            JsonRejection::MissingJsonContentType(_) => AdminError::UnsupportedMediaType(
-                "the body must be JSON with `Content-Type: application/json`".into(),
-            ),
-            other => AdminError::invalid(format!("malformed JSON body: {}", other.body_text())),
+impl From<BytesRejection> for AdminError {
+    fn from(r: BytesRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            AdminError::PayloadTooLarge
+        } else {
+            AdminError::invalid(format!("cannot read the body: {}", r.body_text()))
         }
     }
 }
@@ -319,21 +346,21 @@ impl Fields {
     }
 }
 
-/// Checks every scope of the list in `field` as a name (`scopes[2]: ...`).
+/// Checks every scope of the list in `field` by the file's rule (`scopes[2]: ...`).
 pub fn check_scopes(fields: &mut Fields, field: &str, scopes: &[String]) {
     for (i, s) in scopes.iter().enumerate() {
-        check_name(fields, &format!("{field}[{i}]"), s);
+        fields.check(valid_scope(s), format!("{field}[{i}]"), SCOPE_RULE);
     }
 }
 
-/// Rejects a 1..=128-byte name with control characters (the data layer's rule), as a field
-/// problem.
+/// Checks a plan name by the file's rule.
 pub fn check_name(fields: &mut Fields, field: &str, value: &str) {
-    if value.is_empty() || value.len() > 128 {
-        fields.push(field, "must be 1 to 128 bytes long");
-    } else if value.chars().any(char::is_control) {
-        fields.push(field, "must not contain control characters");
-    }
+    fields.check(valid_name(value), field, NAME_RULE);
+}
+
+/// Checks a consumer or key id by the file's rule (ids travel in identity headers).
+pub fn check_id(fields: &mut Fields, field: &str, value: &str) {
+    fields.check(valid_identifier(value), field, IDENTIFIER_RULE);
 }
 
 #[cfg(test)]

@@ -30,14 +30,17 @@ pub(crate) fn routes() -> OpenApiRouter<AdminState> {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyCreate {
-    /// A label (may be empty).
+    /// A label (may be empty): at most 128 characters, no control characters.
     #[serde(default)]
+    #[schema(pattern = r"^[^\x00-\x1f\x7f-\x9f]*$", max_length = 128)]
     pub name: Option<String>,
     /// Its own scopes; absent: its consumer's.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<super::openapi::Scope>>)]
     pub scopes: Option<Vec<String>>,
     /// RFC 3339; absent: never expires.
     #[serde(default)]
+    #[schema(format = DateTime)]
     pub expires_at: Option<String>,
 }
 
@@ -45,16 +48,17 @@ pub struct KeyCreate {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyPatch {
-    /// A new label.
+    /// A new label: at most 128 characters, no control characters.
     #[serde(default)]
+    #[schema(pattern = r"^[^\x00-\x1f\x7f-\x9f]*$", max_length = 128)]
     pub name: Option<String>,
     /// New scopes; `null`: its consumer's.
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<Vec<String>>)]
+    #[schema(value_type = Option<Vec<super::openapi::Scope>>)]
     pub scopes: Option<Option<Vec<String>>>,
     /// RFC 3339; `null`: never expires.
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Option<String>>,
     /// A new status.
     #[serde(default)]
@@ -65,11 +69,13 @@ pub struct KeyPatch {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateBody {
-    /// How long the old key keeps working, in seconds (default 0).
+    /// How long the old key keeps working, in seconds (default 0, at most 365 days).
     #[serde(default)]
+    #[schema(maximum = 31536000)]
     pub grace_seconds: u64,
     /// RFC 3339 expiry of the new key; absent: never.
     #[serde(default)]
+    #[schema(format = DateTime)]
     pub expires_at: Option<String>,
 }
 
@@ -137,7 +143,11 @@ pub struct KeyRotated {
 
 fn check_label(fields: &mut Fields, name: Option<&str>) {
     if let Some(n) = name {
-        fields.check(n.len() <= 128, "name", "must be at most 128 bytes long");
+        fields.check(
+            n.chars().count() <= 128,
+            "name",
+            "must be at most 128 characters long",
+        );
         fields.check(
             !n.chars().any(char::is_control),
             "name",

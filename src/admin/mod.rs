@@ -9,10 +9,14 @@
 
 pub mod auth;
 pub mod consumers;
+pub mod csrf;
 pub mod error;
+pub mod host;
 pub mod keys;
+pub mod openapi;
 pub mod ops;
 pub mod plans;
+pub mod throttle;
 
 use crate::account::password::Passwords;
 use crate::auth::revocation::RevocationBus;
@@ -20,7 +24,7 @@ use crate::db::{self, Db, DbOptions};
 use crate::proxy::{request_id, Limiter};
 use crate::reload::LiveConfig;
 use async_trait::async_trait;
-use auth::{Actor, AdminAuth};
+use auth::Actor;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::middleware::{self, Next};
@@ -146,10 +150,17 @@ pub fn admin_routes() -> OpenApiRouter<AdminState> {
 
 /// The whole admin application and its OpenAPI document: the authenticated `/admin/*`
 /// endpoints, `GET /openapi.json` and `GET /health` (both open), JSON 404/405 fallbacks,
-/// and `X-Request-Id` on every answer.
-pub fn app(state: AdminState, auth: AdminAuth) -> (axum::Router, OpenApiDoc) {
+/// and `X-Request-Id` on every answer. Every request must name an allowed host
+/// ([`host`]) and, when it changes something, carry a token or a JSON body ([`csrf`]).
+pub fn app(state: AdminState) -> (axum::Router, OpenApiDoc) {
+    // The token check comes first, so that a request without one is 401 whatever its
+    // content type; the CSRF rule then matters where no token is needed.
     let (admin, mut doc) = admin_routes()
-        .route_layer(middleware::from_fn_with_state(auth, auth::require_token))
+        .route_layer(middleware::from_fn(csrf::require_token_or_json))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
         .merge(crate::account::routes())
         .split_for_parts();
     doc.paths
@@ -157,13 +168,14 @@ pub fn app(state: AdminState, auth: AdminAuth) -> (axum::Router, OpenApiDoc) {
         .iter_mut()
         .filter(|(path, _)| path.starts_with("/admin/"))
         .for_each(|(_, item)| {
-            for op in operations_mut(item) {
+            for (_, op) in openapi::operations_mut(item) {
                 op.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
                     "admin_token",
                     Vec::<String>::new(),
                 )]);
             }
         });
+    openapi::document_common_errors(&mut doc);
     let document = Arc::new(doc.clone());
     let router = admin
         .route(
@@ -176,23 +188,13 @@ pub fn app(state: AdminState, auth: AdminAuth) -> (axum::Router, OpenApiDoc) {
         .route("/health", get(health))
         .fallback(|| async { AdminError::RouteNotFound })
         .method_not_allowed_fallback(|| async { AdminError::MethodNotAllowed })
-        .with_state(state)
+        .with_state(state.clone())
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(state.live()),
+            host::require_known_host,
+        ))
         .layer(middleware::from_fn(with_request_id));
     (router, doc)
-}
-
-fn operations_mut(
-    item: &mut utoipa::openapi::PathItem,
-) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
-    [
-        item.get.as_mut(),
-        item.put.as_mut(),
-        item.post.as_mut(),
-        item.delete.as_mut(),
-        item.patch.as_mut(),
-    ]
-    .into_iter()
-    .flatten()
 }
 
 async fn health() -> axum::Json<serde_json::Value> {
@@ -214,7 +216,6 @@ async fn with_request_id(request: Request, next: Next) -> Response {
 pub struct AdminService {
     address: SocketAddr,
     state: AdminState,
-    auth: AdminAuth,
 }
 
 impl AdminService {
@@ -236,7 +237,6 @@ impl AdminService {
         drop(snapshot);
         Ok(Some(AdminService {
             address: admin.address,
-            auth: AdminAuth::new(&admin.tokens, &admin.read_only_tokens),
             state: AdminState::new(db, live, limiter, revocations),
         }))
     }
@@ -271,7 +271,7 @@ impl BackgroundService for AdminService {
             }
         };
         log::info!("admin API listening on {}", self.address);
-        let (router, _) = app(self.state.clone(), self.auth.clone());
+        let (router, _) = app(self.state.clone());
         let stop = async move {
             while !*shutdown.borrow() {
                 if shutdown.changed().await.is_err() {
@@ -293,15 +293,53 @@ impl BackgroundService for AdminService {
 // Extractors whose rejections have the admin error shape
 // ------------------------------------------------------------------------------------
 
-/// A JSON body; malformed JSON or a wrong content type is a JSON error.
+/// A JSON object body: another content type is 415, anything but one JSON object
+/// (an array, `null`, a number, malformed JSON) is 400.
 pub struct Body<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = AdminError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, AdminError> {
-        let axum::Json(value) = axum::Json::<T>::from_request(req, state).await?;
-        Ok(Body(value))
+        if !csrf::is_json(req.headers()) {
+            return Err(AdminError::UnsupportedMediaType(
+                "the body must be JSON with `Content-Type: application/json`".into(),
+            ));
+        }
+        let bytes = bytes::Bytes::from_request(req, state).await?;
+        json_object(&bytes).map(Body)
+    }
+}
+
+/// Parses a body that must be one JSON object. (Serde would read a struct from an array
+/// too: `[null, null]` would fill its first two fields.)
+pub(crate) fn json_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AdminError> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(AdminError::invalid("the body must be a JSON object"));
+    }
+    let malformed = |e: serde_json::Error| AdminError::invalid(format!("malformed JSON body: {e}"));
+    let mut value: serde_json::Value = serde_json::from_slice(bytes).map_err(malformed)?;
+    whole_numbers(&mut value);
+    serde_json::from_value(value).map_err(malformed)
+}
+
+/// Writes every integral number as an integer: JSON Schema's `integer` includes `5.0`,
+/// which serde would refuse for an integer field.
+fn whole_numbers(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Number(n) if !n.is_i64() && !n.is_u64() => {
+            if let Some(f) = n.as_f64().filter(|f| f.fract() == 0.0) {
+                // Exact: an f64 with no fraction below 2^64 (or above -2^63) is an integer.
+                if (0.0..18_446_744_073_709_551_616.0).contains(&f) {
+                    *n = serde_json::Number::from(f as u64);
+                } else if (-9_223_372_036_854_775_808.0..0.0).contains(&f) {
+                    *n = serde_json::Number::from(f as i64);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(whole_numbers),
+        serde_json::Value::Object(map) => map.values_mut().for_each(whole_numbers),
+        _ => {}
     }
 }
 
@@ -348,19 +386,20 @@ impl<S: Send + Sync> FromRequestParts<S> for Actor {
 // Shared helpers
 // ------------------------------------------------------------------------------------
 
-/// RFC 3339, UTC, whole seconds.
+/// RFC 3339, UTC, whole seconds (any time, also before 1970).
 pub(crate) fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
+    chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-/// Parses an RFC 3339 time given in `field`.
+/// Parses an RFC 3339 time (any offset, as the OpenAPI `date-time` format allows) given
+/// in `field`.
 pub(crate) fn parse_time(
     fields: &mut error::Fields,
     field: &str,
     text: &str,
 ) -> Option<SystemTime> {
-    match humantime::parse_rfc3339_weak(text) {
-        Ok(t) => Some(t),
+    match chrono::DateTime::parse_from_rfc3339(text) {
+        Ok(t) => Some(SystemTime::from(t)),
         Err(_) => {
             fields.push(field, "must be an RFC 3339 time, e.g. 2030-01-31T12:00:00Z");
             None
@@ -413,6 +452,38 @@ pub(crate) fn created<T: serde::Serialize>(body: T) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Two {
+        a: Option<u64>,
+        b: Option<u32>,
+    }
+
+    #[test]
+    fn bodies_are_json_objects_with_whole_numbers() {
+        for bad in [
+            "[null,null]",
+            "[1,2]",
+            "null",
+            "1",
+            "\"x\"",
+            "",
+            "  ",
+            "{\"c\": 1}",
+        ] {
+            assert!(json_object::<Two>(bad.as_bytes()).is_err(), "{bad}");
+        }
+        assert_eq!(
+            json_object::<Two>(br#" {"a": 5.0, "b": 7}"#).unwrap(),
+            Two {
+                a: Some(5),
+                b: Some(7)
+            }
+        );
+        assert!(json_object::<Two>(br#"{"a": 5.5}"#).is_err());
+        assert!(json_object::<Two>(br#"{"a": -1.0}"#).is_err());
+    }
 
     /// Every route of the router is in the document: the document is built from the same
     /// `OpenApiRouter`, so this checks the expected list against it.

@@ -42,8 +42,10 @@ pub struct UsageParams {
     /// Only this route.
     pub route: Option<String>,
     /// First day (default: 30 days before `to`).
+    #[param(format = Date, pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
     pub from: Option<String>,
-    /// Last day (default: today).
+    /// Last day (default: today). Before `from`: no rows.
+    #[param(format = Date, pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
     pub to: Option<String>,
 }
 
@@ -121,20 +123,22 @@ pub(crate) async fn usage_for(state: &AdminState, q: UsageParams) -> Result<Usag
     fields.finish()?;
     let to = to.unwrap_or_else(Day::today);
     let from = from.unwrap_or_else(|| to.add_days(-30));
-    if from > to {
-        return Err(AdminError::field("from", "must not be after `to`"));
-    }
-    let rows = usage::query(
-        state.db()?,
-        &UsageQuery {
-            from,
-            to,
-            consumer_id: q.consumer,
-            key_id: q.key,
-            route: q.route,
-        },
-    )
-    .await?;
+    // An empty range has no rows.
+    let rows = if from > to {
+        Vec::new()
+    } else {
+        usage::query(
+            state.db()?,
+            &UsageQuery {
+                from,
+                to,
+                consumer_id: q.consumer,
+                key_id: q.key,
+                route: q.route,
+            },
+        )
+        .await?
+    };
     Ok(UsageOut {
         from: from.to_string(),
         to: to.to_string(),
@@ -368,6 +372,7 @@ pub struct AuditParams {
     /// Only entries older than this id (the previous page's last id).
     pub before: Option<i64>,
     /// At most this many, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 

@@ -56,11 +56,14 @@ impl From<Algorithm> for AlgorithmName {
 #[serde(deny_unknown_fields)]
 pub struct LimitBody {
     /// Requests allowed per window (at least 1).
+    #[schema(minimum = 1, maximum = 9007199254740992_u64)]
     pub requests: u64,
     /// The window's length in seconds (at least 1).
+    #[schema(minimum = 1, maximum = 9007199254740992_u64)]
     pub per_seconds: u64,
     /// Token buckets: the bucket size (at least 1); default `requests`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 9007199254740992_u64)]
     pub burst: Option<u64>,
 }
 
@@ -68,15 +71,18 @@ pub struct LimitBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlanCreate {
-    /// Unique name: 1 to 128 bytes, no control characters.
+    /// Unique name: 1 to 64 letters, digits, '-', '_', '.' (the file's rule).
+    #[schema(pattern = r"^[A-Za-z0-9._-]+$", min_length = 1, max_length = 64)]
     pub name: String,
     /// Default `fixed_window`.
     #[serde(default)]
     pub algorithm: Option<AlgorithmName>,
     /// The windows; every one must allow a request.
+    #[schema(min_items = 1)]
     pub limits: Vec<LimitBody>,
     /// Most requests in flight at once per consumer.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 2147483647)]
     pub concurrency: Option<u32>,
 }
 
@@ -89,10 +95,11 @@ pub struct PlanPatch {
     pub algorithm: Option<AlgorithmName>,
     /// New windows (replacing all).
     #[serde(default)]
+    #[schema(min_items = 1)]
     pub limits: Option<Vec<LimitBody>>,
     /// `null` removes the concurrency cap.
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 2147483647)]
     pub concurrency: Option<Option<u32>>,
 }
 

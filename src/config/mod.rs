@@ -263,4 +263,27 @@ rate_limit: {{default_plan: nope, failure_mode: maybe}}
         b.listeners[0].address = "127.0.0.1:8081".parse().unwrap();
         assert_eq!(a.restart_needed(&b), vec!["listeners"]);
     }
+
+    #[test]
+    fn admin_tokens_need_256_bits() {
+        use validate::strong_token;
+        for strong in [
+            // openssl rand -hex 32, openssl rand -base64 32
+            "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+            "n4bQgYhMfWWaL+qgxVrQFaO/TxsrC4Is0V70pqAkJbE=",
+            "admin-token-one-7f3a9c1e5b2d8f4a6c0e9b1d3f5a7c9e2b4d6f8a1c3e5",
+        ] {
+            assert!(strong_token(strong.as_bytes()), "{strong}");
+        }
+        for weak in [
+            "admin-token-0123456789",
+            // openssl rand -hex 16: 128 bits
+            "9f86d081884c7d659a2feaa0c55ad015",
+            &"a".repeat(100),
+            &"ab".repeat(60),
+            "",
+        ] {
+            assert!(!strong_token(weak.as_bytes()), "{weak}");
+        }
+    }
 }

@@ -53,6 +53,15 @@ pub const DEFAULT_USAGE_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_ADMIN_TOKENS_ENV: &str = "TOLLGATE_ADMIN_TOKENS";
 /// The environment variable holding read-only admin tokens (comma-separated) by default.
 pub const DEFAULT_ADMIN_READ_ONLY_TOKENS_ENV: &str = "TOLLGATE_ADMIN_READ_ONLY_TOKENS";
+/// Estimated entropy every admin token must have, in bits (32 random bytes): out of reach
+/// of any guessing, even unthrottled.
+pub const MIN_ADMIN_TOKEN_BITS: f64 = 256.0;
+/// Failed admin-token attempts allowed per client address and minute by default: enough
+/// for an operator's typos, nothing for a guesser.
+pub const DEFAULT_FAILED_AUTH_PER_MINUTE: u64 = 10;
+/// Refresh and logout calls allowed per session and minute by default: a client refreshes
+/// once per access-token lifetime, so a burst of them is a replay or a loop.
+pub const DEFAULT_SESSION_CALLS_PER_MINUTE: u64 = 10;
 
 /// The PostgreSQL database.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,6 +106,11 @@ pub struct AdminSettings {
     pub tokens: Vec<Secret>,
     /// Tokens that may only read (`GET`); any change they attempt is refused with 403.
     pub read_only_tokens: Vec<Secret>,
+    /// Host names (lower case, no port) the admin listener answers besides the loopback
+    /// literals; any other `Host` is refused (DNS rebinding).
+    pub allowed_hosts: Vec<String>,
+    /// Failed admin-token attempts allowed per client address before 429.
+    pub failed_auth_throttle: WindowSpec,
 }
 
 /// The account API: end users register, log in and manage their own keys. Its access
@@ -117,8 +131,11 @@ pub struct AccountSettings {
     pub default_plan: Option<String>,
     /// Login attempts allowed per account (e-mail address).
     pub login_per_account: WindowSpec,
-    /// Login attempts allowed per client address.
+    /// Login attempts allowed per client address (also the separate refresh, logout and
+    /// registration counters per address).
     pub login_per_ip: WindowSpec,
+    /// Refresh and logout calls allowed per session (refresh-token family).
+    pub per_session: WindowSpec,
 }
 
 /// The `iss` of account access tokens when the file does not say.
@@ -554,8 +571,9 @@ impl Config {
         if self.database != next.database {
             changed.push("database");
         }
-        if self.admin != next.admin {
-            changed.push("admin");
+        // Tokens, allowed hosts and the throttle apply live; only the address needs a restart.
+        if self.admin.as_ref().map(|a| a.address) != next.admin.as_ref().map(|a| a.address) {
+            changed.push("admin.address");
         }
         let (a, b) = (&self.server, &next.server);
         if a.threads != b.threads {

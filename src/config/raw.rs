@@ -60,6 +60,11 @@ pub struct RawAdmin {
     pub address: String,
     pub tokens_env: Option<String>,
     pub read_only_tokens_env: Option<String>,
+    pub tokens_file: Option<String>,
+    pub read_only_tokens_file: Option<String>,
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    pub failed_auth_throttle: Option<RawWindow>,
 }
 
 /// The account API (self-service users), served by the admin service.
@@ -82,6 +87,7 @@ pub struct RawAccount {
 pub struct RawLoginThrottle {
     pub per_account: Option<RawWindow>,
     pub per_ip: Option<RawWindow>,
+    pub per_session: Option<RawWindow>,
 }
 
 /// How callers are identified and verified.

@@ -46,16 +46,24 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<String>> 
             "with a database configured, consumers and keys live in PostgreSQL (manage them through the admin API)",
         );
     }
-    let admin = raw.admin.map(|a| admin(a, &mut p));
+    let admin = raw.admin.map(|a| admin(a, base_dir, &mut p));
     let account = raw.account.map(|a| {
         if database.is_none() {
             p.push("account", "the account API needs `database:`");
         }
-        if admin.is_none() {
-            p.push(
+        match &admin {
+            None => p.push(
                 "account",
                 "the account API is served by the admin service: add `admin:`",
-            );
+            ),
+            // The account API is reached through the proxy, i.e. from loopback: an admin
+            // listener open to loopback callers would be open to the Internet.
+            Some(a) if a.tokens.is_empty() => p.push(
+                "account",
+                "the account API shares the admin listener, which is open without admin \
+                 tokens: set admin.tokens_env or admin.tokens_file",
+            ),
+            Some(_) => {}
         }
         let settings = account(a, &mut p);
         if auth.issuers.iter().any(|i| i.issuer == settings.issuer) {
@@ -1193,21 +1201,33 @@ fn database_tls(raw: RawDatabaseTls, base: &Path, p: &mut Problems) -> DatabaseT
     tls
 }
 
-fn admin(raw: RawAdmin, p: &mut Problems) -> AdminSettings {
+fn admin(raw: RawAdmin, base: &Path, p: &mut Problems) -> AdminSettings {
     let address = socket_addr(&raw.address, "admin.address", p)
         .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
-    let tokens = admin_tokens(
+    let mut tokens = env_tokens(
         raw.tokens_env,
         DEFAULT_ADMIN_TOKENS_ENV,
         "admin.tokens_env",
         p,
     );
-    let read_only_tokens = admin_tokens(
+    tokens.extend(file_tokens(
+        raw.tokens_file.as_deref(),
+        base,
+        "admin.tokens_file",
+        p,
+    ));
+    let mut read_only_tokens = env_tokens(
         raw.read_only_tokens_env,
         DEFAULT_ADMIN_READ_ONLY_TOKENS_ENV,
         "admin.read_only_tokens_env",
         p,
     );
+    read_only_tokens.extend(file_tokens(
+        raw.read_only_tokens_file.as_deref(),
+        base,
+        "admin.read_only_tokens_file",
+        p,
+    ));
     if tokens.is_empty() && !address.ip().is_loopback() {
         p.push(
             "admin.address",
@@ -1222,16 +1242,37 @@ fn admin(raw: RawAdmin, p: &mut Problems) -> AdminSettings {
             "read-only tokens need full tokens too (admin.tokens_env): without any, every caller is let in",
         );
     }
+    let mut allowed_hosts = Vec::with_capacity(raw.allowed_hosts.len());
+    for (i, host) in raw.allowed_hosts.iter().enumerate() {
+        let without_port = if host.starts_with('[') {
+            host.ends_with(']')
+        } else {
+            !host.contains(':')
+        };
+        match crate::admin::host::canonical_host(host) {
+            Some(h) if without_port => allowed_hosts.push(h),
+            _ => p.push(
+                format!("admin.allowed_hosts[{i}]"),
+                format!("{host:?} is not a host name or IP address (without port)"),
+            ),
+        }
+    }
     AdminSettings {
         address,
         tokens,
         read_only_tokens,
+        allowed_hosts,
+        failed_auth_throttle: window_or(
+            raw.failed_auth_throttle,
+            "admin.failed_auth_throttle",
+            DEFAULT_FAILED_AUTH_PER_MINUTE,
+            p,
+        ),
     }
 }
 
-/// Comma-separated tokens from the environment variable `env` (or `default`), each at
-/// least 16 characters.
-fn admin_tokens(env: Option<String>, default: &str, place: &str, p: &mut Problems) -> Vec<Secret> {
+/// Comma-separated tokens from the environment variable `env` (or `default`).
+fn env_tokens(env: Option<String>, default: &str, place: &str, p: &mut Problems) -> Vec<Secret> {
     let env = env.unwrap_or_else(|| default.to_string());
     let tokens: Vec<Secret> = std::env::var(&env)
         .unwrap_or_default()
@@ -1240,13 +1281,90 @@ fn admin_tokens(env: Option<String>, default: &str, place: &str, p: &mut Problem
         .filter(|t| !t.is_empty())
         .map(|t| Secret::new(t.as_bytes().to_vec()))
         .collect();
-    if tokens.iter().any(|t| t.expose().len() < 16) {
+    check_tokens(&tokens, &format!("${env}"), place, p);
+    tokens
+}
+
+/// Tokens from a file, one per line (blank lines and `#` comments skipped); read again on
+/// every reload, so a token can be added or withdrawn without a restart.
+fn file_tokens(path: Option<&str>, base: &Path, place: &str, p: &mut Problems) -> Vec<Secret> {
+    let Some(path) = path else {
+        return Vec::new();
+    };
+    let path = base.join(path);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) => {
+            p.push(place, format!("cannot read {}: {e}", path.display()));
+            return Vec::new();
+        }
+    };
+    let tokens: Vec<Secret> = text
+        .lines()
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !t.starts_with('#'))
+        .map(|t| Secret::new(t.as_bytes().to_vec()))
+        .collect();
+    check_tokens(&tokens, &path.display().to_string(), place, p);
+    tokens
+}
+
+/// Every token must be guess-proof (never says which token, nor anything of it).
+fn check_tokens(tokens: &[Secret], source: &str, place: &str, p: &mut Problems) {
+    let weak = tokens.iter().filter(|t| !strong_token(t.expose())).count();
+    if weak > 0 {
         p.push(
             place,
-            format!("every token in ${env} must be at least 16 characters"),
+            format!(
+                "{weak} token(s) in {source} are too weak: every admin token needs at least \
+                 {MIN_ADMIN_TOKEN_BITS} bits of entropy (32 random bytes), e.g. `openssl rand -hex 32`"
+            ),
         );
     }
-    tokens
+}
+
+/// Whether `token` has at least [`MIN_ADMIN_TOKEN_BITS`] of estimated entropy: its length
+/// times log2 of the alphabet its character classes span (lower case 26, upper case 26,
+/// digits 10, other printable ASCII 33, other bytes 128), with at least 10 different
+/// characters (so that `aaaa…` or `abab…` does not pass on length alone).
+pub fn strong_token(token: &[u8]) -> bool {
+    let has = |f: fn(&u8) -> bool| token.iter().any(f);
+    let alphabet = [
+        (has(u8::is_ascii_lowercase), 26.0),
+        (has(u8::is_ascii_uppercase), 26.0),
+        (has(u8::is_ascii_digit), 10.0),
+        (has(u8::is_ascii_punctuation), 33.0),
+        (
+            has(|b| !b.is_ascii_alphanumeric() && !b.is_ascii_punctuation()),
+            128.0,
+        ),
+    ]
+    .iter()
+    .filter(|(present, _)| *present)
+    .map(|(_, size)| size)
+    .sum::<f64>();
+    let distinct = token.iter().collect::<HashSet<_>>().len();
+    alphabet > 1.0 && distinct >= 10 && token.len() as f64 * alphabet.log2() >= MIN_ADMIN_TOKEN_BITS
+}
+
+/// One window from the file, or `default_requests` per minute.
+fn window_or(
+    raw: Option<RawWindow>,
+    place: &str,
+    default_requests: u64,
+    p: &mut Problems,
+) -> WindowSpec {
+    let w = raw.unwrap_or(RawWindow {
+        requests: default_requests,
+        per: "1m".into(),
+        burst: None,
+    });
+    let spec = limit_spec(None, vec![w], None, place, p);
+    spec.windows.into_iter().next().unwrap_or(WindowSpec {
+        requests: default_requests,
+        per: Duration::from_secs(60),
+        burst: None,
+    })
 }
 
 fn account(raw: RawAccount, p: &mut Problems) -> AccountSettings {
@@ -1286,19 +1404,6 @@ fn account(raw: RawAccount, p: &mut Problems) -> AccountSettings {
     if let Some(plan) = &raw.default_plan {
         check_name(plan, "account.default_plan", p);
     }
-    let throttle = |w: Option<RawWindow>, place: &str, default_requests: u64, p: &mut Problems| {
-        let w = w.unwrap_or(RawWindow {
-            requests: default_requests,
-            per: "1m".into(),
-            burst: None,
-        });
-        let spec = limit_spec(None, vec![w], None, place, p);
-        spec.windows.into_iter().next().unwrap_or(WindowSpec {
-            requests: default_requests,
-            per: Duration::from_secs(60),
-            burst: None,
-        })
-    };
     AccountSettings {
         issuer,
         audience: raw.audience,
@@ -1306,16 +1411,22 @@ fn account(raw: RawAccount, p: &mut Problems) -> AccountSettings {
         access_token_ttl,
         refresh_token_ttl,
         default_plan: raw.default_plan,
-        login_per_account: throttle(
+        login_per_account: window_or(
             raw.login_throttle.per_account,
             "account.login_throttle.per_account",
             5,
             p,
         ),
-        login_per_ip: throttle(
+        login_per_ip: window_or(
             raw.login_throttle.per_ip,
             "account.login_throttle.per_ip",
             30,
+            p,
+        ),
+        per_session: window_or(
+            raw.login_throttle.per_session,
+            "account.login_throttle.per_session",
+            DEFAULT_SESSION_CALLS_PER_MINUTE,
             p,
         ),
     }
@@ -1553,49 +1664,69 @@ fn status(raw: Option<&str>, place: &str, p: &mut Problems) -> Status {
     }
 }
 
-/// Consumer and key ids: 1-128 visible ASCII characters without quotes, commas or spaces
-/// (they travel in headers and logs).
-fn check_identifier(id: &str, place: &str, p: &mut Problems) {
-    let ok = !id.is_empty()
+/// Consumer and key ids: 1-128 visible ASCII characters without quotes, commas,
+/// backslashes or spaces (they travel in headers and logs). The one rule for ids, in the
+/// file and in the admin API.
+pub fn valid_identifier(id: &str) -> bool {
+    !id.is_empty()
         && id.len() <= 128
         && id
             .bytes()
-            .all(|b| b.is_ascii_graphic() && !b"\"',\\".contains(&b));
-    if !ok {
+            .all(|b| b.is_ascii_graphic() && !b"\"',\\".contains(&b))
+}
+
+/// What [`valid_identifier`] requires, for error messages.
+pub const IDENTIFIER_RULE: &str =
+    "1-128 visible ASCII characters, no quotes, commas, backslashes or spaces";
+
+fn check_identifier(id: &str, place: &str, p: &mut Problems) {
+    if !valid_identifier(id) {
         p.push(
             place,
-            format!(
-                "{id:?} is not a valid id (1-128 visible characters, no quotes, commas or spaces)"
-            ),
+            format!("{id:?} is not a valid id ({IDENTIFIER_RULE})"),
         );
     }
 }
 
-/// Scopes are OAuth scope tokens (RFC 6749 §3.3).
-fn check_scope(scope: &str, place: &str, p: &mut Problems) {
-    let ok = !scope.is_empty()
+/// Scopes are OAuth scope tokens (RFC 6749 §3.3) without quotes or backslashes, at most
+/// 128 bytes: the one rule, in the file and in the admin API.
+pub fn valid_scope(scope: &str) -> bool {
+    !scope.is_empty()
+        && scope.len() <= 128
         && scope
             .bytes()
-            .all(|b| b > 0x20 && b < 0x7f && b != b'"' && b != b'\\');
-    if !ok {
-        p.push(place, format!("{scope:?} is not a valid scope"));
+            .all(|b| b > 0x20 && b < 0x7f && b != b'"' && b != b'\\')
+}
+
+/// What [`valid_scope`] requires, for error messages.
+pub const SCOPE_RULE: &str = "1-128 visible ASCII characters, no quotes, backslashes or spaces";
+
+fn check_scope(scope: &str, place: &str, p: &mut Problems) {
+    if !valid_scope(scope) {
+        p.push(
+            place,
+            format!("{scope:?} is not a valid scope ({SCOPE_RULE})"),
+        );
     }
 }
 
-/// Names appear in metrics labels and logs: keep them simple.
-fn check_name(name: &str, place: &str, p: &mut Problems) {
-    let ok = !name.is_empty()
+/// Names (plans, upstreams, routes) appear in metrics labels, logs and `RateLimit-Policy`
+/// headers: 1-64 letters, digits, '-', '_', '.'. The one rule, in the file and in the
+/// admin API.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= 64
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if !ok {
-        p.push(
-            place,
-            format!(
-                "{name:?} is not a valid name (1-64 characters: letters, digits, '-', '_', '.')"
-            ),
-        );
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// What [`valid_name`] requires, for error messages.
+pub const NAME_RULE: &str = "1-64 characters: letters, digits, '-', '_', '.'";
+
+fn check_name(name: &str, place: &str, p: &mut Problems) {
+    if !valid_name(name) {
+        p.push(place, format!("{name:?} is not a valid name ({NAME_RULE})"));
     }
 }
 

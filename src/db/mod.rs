@@ -353,9 +353,9 @@ pub(crate) fn parse_status(text: &str) -> Status {
 /// Checks an identifier given by an operator (consumer id, plan name): 1 to 128
 /// characters, none of them control characters.
 pub(crate) fn check_name(what: &str, value: &str) -> Result<(), DbError> {
-    if value.is_empty() || value.len() > 128 {
+    if value.is_empty() || value.chars().count() > 128 {
         return Err(DbError::Invalid(format!(
-            "{what}: must be 1 to 128 bytes long"
+            "{what}: must be 1 to 128 characters long"
         )));
     }
     if value.chars().any(char::is_control) {

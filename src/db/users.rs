@@ -212,9 +212,9 @@ pub async fn get(db: &Db, id: &str) -> Result<User, DbError> {
 }
 
 /// Whether `email` has the rough shape of an address (`local@domain`, at most 254
-/// bytes, no spaces or control characters).
+/// characters, no spaces or control characters).
 pub fn is_plausible_email(email: &str) -> bool {
-    email.len() <= 254
+    email.chars().count() <= 254
         && !email.chars().any(|c| c.is_whitespace() || c.is_control())
         && matches!(email.split_once('@'), Some((local, domain))
             if !local.is_empty() && !domain.is_empty() && !domain.contains('@'))
