@@ -64,8 +64,14 @@ consumers:
 "
     );
     let config = config::parse(&yaml, Path::new(".")).expect("benchmark config is valid");
-    Authenticator::from_config(&config.auth, &config.consumers, None, None)
-        .expect("authenticator builds")
+    Authenticator::from_config(
+        &config.auth,
+        &config.consumers,
+        None,
+        None,
+        config.rate_limit.ipv6_prefix,
+    )
+    .expect("authenticator builds")
 }
 
 const KEY: &str = "tg_AAAAAAAA_BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB";

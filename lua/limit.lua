@@ -6,14 +6,20 @@
 -- KEYS: for each subject, its windows hash `tg:{<key>}:w`, then its leases sorted set
 --       `tg:{<key>}:l` (lease id -> time taken, ms).
 -- ARGV: mode, cost, lease id, lease ttl (ms), subject count, then per subject:
---       algorithm ("f", "s" or "t"), policy name, concurrency cap (-1: none), window
---       count, and per window: limit, period (ms), tag (undo only, else 0).
+--       algorithm ("f", "s" or "t"), policy name, concurrency cap (-1: none), block
+--       (ms, 0: none), window count, and per window: limit, period (ms), tag (undo
+--       only, else 0).
 -- mode: "a" acquire (count if every window allows), "p" peek (count nothing),
 --       "u" undo (take back what an acquire with these tags counted).
 --
 -- Returns (a and p) {all allowed (1/0), now (ms), then five integers per entry:
 -- allowed (1/0), remaining, reset (ms), retry (ms), tag}; an entry is a window, and
--- after a subject's windows, its concurrency cap if it has one. Undo returns 0.
+-- after a subject's windows, its concurrency cap if it has one, then its block if it
+-- has one. Undo returns 0.
+--
+-- Blocks: a subject whose own windows or cap refuse an acquire, under a policy with a
+-- block, is blocked for that long (field `<policy>:b` of its hash: until when, ms);
+-- while blocked every request of it is refused. Written even though nothing is counted.
 -- Time is Redis's (TIME), so every gateway instance shares one clock.
 local algorithms = { f = fixed_window, s = sliding_window, t = token_bucket }
 
@@ -32,6 +38,7 @@ local all_allowed = true
 -- What to write once every window has allowed: per subject, hash fields and a ttl.
 local writes = {}
 local leases = {}
+local blocks = {}
 local arg = 6
 for i = 1, subjects do
   local hash = KEYS[2 * i - 1]
@@ -39,8 +46,10 @@ for i = 1, subjects do
   local algorithm = algorithms[ARGV[arg]]
   local policy = ARGV[arg + 1]
   local cap = tonumber(ARGV[arg + 2])
-  local windows = tonumber(ARGV[arg + 3])
-  arg = arg + 4
+  local block = tonumber(ARGV[arg + 3])
+  local windows = tonumber(ARGV[arg + 4])
+  arg = arg + 5
+  local refused_here = false
   local fields = {}
   local ttl = 0
   for _ = 1, windows do
@@ -56,6 +65,7 @@ for i = 1, subjects do
         algorithm.check(hash, f, now, limit, period, cost, counting)
       if not allowed then
         all_allowed = false
+        refused_here = true
       end
       out[#out + 1] = allowed and 1 or 0
       out[#out + 1] = remaining
@@ -87,6 +97,7 @@ for i = 1, subjects do
       local allowed = in_flight < cap
       if not allowed then
         all_allowed = false
+        refused_here = true
       end
       local used = in_flight
       if allowed and counting then
@@ -99,6 +110,31 @@ for i = 1, subjects do
       out[#out + 1] = allowed and 0 or 1000
       out[#out + 1] = 0
     end
+  end
+  if block > 0 and mode ~= 'u' then
+    local field = policy .. ':b'
+    local blocked_until = tonumber(redis.call('HGET', hash, field)) or 0
+    if blocked_until <= now and refused_here and counting then
+      blocked_until = now + block
+      blocks[#blocks + 1] = { hash, field, blocked_until, block }
+    end
+    local blocked = blocked_until > now
+    if blocked then
+      all_allowed = false
+    end
+    local left = blocked and (blocked_until - now) or 0
+    out[#out + 1] = blocked and 0 or 1
+    out[#out + 1] = blocked and 0 or 1
+    out[#out + 1] = left
+    out[#out + 1] = left
+    out[#out + 1] = 0
+  end
+end
+
+for _, b in ipairs(blocks) do
+  redis.call('HSET', b[1], b[2], b[3])
+  if redis.call('PTTL', b[1]) < b[4] then
+    redis.call('PEXPIRE', b[1], b[4])
   end
 end
 

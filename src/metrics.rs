@@ -97,6 +97,21 @@ pub static ACCESS_LOG_DROPPED: LazyLock<IntCounter> = metric!(register_int_count
     "Access-log lines dropped because the log writer could not keep up."
 ));
 
+/// API-key lookups that missed the cache, by outcome: `store` (the store was asked),
+/// `refused` (the caller's network had spent its unknown-key budget; not asked), `busy`
+/// (no lookup slot came free in time; not asked).
+pub static KEY_LOOKUPS: LazyLock<IntCounterVec> = metric!(register_int_counter_vec!(
+    "tollgate_key_lookups_total",
+    "API-key lookups that missed the cache, by outcome (store, refused, busy).",
+    &["outcome"]
+));
+
+/// Plans stored in the database that the running config skipped as invalid.
+pub static INVALID_PLANS: LazyLock<IntGauge> = metric!(register_int_gauge!(
+    "tollgate_invalid_plans",
+    "Plans stored in the database that the running configuration skipped because the limiter cannot run them."
+));
+
 /// Records a pool's target counts.
 pub fn set_upstream_targets(upstream: &str, healthy: usize, total: usize) {
     UPSTREAM_TARGETS
@@ -126,6 +141,10 @@ pub fn init() {
     }
     LazyLock::force(&CONFIG_GENERATION);
     LazyLock::force(&ACCESS_LOG_DROPPED);
+    LazyLock::force(&INVALID_PLANS);
+    for outcome in ["store", "refused", "busy"] {
+        KEY_LOOKUPS.with_label_values(&[outcome]);
+    }
     crate::limit::metrics::init();
 }
 

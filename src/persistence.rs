@@ -3,10 +3,10 @@
 //! and usage counts written in batches.
 
 use crate::auth::store::CredentialStore;
-use crate::config::{DatabaseSettings, LimitAlgorithm, LimitSpec, PlanSpec, WindowSpec};
+use crate::config::{DatabaseSettings, LimitSpec, PlanSpec};
 use crate::db::credentials::PgCredentialStore;
 use crate::db::migrate::{migrate, MigrationReport};
-use crate::db::plans::{self, Algorithm, Plan};
+use crate::db::plans::{self, Plan};
 use crate::db::{Db, DbError, DbOptions};
 use crate::usage::UsageRecorder;
 use arc_swap::ArcSwap;
@@ -39,6 +39,8 @@ impl Persistence {
                 settings.url(),
                 &DbOptions {
                     pool_size: 1,
+                    // Migrations may wait on the advisory lock, and build indexes.
+                    statement_timeout: None,
                     ..options.clone()
                 },
             )
@@ -98,21 +100,5 @@ pub fn plan_spec(plan: &Plan) -> PlanSpec {
 
 /// The limits of a database plan in config form (empty when it limits nothing).
 pub fn limit_spec(plan: &Plan) -> LimitSpec {
-    LimitSpec {
-        algorithm: match plan.algorithm {
-            Algorithm::FixedWindow => LimitAlgorithm::FixedWindow,
-            Algorithm::SlidingWindow => LimitAlgorithm::SlidingWindow,
-            Algorithm::TokenBucket => LimitAlgorithm::TokenBucket,
-        },
-        windows: plan
-            .limits
-            .iter()
-            .map(|l| WindowSpec {
-                requests: l.requests,
-                per: Duration::from_secs(l.per_seconds),
-                burst: l.burst,
-            })
-            .collect(),
-        concurrency: plan.concurrency.map(u64::from),
-    }
+    plans::limit_spec(plan.algorithm, &plan.limits, plan.concurrency)
 }

@@ -87,6 +87,7 @@ impl Runtime {
             &config.consumers,
             previous.map(|p| &p.auth),
             persistence.map(|p| p.store()),
+            config.rate_limit.ipv6_prefix,
         )?;
         Ok(Runtime {
             generation,

@@ -87,7 +87,10 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
 
     let access_log = AccessLog::start().map_err(StartError::AccessLog)?;
     let redis = config.rate_limit.redis.as_ref();
-    let limiter = Arc::new(Limiter::new(redis.map(|r| redis_settings(r, config))));
+    let limiter = Arc::new(Limiter::new(
+        redis.map(|r| redis_settings(r, config)),
+        config.rate_limit.concurrency_lease_ttl,
+    ));
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         Gateway::new(Arc::clone(&live), access_log.clone(), Arc::clone(&limiter)),
@@ -212,7 +215,10 @@ pub fn run_admin(path: &Path) -> Result<(), StartError> {
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
     let redis = config.rate_limit.redis.as_ref();
-    let limiter = Arc::new(Limiter::new(redis.map(|r| redis_settings(r, config))));
+    let limiter = Arc::new(Limiter::new(
+        redis.map(|r| redis_settings(r, config)),
+        config.rate_limit.concurrency_lease_ttl,
+    ));
     let revocations = revocation_bus(&snapshot, redis.map(|r| redis_settings(r, config)));
     if let Some(follower) = revocation_follower(&revocations, config) {
         server.add_service(follower);

@@ -249,7 +249,7 @@ async fn plans_crud_validation_and_conflicts() {
     assert_eq!(body["fields"]["limits[0].requests"], "must be at least 1");
     assert_eq!(
         body["fields"]["limits[1].per_seconds"],
-        "must be at least 1"
+        "must be a whole number of seconds, at least 1"
     );
     assert_eq!(body["fields"]["limits[1].burst"], "must be at least 1");
     assert_eq!(
@@ -384,6 +384,75 @@ async fn plans_crud_validation_and_conflicts() {
         .delete("/admin/plans/gold")
         .await
         .assert_error(404, "not_found");
+}
+
+/// A plan the limiter would refuse is refused by the admin API with a 400 naming the
+/// field, on create and on a patch that makes the stored windows unusable; the database
+/// keeps the plan as it was. The rules are the ones the file's plans follow.
+#[tokio::test]
+async fn plans_the_limiter_would_refuse_are_refused_naming_the_field() {
+    let pg = Postgres::start().await;
+    let admin = Admin::start(Some(&pg)).await;
+    for (body, field, message) in [
+        (
+            json!({"name": "dup", "limits": [{"requests": 1, "per_seconds": 60},
+                                             {"requests": 9, "per_seconds": 60}]}),
+            "limits[1].per_seconds",
+            "two windows of the same length",
+        ),
+        (
+            json!({"name": "long", "limits": [{"requests": 1, "per_seconds": 400 * 86400}]}),
+            "limits[0].per_seconds",
+            "must be at most 31622400 s (366 days)",
+        ),
+        (
+            json!({"name": "slow", "algorithm": "token_bucket",
+                   "limits": [{"requests": 1, "per_seconds": 86400, "burst": 1000}]}),
+            "limits[0].burst",
+            "refills over",
+        ),
+        (
+            json!({"name": "same-refill", "algorithm": "token_bucket",
+                   "limits": [{"requests": 10, "per_seconds": 60, "burst": 20},
+                              {"requests": 5, "per_seconds": 120}]}),
+            "limits[1].per_seconds",
+            "two windows with the same refill period",
+        ),
+    ] {
+        let name = body["name"].clone();
+        let error = admin
+            .post("/admin/plans", body)
+            .await
+            .assert_error(400, "invalid_request");
+        let said = error["fields"][field].as_str().unwrap_or_else(|| {
+            panic!("{name}: no problem named {field}: {error}");
+        });
+        assert!(said.starts_with(message), "{name}: {said}");
+        admin
+            .get(&format!("/admin/plans/{}", name.as_str().unwrap()))
+            .await
+            .assert_error(404, "not_found");
+    }
+
+    // A token bucket with a burst is fine; switching it to a fixed window is not.
+    admin
+        .post_ok(
+            "/admin/plans",
+            json!({"name": "bucket", "algorithm": "token_bucket",
+                   "limits": [{"requests": 10, "per_seconds": 1, "burst": 50}]}),
+            201,
+        )
+        .await;
+    let error = admin
+        .patch("/admin/plans/bucket", json!({"algorithm": "fixed_window"}))
+        .await
+        .assert_error(400, "invalid_request");
+    assert_eq!(
+        error["fields"]["limits[0].burst"], "only applies to algorithm: token_bucket",
+        "{error}"
+    );
+    let kept = admin.get("/admin/plans/bucket").await.json();
+    assert_eq!(kept["algorithm"], "token_bucket", "{kept}");
 }
 
 #[tokio::test]

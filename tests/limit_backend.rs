@@ -80,7 +80,7 @@ impl Bench {
     async fn acquire(&self, subjects: &[Subject<'_>], cost: u64) -> Decision {
         let decision = self
             .limiter
-            .acquire(subjects, cost, &LOCAL, "lease")
+            .acquire(subjects, cost, &LOCAL)
             .await
             .expect("the limiter decides");
         assert_eq!(decision.source, self.source);
@@ -186,7 +186,7 @@ async fn stampede(
                 .map(|(key, policy)| Subject::new(key, policy))
                 .collect();
             let decision = limiter
-                .acquire(&subjects, 1, &FailureMode::Closed, &format!("req-{i}"))
+                .acquire(&subjects, 1, &FailureMode::Closed)
                 .await
                 .expect("Redis decides");
             assert_eq!(decision.source, Source::Redis);
@@ -227,7 +227,7 @@ async fn two_instances_on_one_redis_admit_exactly_the_quota() {
     let warm = policy("warm", Algorithm::FixedWindow, &[(1, secs(60))]);
     for limiter in &instances {
         limiter
-            .acquire(&[Subject::new("warm", &warm)], 1, &LOCAL, "w")
+            .acquire(&[Subject::new("warm", &warm)], 1, &LOCAL)
             .await
             .expect("warm-up");
     }
@@ -318,10 +318,7 @@ async fn two_instances_on_a_cluster_admit_exactly_the_quota_across_slots() {
         ]
     };
     for limiter in &instances {
-        limiter
-            .acquire(&both(), 0, &LOCAL, "warm")
-            .await
-            .expect("warm-up");
+        limiter.acquire(&both(), 0, &LOCAL).await.expect("warm-up");
     }
     let before = instances
         .iter()
@@ -365,7 +362,7 @@ async fn two_instances_on_a_cluster_admit_exactly_the_quota_across_slots() {
         Subject::new(&consumer_key, &route),
     ];
     instances[0]
-        .acquire(&one_slot, 1, &LOCAL, "x")
+        .acquire(&one_slot, 1, &LOCAL)
         .await
         .expect("acquire");
     assert_eq!(instances[0].redis_commands() - before, 1);
@@ -530,19 +527,19 @@ async fn concurrency_cap_holds_until_a_lease_is_released(b: &Bench) {
     let subjects = [Subject::new("c:conc", &p)];
     let first = b
         .limiter
-        .acquire(&subjects, 1, &LOCAL, "r1")
+        .acquire(&subjects, 1, &LOCAL)
         .await
         .expect("acquire");
     let second = b
         .limiter
-        .acquire(&subjects, 1, &LOCAL, "r2")
+        .acquire(&subjects, 1, &LOCAL)
         .await
         .expect("acquire");
     assert!(first.allowed && second.allowed);
     assert_eq!(remaining(&second)[1], 0);
     let third = b
         .limiter
-        .acquire(&subjects, 1, &LOCAL, "r3")
+        .acquire(&subjects, 1, &LOCAL)
         .await
         .expect("acquire");
     assert!(!third.allowed);
@@ -554,7 +551,9 @@ async fn concurrency_cap_holds_until_a_lease_is_released(b: &Bench) {
     let lease = first
         .lease
         .expect("an allowed capped request holds a lease");
-    assert_eq!(lease.id(), "r1");
+    let second_lease = second.lease.as_ref().expect("a lease");
+    assert!(!lease.id().is_empty(), "the limiter names every lease");
+    assert_ne!(lease.id(), second_lease.id(), "each lease has its own id");
     b.limiter.release(lease);
     // Release is fire-and-forget on Redis: wait for it to land.
     eventually("the slot is free again", secs(5), || async {
@@ -563,7 +562,7 @@ async fn concurrency_cap_holds_until_a_lease_is_released(b: &Bench) {
     .await;
     let fourth = b
         .limiter
-        .acquire(&subjects, 1, &LOCAL, "r4")
+        .acquire(&subjects, 1, &LOCAL)
         .await
         .expect("acquire");
     assert!(fourth.allowed);
@@ -696,14 +695,10 @@ async fn script_flush_and_restart_fail_no_request() {
         assert_eq!(d.source, Source::Redis);
         assert!(d.allowed);
     };
-    ok(limiter
-        .acquire(&subjects, 1, &FailureMode::Closed, "a")
-        .await);
+    ok(limiter.acquire(&subjects, 1, &FailureMode::Closed).await);
     redis.command(&["SCRIPT", "FLUSH"]).await;
     let before = limiter.redis_commands();
-    ok(limiter
-        .acquire(&subjects, 1, &FailureMode::Closed, "b")
-        .await);
+    ok(limiter.acquire(&subjects, 1, &FailureMode::Closed).await);
     assert_eq!(
         limiter.redis_commands() - before,
         2,
@@ -718,16 +713,11 @@ async fn script_flush_and_restart_fail_no_request() {
         }
     };
     let requests = async {
-        for round in 0..30 {
-            let batch = (0..10).map(|i| {
-                let id = format!("r{round}-{i}");
+        for _ in 0..30 {
+            let batch = (0..10).map(|_| {
                 let subjects = &subjects;
                 let limiter = &limiter;
-                async move {
-                    limiter
-                        .acquire(subjects, 1, &FailureMode::Closed, &id)
-                        .await
-                }
+                async move { limiter.acquire(subjects, 1, &FailureMode::Closed).await }
             });
             join_all(batch).await.into_iter().for_each(ok);
         }
@@ -741,7 +731,7 @@ async fn script_flush_and_restart_fail_no_request() {
     redis.restart().await;
     eventually("the limiter reconnects", secs(10), || async {
         matches!(
-            limiter.acquire(&subjects, 1, &FailureMode::Closed, "after").await,
+            limiter.acquire(&subjects, 1, &FailureMode::Closed).await,
             Ok(d) if d.source == Source::Redis
         )
     })
@@ -766,14 +756,14 @@ async fn with_redis_down_each_failure_mode_answers_at_once_without_calling_redis
     let limiter = connect(&fragile(redis.url(), secs(3600))).await;
     let p = policy("down", Algorithm::FixedWindow, &[(10, secs(3600))]);
     let subjects = [Subject::new("c:down", &p)];
-    let first = promptly(limiter.acquire(&subjects, 1, &LOCAL, "a")).await;
+    let first = promptly(limiter.acquire(&subjects, 1, &LOCAL)).await;
     assert_eq!(first.expect("acquire").source, Source::Redis);
 
     redis.kill();
     // Failures (errors or timeouts) until the breaker opens; each still decides.
     let mut failures = 0;
     while !limiter.breaker_open() {
-        let d = promptly(limiter.acquire(&subjects, 0, &LOCAL, "f")).await;
+        let d = promptly(limiter.acquire(&subjects, 0, &LOCAL)).await;
         assert_eq!(d.expect("the local limiter decides").source, Source::Local);
         failures += 1;
         assert!(failures <= 3, "the breaker opens after three failures");
@@ -786,8 +776,8 @@ async fn with_redis_down_each_failure_mode_answers_at_once_without_calling_redis
         expected_instances: 2,
     };
     let mut admitted = 0;
-    for i in 0..8 {
-        let d = promptly(limiter.acquire(&subjects, 1, &two, &format!("l{i}")))
+    for _ in 0..8 {
+        let d = promptly(limiter.acquire(&subjects, 1, &two))
             .await
             .expect("the local limiter decides");
         assert_eq!(d.source, Source::Local);
@@ -795,14 +785,14 @@ async fn with_redis_down_each_failure_mode_answers_at_once_without_calling_redis
         admitted += usize::from(d.allowed);
     }
     assert_eq!(admitted, 5);
-    for i in 0..5 {
-        let open = promptly(limiter.acquire(&subjects, 1, &FailureMode::Open, &format!("o{i}")))
+    for _ in 0..5 {
+        let open = promptly(limiter.acquire(&subjects, 1, &FailureMode::Open))
             .await
             .expect("fail-open allows");
         assert!(open.allowed);
         assert_eq!(open.source, Source::FailOpen);
         assert!(open.windows.is_empty());
-        let closed = promptly(limiter.acquire(&subjects, 1, &FailureMode::Closed, "c")).await;
+        let closed = promptly(limiter.acquire(&subjects, 1, &FailureMode::Closed)).await;
         assert!(matches!(closed, Err(LimitError::Unavailable)), "{closed:?}");
     }
     assert!(matches!(
@@ -824,14 +814,14 @@ async fn limiting_goes_back_to_redis_when_it_returns() {
     let subjects = [Subject::new("c:back", &p)];
     redis.kill();
     eventually("the breaker opens", secs(10), || async {
-        let d = promptly(limiter.acquire(&subjects, 1, &LOCAL, "x")).await;
+        let d = promptly(limiter.acquire(&subjects, 1, &LOCAL)).await;
         assert_eq!(d.expect("decides").source, Source::Local);
         limiter.breaker_open()
     })
     .await;
     redis.start_again().await;
     eventually("limiting is back on Redis", secs(10), || async {
-        let d = promptly(limiter.acquire(&subjects, 1, &LOCAL, "y")).await;
+        let d = promptly(limiter.acquire(&subjects, 1, &LOCAL)).await;
         d.expect("decides").source == Source::Redis
     })
     .await;
@@ -846,16 +836,69 @@ async fn redis_down_at_start_is_not_an_error() {
     assert!(limiter.breaker_open());
     let p = policy("start", Algorithm::TokenBucket, &[(10, secs(60))]);
     let subjects = [Subject::new("c:start", &p)];
-    let d = promptly(limiter.acquire(&subjects, 1, &LOCAL, "a")).await;
+    let d = promptly(limiter.acquire(&subjects, 1, &LOCAL)).await;
     assert_eq!(d.expect("decides").source, Source::Local);
 
     redis.start_again().await;
     eventually("limiting moves to Redis", secs(10), || async {
-        let d = promptly(limiter.acquire(&subjects, 1, &LOCAL, "b")).await;
+        let d = promptly(limiter.acquire(&subjects, 1, &LOCAL)).await;
         d.expect("decides").source == Source::Redis
     })
     .await;
 }
+
+/// A policy with a block: once the subject exceeds it (its window refuses), every
+/// request is refused for the block's duration, even after the window has rolled over;
+/// a peek shows the block; the block ends by itself, or at once on reset. A request
+/// refused by another subject blocks nobody.
+async fn a_block_refuses_every_request_until_it_ends_or_is_reset(b: &Bench) {
+    let strict = policy("strict", Algorithm::FixedWindow, &[(2, secs(1))]).with_block_for(secs(3));
+    let subjects = [Subject::new("c:abuser", &strict)];
+    at_window_start(secs(1), ms(600)).await;
+    assert!(b.acquire(&subjects, 1).await.allowed);
+    assert!(b.acquire(&subjects, 1).await.allowed);
+    let refused = b.acquire(&subjects, 1).await;
+    assert!(!refused.allowed);
+    assert_eq!(refused.windows.len(), 2, "the rate window, then the block");
+    assert_eq!(refused.windows[1].kind, WindowKind::Block);
+    assert_eq!(refused.refused_by, Some(1), "the block outlasts the window");
+    assert!(refused.retry_after.unwrap() > secs(2), "{refused:?}");
+
+    // The window rolls over; the block still refuses, and a peek shows it.
+    tokio::time::sleep(ms(1100)).await;
+    let peek = b.peek(&subjects).await;
+    assert_eq!(peek.windows[0].remaining, 2, "a fresh window");
+    assert_eq!(peek.windows[1].remaining, 0, "still blocked");
+    assert!(peek.windows[1].reset_after > Duration::ZERO);
+    assert!(!b.acquire(&subjects, 1).await.allowed);
+
+    // It ends by itself.
+    eventually("the block ends", secs(10), || async {
+        b.remaining(&subjects).await[1] == 1
+    })
+    .await;
+    assert!(b.acquire(&subjects, 1).await.allowed);
+
+    // A new block is cleared by a reset.
+    at_window_start(secs(1), ms(600)).await;
+    while b.acquire(&subjects, 1).await.allowed {}
+    assert_eq!(b.remaining(&subjects).await[1], 0);
+    b.limiter.reset("c:abuser").await.expect("reset");
+    assert!(b.acquire(&subjects, 1).await.allowed);
+
+    // Refused by another subject (the route), the blocking policy's subject is not blocked.
+    let tight_route = policy("tight", Algorithm::FixedWindow, &[(0, secs(3600))]);
+    let other =
+        policy("other", Algorithm::FixedWindow, &[(100, secs(3600))]).with_block_for(secs(60));
+    let both = [
+        Subject::new("c:innocent", &other),
+        Subject::new("r:closed", &tight_route),
+    ];
+    assert!(!b.acquire(&both, 1).await.allowed);
+    let innocent = [Subject::new("c:innocent", &other)];
+    assert_eq!(b.remaining(&innocent).await, [100, 1], "not blocked");
+}
+on_both!(a_block_refuses_every_request_until_it_ends_or_is_reset);
 
 #[tokio::test]
 async fn leases_of_a_crashed_instance_expire() {
@@ -868,9 +911,9 @@ async fn leases_of_a_crashed_instance_expire() {
     let survivor = connect(&settings).await;
     let p = Policy::new("crash", Algorithm::FixedWindow, vec![]).with_concurrency(2);
     let subjects = [Subject::new("c:crash", &p)];
-    for id in ["a", "b"] {
+    for _ in 0..2 {
         let d = crashed
-            .acquire(&subjects, 1, &LOCAL, id)
+            .acquire(&subjects, 1, &LOCAL)
             .await
             .expect("acquire");
         assert!(d.allowed);
@@ -879,13 +922,13 @@ async fn leases_of_a_crashed_instance_expire() {
     }
     drop(crashed);
     let refused = survivor
-        .acquire(&subjects, 1, &LOCAL, "c")
+        .acquire(&subjects, 1, &LOCAL)
         .await
         .expect("acquire");
     assert!(!refused.allowed);
     eventually("the crashed instance's leases expire", secs(5), || async {
         survivor
-            .acquire(&subjects, 1, &LOCAL, "d")
+            .acquire(&subjects, 1, &LOCAL)
             .await
             .expect("acquire")
             .allowed
@@ -897,9 +940,7 @@ async fn leases_of_a_crashed_instance_expire() {
 async fn invalid_policies_and_settings_are_rejected() {
     let limiter = RateLimiter::local();
     let bad = policy("bad", Algorithm::FixedWindow, &[(1, Duration::ZERO)]);
-    let result = limiter
-        .acquire(&[Subject::new("k", &bad)], 1, &LOCAL, "x")
-        .await;
+    let result = limiter.acquire(&[Subject::new("k", &bad)], 1, &LOCAL).await;
     assert!(
         matches!(result, Err(LimitError::InvalidPolicy(_))),
         "{result:?}"

@@ -311,3 +311,306 @@ async fn keys_managed_through_the_admin_api_work_and_revoke_everywhere() {
     );
     assert!(revoked_at.elapsed() < Duration::from_secs(1));
 }
+
+/// Store lookups of API keys so far (`tollgate_key_lookups_total{outcome}`).
+async fn key_lookups(gw: &Gateway, outcome: &str) -> f64 {
+    metric(
+        &gw.metrics_text().await,
+        "tollgate_key_lookups_total",
+        &[("outcome", outcome)],
+    )
+    .unwrap_or(0.0)
+}
+
+/// Transactions PostgreSQL has finished in the `tollgate` database (every store lookup is
+/// one); the statistics lag by up to a second.
+async fn transactions(pg: &Postgres) -> u64 {
+    pg.psql("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = 'tollgate'")
+        .await
+        .parse()
+        .expect("a count")
+}
+
+/// What a flood of random keys got: statuses, and store lookups made meanwhile.
+struct Flood {
+    statuses: std::collections::BTreeMap<u16, u64>,
+    known_key_statuses: std::collections::BTreeMap<u16, u64>,
+    sent: u64,
+    elapsed: Duration,
+}
+
+/// Sends `per_second` distinct, well-formed random API keys per second for `seconds`,
+/// open loop (each 10 ms tick starts its requests whatever the earlier ones are doing, at
+/// most 512 in flight), and the known key `known` once per tick.
+async fn flood(gw: &Gateway, known: &str, per_second: u64, seconds: u64) -> Flood {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+    let rng = ring::rand::SystemRandom::new();
+    let client = gw.http().clone();
+    let url = gw.url("/x");
+    let per_tick = (per_second / 100).max(1);
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(512));
+    let statuses = Arc::new(Mutex::new(BTreeMap::new()));
+    let known_key_statuses = Arc::new(Mutex::new(BTreeMap::new()));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    let mut ticks = tokio::time::interval(Duration::from_millis(10));
+    let mut sent = 0;
+    for _ in 0..seconds * 100 {
+        ticks.tick().await;
+        let keys = (0..per_tick).map(|_| (generate(&rng).expect("random").secret, &statuses));
+        let known_one = std::iter::once((known.to_string(), &known_key_statuses));
+        for (key, into) in keys.chain(known_one) {
+            let permit = Arc::clone(&in_flight).acquire_owned().await.expect("open");
+            let (client, url, into) = (client.clone(), url.clone(), Arc::clone(into));
+            tasks.push(tokio::spawn(async move {
+                let status = client
+                    .get(url)
+                    .header("x-api-key", key)
+                    .send()
+                    .await
+                    .map_or(0, |r| r.status().as_u16());
+                *into.lock().unwrap().entry(status).or_insert(0) += 1;
+                drop(permit);
+            }));
+        }
+        sent += per_tick;
+    }
+    futures::future::join_all(tasks).await;
+    let elapsed = started.elapsed();
+    let take = |m: &Arc<Mutex<BTreeMap<u16, u64>>>| m.lock().unwrap().clone();
+    Flood {
+        statuses: take(&statuses),
+        known_key_statuses: take(&known_key_statuses),
+        sent,
+        elapsed,
+    }
+}
+
+/// A flood of distinct random API keys from one address reaches the store only for the
+/// address's unknown-key budget (`auth.key_failures`, 20 per minute here): after that its
+/// keys are refused with 429 `too_many_key_failures` without a lookup, while a known key
+/// keeps working from the same address, also when its cache entry (1 s here) expires and
+/// it is looked up again; another address still has its budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_random_api_keys_reaches_the_store_only_for_the_address_budget() {
+    let pg = Postgres::start().await;
+    let upstream = TestUpstream::start("a").await;
+    let cfg = GatewayConfig::new().with_env("TG_PERSISTENCE_PEPPER", PEPPER);
+    let text = yaml(&cfg, &pg, &upstream, "1s").replace(
+        "auth: {api_key: {pepper_env: TG_PERSISTENCE_PEPPER}}",
+        "auth: {api_key: {pepper_env: TG_PERSISTENCE_PEPPER}, \
+         cache: {ttl: 1s}, key_failures: {max: 20, per: 1m}, \
+         trusted_proxies: [\"127.0.0.1/32\"], client_ip_header: x-forwarded-for}",
+    );
+    let gw = Gateway::start(cfg, &text).await;
+    let db = Db::connect(&pg.url(), 2).await.unwrap();
+    let alice = consumer_with_key(&db, "alice", None).await;
+    assert_eq!(status(&gw, &alice).await, 200, "{}", gw.logs());
+    let before = key_lookups(&gw, "store").await;
+    let refused_before = key_lookups(&gw, "refused").await;
+
+    // 1,000 random keys over 2 s.
+    let flood = flood(&gw, &alice, 500, 2).await;
+    assert_eq!(
+        flood.statuses,
+        std::collections::BTreeMap::from([(401, 20), (429, flood.sent - 20)]),
+        "20 unknown keys are looked up and refused, the rest refused unlooked-up"
+    );
+    assert_eq!(
+        flood.known_key_statuses.keys().copied().collect::<Vec<_>>(),
+        [200],
+        "the known key kept working: {:?}",
+        flood.known_key_statuses
+    );
+    // Every 429 was answered without a lookup; the store saw the 20 unknown keys and the
+    // known key's lookups once its cache entry had expired.
+    assert_eq!(
+        key_lookups(&gw, "refused").await - refused_before,
+        (flood.sent - 20) as f64
+    );
+    let lookups = key_lookups(&gw, "store").await - before;
+    let known_requests: u64 = flood.known_key_statuses.values().sum();
+    assert!(
+        lookups >= 20.0 && lookups - 20.0 <= known_requests as f64,
+        "{lookups} store lookups for 20 unknown keys and {known_requests} known-key requests"
+    );
+    assert_eq!(upstream.hits(), 1 + flood.known_key_statuses[&200]);
+
+    // The answer is the documented 429, and says when to come back.
+    let refused = gw
+        .http()
+        .get(gw.url("/x"))
+        .header("x-api-key", "tg_AAAAAAAA_BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB")
+        .send()
+        .await
+        .unwrap();
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=60).contains(&retry_after),
+        "Retry-After: {retry_after}"
+    );
+    Answer::read(refused)
+        .await
+        .assert_error(429, "too_many_key_failures");
+
+    // Another client address (behind the trusted proxy) is looked up as usual.
+    let other = gw
+        .http()
+        .get(gw.url("/x"))
+        .header("x-api-key", "tg_AAAAAAAA_BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB")
+        .header("x-forwarded-for", "203.0.113.5")
+        .send()
+        .await
+        .unwrap();
+    Answer::read(other)
+        .await
+        .assert_error(401, "invalid_api_key");
+}
+
+/// The report figure: 5,000 random keys per second for 10 s at one gateway on
+/// PostgreSQL, while a known key is used 100 times a second. Prints what PostgreSQL saw.
+/// Run with `cargo test --test persistence -- --ignored --nocapture flood_measurement`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement for the README, not a check: ~50,000 requests"]
+async fn flood_measurement() {
+    let pg = Postgres::start().await;
+    let upstream = TestUpstream::start("a").await;
+    let gw = start_gateway(&pg, &upstream, "1s").await;
+    let db = Db::connect(&pg.url(), 2).await.unwrap();
+    let alice = consumer_with_key(&db, "alice", None).await;
+    assert_eq!(status(&gw, &alice).await, 200, "{}", gw.logs());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (lookups, xacts) = (key_lookups(&gw, "store").await, transactions(&pg).await);
+    let flood = flood(&gw, &alice, 5000, 10).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (lookups_after, xacts_after) = (key_lookups(&gw, "store").await, transactions(&pg).await);
+    let secs = flood.elapsed.as_secs_f64();
+    println!(
+        "sent {} random keys in {secs:.1} s ({:.0}/s): {:?}; known key: {:?}; \
+         store lookups {}; PostgreSQL transactions {} ({:.1}/s, usage flushes included)",
+        flood.sent,
+        flood.sent as f64 / secs,
+        flood.statuses,
+        flood.known_key_statuses,
+        lookups_after - lookups,
+        xacts_after - xacts,
+        (xacts_after - xacts) as f64 / secs,
+    );
+}
+
+/// A plan stored in the database that the limiter cannot run (written behind the admin
+/// API's back: a token bucket refilling its burst over 1,000 days) neither stops an
+/// instance from starting nor a plan change from applying: it is skipped with an error
+/// log and `tollgate_invalid_plans`, and its consumers get the default plan (none here:
+/// unlimited).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_stored_plan_is_skipped_at_start_and_on_reload() {
+    let pg = Postgres::start().await;
+    let upstream = TestUpstream::start("a").await;
+    let first = start_gateway(&pg, &upstream, "1s").await;
+    pg.psql(
+        "INSERT INTO plans (name, algorithm, limits) VALUES ('broken', 'token_bucket', \
+         '[{\"requests\": 1, \"per_seconds\": 86400, \"burst\": 1000}]')",
+    )
+    .await;
+    let db = Db::connect(&pg.url(), 2).await.unwrap();
+    let dave = consumer_with_key(&db, "dave", Some("broken")).await;
+
+    // A valid plan change still applies on the running instance.
+    db::plans::create(
+        &db,
+        "test",
+        &db::plans::NewPlan {
+            name: "tiny".into(),
+            algorithm: db::plans::Algorithm::FixedWindow,
+            limits: vec![db::plans::Limit {
+                requests: 1,
+                per_seconds: 3600,
+                burst: None,
+            }],
+            concurrency: None,
+        },
+    )
+    .await
+    .unwrap();
+    let carol = consumer_with_key(&db, "carol", Some("tiny")).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status(&first, &carol).await != 429 {
+        assert!(
+            Instant::now() < deadline,
+            "plan tiny never applied\n{}",
+            first.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        first.logs().contains("stored plan skipped"),
+        "{}",
+        first.logs()
+    );
+
+    // A new instance starts, and serves dave (unlimited) and carol (limited).
+    let second = start_gateway(&pg, &upstream, "1s").await;
+    for _ in 0..5 {
+        assert_eq!(status(&second, &dave).await, 200, "{}", second.logs());
+    }
+    assert_eq!(status(&second, &carol).await, 200);
+    assert_eq!(status(&second, &carol).await, 429);
+    assert!(second.logs().contains("plan broken"), "{}", second.logs());
+    assert_eq!(
+        metric(&second.metrics_text().await, "tollgate_invalid_plans", &[]),
+        Some(1.0)
+    );
+}
+
+/// The pool's statement timeout (`database.statement_timeout`) cancels a query stuck on a
+/// lock: while a transaction holds `api_keys` locked for 8 s, an uncached key's lookup is
+/// cancelled after 300 ms and answered 503 `credential_store_unavailable` (without the
+/// timeout it would wait for the lock and pass); once the lock is gone the key works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_query_stuck_on_a_lock_is_cancelled_by_the_statement_timeout() {
+    let pg = Postgres::start().await;
+    let upstream = TestUpstream::start("a").await;
+    let cfg = GatewayConfig::new().with_env("TG_PERSISTENCE_PEPPER", PEPPER);
+    let text = yaml(&cfg, &pg, &upstream, "1s").replace(
+        "usage_flush_interval: 1s}",
+        "usage_flush_interval: 1s, statement_timeout: 300ms}",
+    );
+    let gw = Gateway::start(cfg, &text).await;
+    let db = Db::connect(&pg.url(), 2).await.unwrap();
+    let alice = consumer_with_key(&db, "alice", None).await;
+
+    let lock =
+        pg.psql("BEGIN; LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(8); COMMIT;");
+    let during = async {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pg
+            .psql(
+                "SELECT count(*) FROM pg_locks WHERE relation = 'api_keys'::regclass \
+                 AND mode = 'AccessExclusiveLock' AND granted",
+            )
+            .await
+            != "1"
+        {
+            assert!(Instant::now() < deadline, "the lock was never taken");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let resp = gw
+            .http()
+            .get(gw.url("/x"))
+            .header("x-api-key", &alice)
+            .send()
+            .await
+            .expect("answered");
+        Answer::read(resp).await
+    };
+    let (_, during) = tokio::join!(lock, during);
+    during.assert_error(503, "credential_store_unavailable");
+    assert_eq!(status(&gw, &alice).await, 200, "{}", gw.logs());
+    assert_eq!(upstream.hits(), 1);
+}

@@ -320,34 +320,6 @@ where
     }
 }
 
-/// The value of the sample `name{labels}` (labels in any order; exactly these).
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut want: Vec<(&str, &str)> = labels.to_vec();
-    want.sort_unstable();
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (series_name, label_text) = match series.split_once('{') {
-                Some((n, rest)) => (n, rest.strip_suffix('}')?),
-                None => (series, ""),
-            };
-            if series_name != name {
-                return None;
-            }
-            let mut found: Vec<(&str, &str)> = label_text
-                .split(',')
-                .filter(|kv| !kv.is_empty())
-                .map(|kv| {
-                    let (k, v) = kv.split_once('=')?;
-                    Some((k, v.trim_matches('"')))
-                })
-                .collect::<Option<_>>()?;
-            found.sort_unstable();
-            (found == want).then(|| value.parse().ok()).flatten()
-        })
-}
-
 async fn fallback_active(gw: &Gateway) -> Option<f64> {
     metric(
         &gw.metrics_text().await,
@@ -656,7 +628,9 @@ async fn anonymous_callers_each_get_their_own_quota_per_forwarded_ip() {
         assert_rate_limited(&a, "anonymous");
     }
 
-    for (ip, count) in [(clients[0], "3"), (clients[1], "3"), (clients[2], "1")] {
+    // An IPv6 caller is counted by its /64.
+    let subjects = [clients[0], clients[1], "2001:db8::/64"];
+    for (ip, count) in [(subjects[0], "3"), (subjects[1], "3"), (subjects[2], "1")] {
         assert_eq!(
             store
                 .counter(&format!("ip:{ip}"), "anonymous:3600000:c")
@@ -667,6 +641,52 @@ async fn anonymous_callers_each_get_their_own_quota_per_forwarded_ip() {
         );
     }
     assert_eq!(up.hits(), 7);
+}
+
+/// An anonymous IPv6 caller is limited by its /64 (`rate_limit.ipv6_prefix`): rotating
+/// through addresses of one /64 buys no fresh quota, another /64 has its own.
+#[tokio::test]
+async fn rotating_ipv6_addresses_inside_one_64_buys_no_fresh_anonymous_quota() {
+    let redis = RedisServer::start().await;
+    let store = Store::Single(&redis);
+    let up = TestUpstream::start("up").await;
+    let rest = format!(
+        "{auth}  trusted_proxies: [\"127.0.0.1/32\"]\n  client_ip_header: x-forwarded-for\n\
+         rate_limit:\n{redis}  anonymous: {{limits: [{{requests: 3, per: 1h}}]}}\n\
+         routes:\n  - {{name: api, path_prefix: /, upstream: up}}\n",
+        auth = auth_yaml(),
+        redis = store.yaml(),
+    );
+    let gw = start_gateway(&up, &rest).await;
+
+    wait_for_fresh_windows(&[(3600, secs(30))]).await;
+    let rotated = [
+        "2001:db8:1:2::1",
+        "2001:db8:1:2::2",
+        "2001:db8:1:2:ffff:ffff:ffff:ffff",
+        "2001:db8:1:2:1234::9",
+        "[2001:db8:1:2::77]:443",
+    ];
+    let mut answers = Vec::new();
+    for ip in rotated {
+        answers.push(get(&gw, "/x", &[("x-forwarded-for", ip)]).await);
+    }
+    assert_eq!(statuses(&answers), BTreeMap::from([(200, 3), (429, 2)]));
+    for a in answers.iter().filter(|a| a.status == 429) {
+        assert_rate_limited(a, "anonymous");
+    }
+    let other = get(&gw, "/x", &[("x-forwarded-for", "2001:db8:1:3::1")]).await;
+    assert_eq!(other.status, 200, "another /64: {}", other.body);
+    let s = standing(&gw, &[("x-forwarded-for", "2001:db8:1:2::abcd")]).await;
+    assert_eq!(used(&s, "anonymous", 3600), 3, "{s}");
+    assert_eq!(
+        store
+            .counter("ip:2001:db8:1:2::/64", "anonymous:3600000:c")
+            .await
+            .as_deref(),
+        Some("3")
+    );
+    assert_eq!(up.hits(), 4, "the refused requests reached no upstream");
 }
 
 /// From a peer that is not a trusted proxy, `X-Forwarded-For` is not believed: a client
@@ -910,6 +930,263 @@ async fn one_request_at_a_time_is_never_refused_by_a_concurrency_cap() {
     );
 }
 
+/// The lease id of a concurrency slot is the gateway's own, never the client's
+/// `X-Request-Id`: six requests in flight at once, all sending one `X-Request-Id`, against
+/// a cap of 2, on Redis and on the in-process limiter: exactly two are admitted (under
+/// that id as lease, all six would pass, and any caller who learnt the id could free the
+/// slot).
+#[tokio::test]
+async fn one_x_request_id_on_many_requests_buys_no_extra_concurrency_slot() {
+    let redis = RedisServer::start().await;
+    for store in [Some(redis_yaml(&[redis.url()], false)), None] {
+        let up = TestUpstream::start("up").await;
+        let alice = new_key();
+        let rest = format!(
+            "{auth}plans:\n  - {{name: pair, concurrency: 2}}\n\
+             consumers:\n{alice}rate_limit:\n{redis}  concurrency_lease_ttl: 1h\n\
+             routes:\n  - {{name: api, path_prefix: /, upstream: up, auth: required}}\n",
+            auth = auth_yaml(),
+            alice = consumer("alice", "pair", &alice),
+            redis = store.clone().unwrap_or_default(),
+        );
+        let gw = start_gateway(&up, &rest).await;
+        let headers = [
+            ("x-api-key", alice.secret.as_str()),
+            ("x-request-id", "same-id-for-all"),
+        ];
+        let answers = join_all((0..6).map(|_| get(&gw, "/__sleep/3000", &headers))).await;
+        assert_eq!(
+            statuses(&answers),
+            BTreeMap::from([(200, 2), (429, 4)]),
+            "redis: {}",
+            store.is_some()
+        );
+        for a in answers.iter().filter(|a| a.status == 429) {
+            assert_rate_limited(a, "pair");
+        }
+        assert_eq!(
+            up.hits(),
+            2,
+            "only the admitted requests reached the upstream"
+        );
+        if store.is_some() {
+            eventually("both leases are given back", secs(10), || async {
+                redis.command(&["ZCARD", "tg:{c:alice}:l"]).await == Resp::Integer(0)
+            })
+            .await;
+        }
+    }
+}
+
+/// Without Redis, `rate_limit.concurrency_lease_ttl` applies too: a slot held longer
+/// than the ttl (1 s) stops counting, so a second request passes while the first is still
+/// at the upstream. A reload that changes the ttl is reported as needing a restart.
+#[tokio::test]
+async fn without_redis_the_concurrency_lease_ttl_is_honoured_and_a_change_needs_a_restart() {
+    let up = TestUpstream::start("up").await;
+    let alice = new_key();
+    let rest = |ttl: &str| {
+        format!(
+            "{auth}plans:\n  - {{name: solo, concurrency: 1}}\n\
+             consumers:\n{alice}rate_limit:\n  concurrency_lease_ttl: {ttl}\n\
+             routes:\n  - {{name: api, path_prefix: /, upstream: up, auth: required}}\n",
+            auth = auth_yaml(),
+            alice = consumer("alice", "solo", &alice),
+        )
+    };
+    let gw = start_gateway(&up, &rest("1s")).await;
+
+    let first = async {
+        let a = get_as(&gw, "/__sleep/8000", &alice).await;
+        (a, Instant::now())
+    };
+    let second = async {
+        eventually(
+            "the first request reaches the upstream",
+            secs(5),
+            || async { up.hits() == 1 },
+        )
+        .await;
+        eventually("the expired lease frees the slot", secs(6), || async {
+            let a = get_as(&gw, "/quick", &alice).await;
+            if a.status != 200 {
+                assert_rate_limited(&a, "solo");
+            }
+            a.status == 200
+        })
+        .await;
+        Instant::now()
+    };
+    let ((first, first_done), second_done) = tokio::join!(first, second);
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert!(
+        second_done < first_done,
+        "the second request passed only after the first had finished"
+    );
+
+    let yaml = std::fs::read_to_string(gw.config_path()).expect("config");
+    gw.rewrite_config(&yaml.replace("concurrency_lease_ttl: 1s", "concurrency_lease_ttl: 2s"));
+    assert!(
+        gw.wait_for_log("rate_limit.concurrency_lease_ttl need a restart", secs(10))
+            .await,
+        "{}",
+        gw.logs()
+    );
+}
+
+/// A plan without limits means unlimited, and `rate_limit.default_plan` applies only to
+/// callers whose plan is unset: alice on `free` (no limits) is never limited, bob (no
+/// plan) gets the default plan `basic`.
+#[tokio::test]
+async fn a_plan_without_limits_is_unlimited_and_the_default_plan_applies_only_without_a_plan() {
+    let up = TestUpstream::start("up").await;
+    let (alice, bob) = (new_key(), new_key());
+    let rest = format!(
+        "{auth}plans:\n  - {{name: free}}\n  - {{name: basic, limits: [{{requests: 2, per: 1h}}]}}\n\
+         consumers:\n{alice}  - {{id: bob, keys: [{{id: bob-key, hash: {bob}}}]}}\n\
+         rate_limit:\n  default_plan: basic\n\
+         routes:\n  - {{name: api, path_prefix: /, upstream: up, auth: required}}\n",
+        auth = auth_yaml(),
+        alice = consumer("alice", "free", &alice),
+        bob = bob.hash,
+    );
+    let gw = start_gateway(&up, &rest).await;
+
+    wait_for_fresh_windows(&[(3600, secs(30))]).await;
+    for i in 0..10 {
+        let a = get_as(&gw, "/x", &alice).await;
+        assert_eq!(a.status, 200, "alice request {i}: {}", a.body);
+        assert_eq!(a.header("x-ratelimit-limit"), None, "alice is not limited");
+    }
+    let s = standing_of(&gw, &alice).await;
+    assert_eq!(s["plan"], "free", "{s}");
+    assert_eq!(s["windows"], Value::Array(vec![]), "{s}");
+    for _ in 0..2 {
+        assert_eq!(get_as(&gw, "/x", &bob).await.status, 200);
+    }
+    assert_rate_limited(&get_as(&gw, "/x", &bob).await, "basic");
+    assert_eq!(up.hits(), 12);
+}
+
+/// `block_for` on a plan: once alice exceeds `strict` (2 per 2 s) she is refused on every
+/// instance sharing the Redis for 10 minutes, also after her window has rolled over; the
+/// block shows in her standing (kind `block`) and the admin API's reset clears it on
+/// every instance. The upstream sees only the admitted requests.
+#[tokio::test]
+async fn a_block_after_abuse_holds_on_every_instance_and_the_admin_reset_clears_it() {
+    const ADMIN_TOKEN: &str = "admin-token-for-the-block-test-0123456789";
+    let redis = RedisServer::start().await;
+    let up = TestUpstream::start("up").await;
+    let alice = new_key();
+    let rest = format!(
+        "{auth}plans:\n  - {{name: strict, limits: [{{requests: 2, per: 2s}}], block_for: 10m}}\n\
+         consumers:\n{alice}rate_limit:\n{redis}\
+         routes:\n  - {{name: api, path_prefix: /, upstream: up, auth: required}}\n",
+        auth = auth_yaml(),
+        alice = consumer("alice", "strict", &alice),
+        redis = redis_yaml(&[redis.url()], false),
+    );
+    let admin_port = free_port();
+    let cfg = GatewayConfig::new()
+        .with_env(PEPPER_ENV, PEPPER)
+        .with_env("TOLLGATE_ADMIN_TOKENS", ADMIN_TOKEN);
+    let yaml = cfg.render(&format!(
+        "upstreams:\n  - {{name: up, targets: [{{address: \"{}\"}}]}}\n{rest}\
+         admin:\n  address: 127.0.0.1:{admin_port}\n",
+        up.address()
+    ));
+    let one = Gateway::start(cfg, &yaml).await;
+    let two = start_gateway(&up, &rest).await;
+    wait_for_port(admin_port, secs(20))
+        .await
+        .expect("admin port");
+
+    wait_for_fresh_windows(&[(2, ms(1500))]).await;
+    assert_eq!(get_as(&one, "/a", &alice).await.status, 200);
+    assert_eq!(get_as(&two, "/b", &alice).await.status, 200);
+    let retry = assert_rate_limited(&get_as(&one, "/c", &alice).await, "strict");
+    assert!(retry > 500, "the block's Retry-After: {retry}");
+
+    // Her 2 s window rolls over; she is still refused on both instances.
+    eventually("the rate window rolls over", secs(10), || async {
+        used(&standing_of(&two, &alice).await, "strict", 2) == 0
+    })
+    .await;
+    for gw in [&one, &two] {
+        let retry = assert_rate_limited(&get_as(gw, "/d", &alice).await, "strict");
+        assert!(retry > 500, "Retry-After {retry}");
+    }
+    let s = standing_of(&two, &alice).await;
+    let block = s["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["kind"] == "block")
+        .unwrap_or_else(|| panic!("no block entry: {s}"));
+    assert_eq!(block["remaining"], 0, "{s}");
+    assert_eq!(block["window"], 600, "{s}");
+    assert!(block["reset"].as_u64().unwrap() > 500, "{s}");
+    assert_eq!(up.hits(), 2);
+
+    // The admin API's reset ends the block everywhere.
+    let reset = one
+        .http()
+        .delete(format!(
+            "http://127.0.0.1:{admin_port}/admin/consumers/alice/limits"
+        ))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("reset");
+    assert_eq!(reset.status().as_u16(), 204);
+    assert_eq!(get_as(&two, "/e", &alice).await.status, 200);
+    assert_eq!(get_as(&one, "/f", &alice).await.status, 200);
+    let s = standing_of(&one, &alice).await;
+    assert!(
+        s["windows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["kind"] == "block" && w["remaining"] == 1),
+        "{s}"
+    );
+    assert_eq!(up.hits(), 4);
+}
+
+/// `tollgate check` finds whatever start would refuse in a limit, with the same rules the
+/// admin API applies: a token bucket whose burst refills over more than a year, and two
+/// token-bucket windows with one refill period (one counter in the limiter).
+#[tokio::test]
+async fn tollgate_check_refuses_limits_the_limiter_would_refuse_naming_the_field() {
+    let cfg = GatewayConfig::new();
+    let yaml = cfg.render(
+        "upstreams:\n  - {name: up, targets: [{address: \"127.0.0.1:9\"}]}\n\
+         plans:\n  - {name: slow, algorithm: token_bucket, \
+         limits: [{requests: 1, per: 1d, burst: 1000}]}\n\
+         rate_limit:\n  anonymous: {algorithm: token_bucket, \
+         limits: [{requests: 10, per: 1m, burst: 20}, {requests: 5, per: 2m}]}\n\
+         routes:\n  - {name: api, path_prefix: /, upstream: up}\n",
+    );
+    let out = Gateway::check(&yaml).await;
+    assert!(!out.success(), "{out:?}");
+    for expected in [
+        "plans[0].limits[0].burst: refills over",
+        "rate_limit.anonymous.limits[1].per: two windows with the same refill period",
+    ] {
+        assert!(
+            out.stderr.contains(expected),
+            "no {expected:?} in {}",
+            out.stderr
+        );
+    }
+    let refused = Gateway::start_expect_failure(cfg, &yaml).await;
+    assert!(
+        refused.stderr.contains("plans[0].limits[0].burst"),
+        "{}",
+        refused.stderr
+    );
+}
+
 // ----------------------------------------------------------------------------------------
 // 7. Redis dies
 // ----------------------------------------------------------------------------------------
@@ -1087,6 +1364,49 @@ async fn a_stalled_redis_hangs_no_request_and_decides_again_when_it_answers() {
         fallback_active(&gw).await == Some(0.0)
     })
     .await;
+}
+
+/// A Redis latency spike does not lock a consumer out for the lease ttl: Redis is paused
+/// (`CLIENT PAUSE`) while a capped request is decided, the call times out and the
+/// in-process fallback admits it, and when Redis runs the queued script (taking the slot)
+/// the gateway's best-effort release gives the slot back. Without it the slot would stay
+/// taken for the whole `concurrency_lease_ttl` (1 h here) and refuse every request.
+#[tokio::test]
+async fn a_lease_whose_redis_reply_timed_out_is_given_back() {
+    let redis = RedisServer::start().await;
+    let up = TestUpstream::start("up").await;
+    let alice = new_key();
+    let rest = format!(
+        "{auth}plans:\n  - {{name: solo, concurrency: 1}}\n\
+         consumers:\n{alice}rate_limit:\n  redis: {{urls: [\"{url}\"], timeout: 200ms, \
+         pool_size: 1, breaker_failures: 1000}}\n  failure_mode: local\n  \
+         concurrency_lease_ttl: 1h\n\
+         routes:\n  - {{name: api, path_prefix: /, upstream: up, auth: required}}\n",
+        auth = auth_yaml(),
+        alice = consumer("alice", "solo", &alice),
+        url = redis.url(),
+    );
+    let gw = start_gateway(&up, &rest).await;
+    assert_eq!(get_as(&gw, "/warm", &alice).await.status, 200);
+
+    assert_eq!(
+        redis.command(&["CLIENT", "PAUSE", "1500", "ALL"]).await,
+        Resp::Simple("OK".into())
+    );
+    let during = get_as(&gw, "/during-the-spike", &alice).await;
+    assert_eq!(
+        during.status, 200,
+        "the fallback admits it: {}",
+        during.body
+    );
+    // Once Redis runs again it has run the timed-out script, and then the release.
+    eventually("the timed-out lease is released", secs(10), || async {
+        redis.command(&["ZCARD", "tg:{c:alice}:l"]).await == Resp::Integer(0)
+    })
+    .await;
+    let after = get_as(&gw, "/after", &alice).await;
+    assert_eq!(after.status, 200, "the slot is free: {}", after.body);
+    assert_eq!(up.hits(), 3);
 }
 
 /// Redis is unreachable when the gateway starts: that is an outage like any other (the

@@ -155,7 +155,7 @@ pub(crate) async fn usage_for(state: &AdminState, q: UsageParams) -> Result<Usag
 pub struct WindowOut {
     /// The plan's name.
     pub policy: String,
-    /// `rate` or `concurrency`.
+    /// `rate`, `concurrency` or `block`.
     pub kind: String,
     /// The limit.
     pub limit: u64,
@@ -247,7 +247,9 @@ pub(crate) async fn consumer_standing(
     })
 }
 
-/// Reset every window of a consumer (subject `c:<id>`).
+/// Reset every window and block of a consumer: its plan's (subject `c:<id>`) and its
+/// own on every route with a per-caller limit; without a database, for the file's
+/// consumers.
 #[utoipa::path(delete, path = "/admin/consumers/{id}/limits", tag = "limits",
     params(("id" = String, Path, description = "Consumer id")),
     responses(
@@ -260,27 +262,32 @@ pub async fn reset_limits(
     actor: Actor,
     Path(id): Path<String>,
 ) -> Result<StatusCode, AdminError> {
-    let db = state.db()?;
-    consumers::get(db, &id).await?;
-    let subject = crate::proxy::rate_limit::consumer_subject(&id);
-    state
-        .limiter()
-        .get()
-        .await
-        .reset(&subject)
-        .await
-        .map_err(limit_error)?;
-    audit::record(
-        db,
-        &NewAuditEntry {
-            actor: &actor.0,
-            action: "limits.reset",
-            target_type: "consumer",
-            target_id: &id,
-            details: &json!({"subject": subject}),
-        },
-    )
-    .await?;
+    // Consumers live in the database when there is one, else in the file.
+    let runtime = state.live().current();
+    let db = state.db().ok();
+    match db {
+        Some(db) => drop(consumers::get(db, &id).await?),
+        None if runtime.config.consumers.iter().any(|c| c.id == id) => {}
+        None => return Err(AdminError::NotFound(format!("consumer {id:?}"))),
+    }
+    let subjects = crate::proxy::rate_limit::consumer_subjects(&runtime.config, &id);
+    let limiter = state.limiter().get().await;
+    for subject in &subjects {
+        limiter.reset(subject).await.map_err(limit_error)?;
+    }
+    if let Some(db) = db {
+        audit::record(
+            db,
+            &NewAuditEntry {
+                actor: &actor.0,
+                action: "limits.reset",
+                target_type: "consumer",
+                target_id: &id,
+                details: &json!({"subject": subjects.first(), "subjects": subjects}),
+            },
+        )
+        .await?;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -3,6 +3,7 @@
 use super::auth::Actor;
 use super::error::{check_name, AdminError, ErrorBody, Fields};
 use super::{created, nullable, rfc3339, AdminState, Body, Path};
+use crate::config::limits;
 use crate::db::plans::{self, Algorithm, Limit, NewPlan, Plan, PlanUpdate};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -141,31 +142,28 @@ impl From<Plan> for PlanOut {
     }
 }
 
-/// Largest value that survives `jsonb` exactly.
-const MAX_COUNT: u64 = 1 << 53;
-
-fn check_limits(fields: &mut Fields, limits: &[LimitBody]) -> Vec<Limit> {
-    fields.check(
-        !limits.is_empty(),
-        "limits",
-        "must have at least one window",
-    );
-    for (i, l) in limits.iter().enumerate() {
-        for (name, value) in [
-            ("requests", Some(l.requests)),
-            ("per_seconds", Some(l.per_seconds)),
-            ("burst", l.burst),
-        ] {
-            let field = format!("limits[{i}].{name}");
-            match value {
-                Some(0) => fields.push(field, "must be at least 1"),
-                Some(n) if n > MAX_COUNT => {
-                    fields.push(field, format!("must be at most {MAX_COUNT}"))
-                }
-                _ => {}
-            }
-        }
+/// Checks a whole plan as the limiter will run it ([`plans::check_limits`]'s rules, every
+/// problem named by its field), then the `concurrency` column's range.
+fn check_plan(
+    fields: &mut Fields,
+    algorithm: Algorithm,
+    limits: &[Limit],
+    concurrency: Option<u32>,
+) {
+    let spec = plans::limit_spec(algorithm, limits, concurrency);
+    for problem in limits::check(&spec) {
+        fields.push(problem.field.path("per_seconds"), problem.message);
     }
+    if let Some(n) = concurrency {
+        fields.check(
+            n <= i32::MAX as u32,
+            "concurrency",
+            format!("must be at most {}", i32::MAX),
+        );
+    }
+}
+
+fn to_limits(limits: &[LimitBody]) -> Vec<Limit> {
     limits
         .iter()
         .map(|l| Limit {
@@ -174,16 +172,6 @@ fn check_limits(fields: &mut Fields, limits: &[LimitBody]) -> Vec<Limit> {
             burst: l.burst,
         })
         .collect()
-}
-
-fn check_concurrency(fields: &mut Fields, concurrency: Option<u32>) {
-    if let Some(n) = concurrency {
-        fields.check(
-            (1..=i32::MAX as u32).contains(&n),
-            "concurrency",
-            format!("must be between 1 and {}", i32::MAX),
-        );
-    }
 }
 
 /// Create a plan.
@@ -202,15 +190,16 @@ pub async fn create_plan(
 ) -> Result<Response, AdminError> {
     let mut fields = Fields::default();
     check_name(&mut fields, "name", &body.name);
-    let limits = check_limits(&mut fields, &body.limits);
-    check_concurrency(&mut fields, body.concurrency);
+    let algorithm = body.algorithm.unwrap_or(AlgorithmName::FixedWindow).into();
+    let limits = to_limits(&body.limits);
+    check_plan(&mut fields, algorithm, &limits, body.concurrency);
     fields.finish()?;
     let plan = plans::create(
         state.db()?,
         &actor.0,
         &NewPlan {
             name: body.name,
-            algorithm: body.algorithm.unwrap_or(AlgorithmName::FixedWindow).into(),
+            algorithm,
             limits,
             concurrency: body.concurrency,
         },
@@ -258,12 +247,22 @@ pub async fn update_plan(
     Path(name): Path<String>,
     Body(body): Body<PlanPatch>,
 ) -> Result<Json<PlanOut>, AdminError> {
+    // The plan as it will be, checked as a whole: a change of algorithm alone can make
+    // the stored windows unusable (a burst on a fixed window). The database checks the
+    // same again inside its transaction.
+    let db = state.db()?;
+    let current = plans::get(db, &name).await?;
+    let limits = body.limits.as_deref().map(to_limits);
     let mut fields = Fields::default();
-    let limits = body.limits.as_deref().map(|l| check_limits(&mut fields, l));
-    check_concurrency(&mut fields, body.concurrency.flatten());
+    check_plan(
+        &mut fields,
+        body.algorithm.map_or(current.algorithm, Into::into),
+        limits.as_deref().unwrap_or(&current.limits),
+        body.concurrency.unwrap_or(current.concurrency),
+    );
     fields.finish()?;
     let plan = plans::update(
-        state.db()?,
+        db,
         &actor.0,
         &name,
         &PlanUpdate {

@@ -5,7 +5,7 @@
 use super::error::AdminError;
 use super::AdminState;
 use crate::admin::ops::limit_error;
-use crate::auth::client_ip::TrustedProxies;
+use crate::auth::client_ip::{ClientNetwork, TrustedProxies, DEFAULT_IPV6_PREFIX};
 use crate::config::{ClientIpHeader, WindowSpec};
 use crate::limit::{Algorithm, FailureMode, Policy, Subject, Window};
 use ipnet::IpNet;
@@ -53,13 +53,11 @@ pub(crate) async fn count(
         .map(|((key, _, _), policy)| Subject::new(key, policy))
         .collect();
     let failure_mode = on_failure.unwrap_or_else(|| state.live().current().limits.failure_mode());
-    let lease = crate::account::tokens::random_hex(state.rng(), 8)
-        .map_err(|e| AdminError::Internal(e.to_string()))?;
     let decision = state
         .limiter()
         .get()
         .await
-        .acquire(&subjects, 1, &failure_mode, &lease)
+        .acquire(&subjects, 1, &failure_mode)
         .await
         .map_err(limit_error)?;
     if decision.allowed {
@@ -126,13 +124,8 @@ pub(crate) fn client_address(
 }
 
 /// The throttling key of a client address: IPv4 as is, IPv6 by its /64 (one host usually
-/// holds a whole /64, so single addresses are free to rotate).
+/// holds a whole /64, so single addresses are free to rotate); the same grouping as the
+/// proxy's anonymous limits ([`ClientNetwork`]).
 pub(crate) fn client_key(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-        }
-    }
+    ClientNetwork::of(ip, DEFAULT_IPV6_PREFIX).to_string()
 }

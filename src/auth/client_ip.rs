@@ -4,8 +4,48 @@
 //! a trusted proxy is the client.
 
 use crate::config::ClientIpHeader;
-use ipnet::IpNet;
-use std::net::IpAddr;
+use ipnet::{IpNet, Ipv6Net};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+
+/// How many leading bits of an IPv6 client address identify the client, by default: one
+/// host (or one customer of an ISP) usually holds a whole /64, and is free to rotate its
+/// address inside it, so limiting single IPv6 addresses would limit nothing.
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+
+/// The network a client is counted as, by address-based limits and throttles: an IPv4
+/// address as it is, an IPv6 address by its leading `ipv6_prefix` bits. Displays as
+/// `203.0.113.9` or `2001:db8:1:2::/64`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClientNetwork {
+    /// One IPv4 address.
+    V4(Ipv4Addr),
+    /// An IPv6 network (host bits zeroed).
+    V6(Ipv6Net),
+}
+
+impl ClientNetwork {
+    /// The network of `ip`; a prefix above 128 counts as 128 (one address).
+    pub fn of(ip: IpAddr, ipv6_prefix: u8) -> Self {
+        match canonical(ip) {
+            IpAddr::V4(v4) => ClientNetwork::V4(v4),
+            IpAddr::V6(v6) => {
+                // A prefix of at most 128 is always accepted; 128 is the whole address.
+                let net = Ipv6Net::new(v6, ipv6_prefix.min(128)).unwrap_or_else(|_| v6.into());
+                ClientNetwork::V6(net.trunc())
+            }
+        }
+    }
+}
+
+impl fmt::Display for ClientNetwork {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientNetwork::V4(v4) => v4.fmt(f),
+            ClientNetwork::V6(net) => net.fmt(f),
+        }
+    }
+}
 
 /// The configured trusted proxy networks, and the header they set.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -126,6 +166,23 @@ mod tests {
 
     fn trusted() -> TrustedProxies {
         trusted_for(ClientIpHeader::XForwardedFor)
+    }
+
+    #[test]
+    fn ipv6_clients_are_grouped_by_their_prefix_and_ipv4_ones_are_not() {
+        let of = |ip: &str, prefix| ClientNetwork::of(ip.parse().unwrap(), prefix).to_string();
+        assert_eq!(of("203.0.113.9", 64), "203.0.113.9");
+        assert_eq!(of("::ffff:203.0.113.9", 64), "203.0.113.9");
+        assert_eq!(of("2001:db8:1:2:aaaa::1", 64), "2001:db8:1:2::/64");
+        assert_eq!(
+            of("2001:db8:1:2:aaaa::1", 64),
+            of("2001:db8:1:2:ffff:ffff:ffff:ffff", 64)
+        );
+        assert_ne!(of("2001:db8:1:2::1", 64), of("2001:db8:1:3::1", 64));
+        assert_eq!(of("2001:db8:1:2::1", 48), "2001:db8:1::/48");
+        assert_eq!(of("2001:db8::1", 128), "2001:db8::1/128");
+        assert_eq!(of("2001:db8::1", 200), "2001:db8::1/128");
+        assert_eq!(of("::1", 0), "::/0");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod store;
 
 use crate::config::{AuthMode, AuthSettings, ConsumerSpec, RouteAuth};
 use api_key::{KeyHash, KeyHasher};
+use client_ip::ClientNetwork;
 use client_ip::TrustedProxies;
 use jwt::{JwtError, JwtVerifier, TokenIdentity};
 use pingora::http::RequestHeader;
@@ -19,7 +20,9 @@ use revocation::RevokedTokens;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
-use store::{CachedStore, Consumer, CredentialStore, KeyRecord, Status, YamlStore};
+use store::{
+    CachedStore, Consumer, CredentialStore, KeyFailures, KeyRecord, LookupError, Status, YamlStore,
+};
 
 /// How a caller proved who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +116,9 @@ pub enum AuthError {
     KeyExpired,
     InsufficientScope(Vec<String>),
     StoreUnavailable,
+    /// The caller's network presented too many unknown API keys; seconds until it may
+    /// try again.
+    TooManyKeyFailures(u64),
 }
 
 /// The credential a request presents.
@@ -132,6 +138,8 @@ pub struct Authenticator {
     /// Token ids revoked by a logout; shared by every config generation.
     revoked: Arc<RevokedTokens>,
     trusted: TrustedProxies,
+    /// Leading bits of an IPv6 address that count as one client (`rate_limit.ipv6_prefix`).
+    ipv6_prefix: u8,
 }
 
 /// Why the authenticator could not be built.
@@ -143,17 +151,32 @@ pub enum AuthSetupError {
 
 impl Authenticator {
     /// Builds from the file's settings and consumers; issuers unchanged from `previous` keep
-    /// their fetched keys.
+    /// their fetched keys, and unknown-key budgets their counts. IPv6 callers are counted
+    /// by their `ipv6_prefix` network.
     pub fn from_config(
         settings: &AuthSettings,
         consumers: &[ConsumerSpec],
         previous: Option<&Authenticator>,
         external_store: Option<Arc<dyn CredentialStore>>,
+        ipv6_prefix: u8,
     ) -> Result<Self, AuthSetupError> {
         let store = external_store.unwrap_or_else(|| Arc::new(yaml_store(consumers)));
+        let failures = previous
+            .map(|p| p.store.failures())
+            .filter(|f| *f.settings() == settings.key_failures)
+            .map_or_else(
+                || {
+                    Arc::new(KeyFailures::new(
+                        &settings.key_failures,
+                        settings.cache.max_entries,
+                    ))
+                },
+                Arc::clone,
+            );
         Ok(Authenticator {
             hasher: settings.pepper.as_ref().map(|p| KeyHasher::new(p.expose())),
-            store: CachedStore::new(store, &settings.cache),
+            store: CachedStore::new(store, &settings.cache, failures),
+            ipv6_prefix,
             jwt: JwtVerifier::build(&settings.issuers, previous.map(|p| &p.jwt))?,
             revoked: previous.map_or_else(Default::default, |p| Arc::clone(&p.revoked)),
             trusted: TrustedProxies::new(
@@ -252,7 +275,7 @@ impl Authenticator {
             Credential::Bearer(_) if !policy.allow_jwt => {
                 return Err(AuthError::MethodNotAllowed(AuthMethod::Jwt))
             }
-            Credential::ApiKey(key) => Caller::Key(self.verify_key(key).await?),
+            Credential::ApiKey(key) => Caller::Key(self.verify_key(key, client_ip).await?),
             Credential::Bearer(token) => Caller::Token(self.verify_token(token).await?),
         };
         let identity = Identity { caller, client_ip };
@@ -269,20 +292,27 @@ impl Authenticator {
         }
     }
 
-    async fn verify_key(&self, key: &str) -> Result<Arc<KeyRecord>, AuthError> {
+    async fn verify_key(&self, key: &str, client_ip: IpAddr) -> Result<Arc<KeyRecord>, AuthError> {
         // Without a pepper no key can match; the shape check spares the hash for junk.
         let hasher = self.hasher.as_ref().ok_or(AuthError::InvalidApiKey)?;
         if api_key::display_prefix(key).is_none() {
             return Err(AuthError::InvalidApiKey);
         }
         let hash: KeyHash = hasher.hash(key);
+        let client = ClientNetwork::of(client_ip, self.ipv6_prefix);
         let record = self
             .store
-            .find_key(&hash)
+            .find_key(&hash, client)
             .await
-            .map_err(|e| {
-                log::warn!("{e}");
-                AuthError::StoreUnavailable
+            .map_err(|e| match e {
+                LookupError::TooManyFailures { retry_after, .. } => {
+                    log::debug!("{e}");
+                    AuthError::TooManyKeyFailures(retry_after.as_secs_f64().ceil() as u64)
+                }
+                LookupError::Store(e) => {
+                    log::warn!("{e}");
+                    AuthError::StoreUnavailable
+                }
             })?
             .ok_or(AuthError::InvalidApiKey)?;
         if record.consumer.status != Status::Active {

@@ -1,6 +1,8 @@
 //! Configuration: the YAML file ([`raw`]), its validation ([`validate`]) and the typed model
-//! ([`model`]) the rest of the gateway runs on.
+//! ([`model`]) the rest of the gateway runs on; [`limits`] is the one validation of rate
+//! limits, wherever they come from.
 
+pub mod limits;
 pub mod model;
 pub mod raw;
 pub mod validate;

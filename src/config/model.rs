@@ -70,6 +70,8 @@ pub struct DatabaseSettings {
     pub url: Secret,
     pub pool_size: usize,
     pub usage_flush_interval: Duration,
+    /// Longest a statement may run before PostgreSQL cancels it.
+    pub statement_timeout: Duration,
     /// How connections to the database are secured.
     pub tls: DatabaseTls,
 }
@@ -159,6 +161,16 @@ pub const DEFAULT_CREDENTIAL_TTL: Duration = Duration::from_secs(30);
 pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(5);
 /// Bound on each credential cache.
 pub const DEFAULT_CACHE_ENTRIES: u64 = 100_000;
+/// Store lookups of API keys running at once per process: as many as a default database
+/// pool holds connections, so a flood of uncached keys queues here, not in the pool that
+/// the admin API and usage writes need too.
+pub const DEFAULT_MAX_LOOKUPS: usize = 8;
+/// Unknown API keys a client network may present per [`DEFAULT_KEY_FAILURE_WINDOW`] before
+/// its uncached keys are refused (429) without a store lookup: far above what a client with
+/// a mistyped or revoked key sends, far below what guessing needs.
+pub const DEFAULT_KEY_FAILURES: u64 = 20;
+/// The window of [`DEFAULT_KEY_FAILURES`].
+pub const DEFAULT_KEY_FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// Clock skew tolerated on `exp` and `nbf`.
 pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(30);
 /// The largest `leeway` the file may set: clocks that disagree by more are broken, and a
@@ -180,6 +192,8 @@ pub struct AuthSettings {
     /// HMAC key for API-key hashes; `None` when no key is configured and none is set.
     pub pepper: Option<Secret>,
     pub cache: CacheSettings,
+    /// Unknown API keys per client network before uncached keys are refused unlooked-up.
+    pub key_failures: KeyFailureSettings,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Which forwarding header a trusted proxy is believed for.
     pub client_ip_header: ClientIpHeader,
@@ -205,6 +219,17 @@ pub struct CacheSettings {
     pub ttl: Duration,
     pub negative_ttl: Duration,
     pub max_entries: u64,
+    /// Store lookups at once per process.
+    pub max_lookups: usize,
+}
+
+/// How many unknown API keys a client network may present (`auth.key_failures`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyFailureSettings {
+    /// Unknown keys per window.
+    pub max: u64,
+    /// The window, starting at the network's first unknown key.
+    pub per: Duration,
 }
 
 /// Header names that carry the caller's identity to the upstream.
@@ -338,6 +363,8 @@ pub struct LimitSpec {
     pub algorithm: LimitAlgorithm,
     pub windows: Vec<WindowSpec>,
     pub concurrency: Option<u64>,
+    /// Once a caller exceeds these limits, every request of it is refused this long.
+    pub block_for: Option<Duration>,
 }
 
 /// What happens when the shared counters cannot be reached.
@@ -365,6 +392,9 @@ pub struct RateLimitSettings {
     /// Where callers ask for their own standing; `None`: disabled.
     pub status_path: Option<String>,
     pub concurrency_lease_ttl: Duration,
+    /// Leading bits of an IPv6 address that count as one client for anonymous limits and
+    /// the unknown-API-key budget.
+    pub ipv6_prefix: u8,
 }
 
 /// The shared Redis.
@@ -567,6 +597,11 @@ impl Config {
         }
         if self.rate_limit.redis != next.rate_limit.redis {
             changed.push("rate_limit.redis");
+        }
+        if self.rate_limit.concurrency_lease_ttl != next.rate_limit.concurrency_lease_ttl {
+            // Leases already taken keep the ttl they were taken with; the limiter is
+            // built once per process.
+            changed.push("rate_limit.concurrency_lease_ttl");
         }
         if self.database != next.database {
             changed.push("database");

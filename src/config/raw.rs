@@ -40,6 +40,7 @@ pub struct RawDatabase {
     pub url_env: Option<String>,
     pub pool_size: Option<usize>,
     pub usage_flush_interval: Option<String>,
+    pub statement_timeout: Option<String>,
     pub tls: Option<RawDatabaseTls>,
 }
 
@@ -97,6 +98,7 @@ pub struct RawAuth {
     #[serde(default)]
     pub api_key: RawApiKey,
     pub cache: Option<RawCredentialCache>,
+    pub key_failures: Option<RawKeyFailures>,
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
     /// `x-forwarded-for` or `forwarded`: the header trusted proxies set.
@@ -123,6 +125,15 @@ pub struct RawCredentialCache {
     pub ttl: Option<String>,
     pub negative_ttl: Option<String>,
     pub max_entries: Option<u64>,
+    pub max_lookups: Option<usize>,
+}
+
+/// Unknown API keys per client network before uncached keys are refused unlooked-up.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeyFailures {
+    pub max: u64,
+    pub per: String,
 }
 
 /// Names of the headers that tell the upstream who called.
@@ -183,6 +194,7 @@ pub struct RawPlan {
     #[serde(default)]
     pub limits: Vec<RawWindow>,
     pub concurrency: Option<u64>,
+    pub block_for: Option<String>,
 }
 
 /// Windows of a rate limit, and an optional concurrency cap.
@@ -193,6 +205,7 @@ pub struct RawLimits {
     #[serde(default)]
     pub limits: Vec<RawWindow>,
     pub concurrency: Option<u64>,
+    pub block_for: Option<String>,
 }
 
 /// `requests` per `per`; `burst` is the bucket size for token_bucket.
@@ -216,6 +229,7 @@ pub struct RawRateLimit {
     #[serde(default = "default_status_path")]
     pub status_path: Option<String>,
     pub concurrency_lease_ttl: Option<String>,
+    pub ipv6_prefix: Option<u8>,
 }
 
 fn default_status_path() -> Option<String> {

@@ -4,6 +4,7 @@
 
 use super::model::*;
 use super::raw::*;
+use crate::auth::client_ip::DEFAULT_IPV6_PREFIX;
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -487,24 +488,12 @@ fn routes(
         let limits = r
             .rate_limit
             .map_or_else(RouteLimits::default, |l| RouteLimits {
-                per_caller: l.per_caller.map(|x| {
-                    limit_spec(
-                        x.algorithm,
-                        x.limits,
-                        x.concurrency,
-                        &format!("{place}.rate_limit.per_caller"),
-                        p,
-                    )
-                }),
-                global: l.global.map(|x| {
-                    limit_spec(
-                        x.algorithm,
-                        x.limits,
-                        x.concurrency,
-                        &format!("{place}.rate_limit.global"),
-                        p,
-                    )
-                }),
+                per_caller: l
+                    .per_caller
+                    .map(|x| limit_spec(x, &format!("{place}.rate_limit.per_caller"), p)),
+                global: l
+                    .global
+                    .map(|x| limit_spec(x, &format!("{place}.rate_limit.global"), p)),
                 failure_mode: l
                     .failure_mode
                     .map(|m| failure_mode(&m, &format!("{place}.rate_limit.failure_mode"), p)),
@@ -667,6 +656,7 @@ fn auth(
             ttl: DEFAULT_CREDENTIAL_TTL,
             negative_ttl: DEFAULT_NEGATIVE_TTL,
             max_entries: DEFAULT_CACHE_ENTRIES,
+            max_lookups: DEFAULT_MAX_LOOKUPS,
         },
         Some(c) => CacheSettings {
             ttl: duration(c.ttl, "auth.cache.ttl", DEFAULT_CREDENTIAL_TTL, p),
@@ -677,7 +667,36 @@ fn auth(
                 p,
             ),
             max_entries: c.max_entries.unwrap_or(DEFAULT_CACHE_ENTRIES).max(1),
+            max_lookups: match c.max_lookups {
+                None => DEFAULT_MAX_LOOKUPS,
+                Some(n @ 1..=1024) => n,
+                Some(_) => {
+                    p.push("auth.cache.max_lookups", "must be between 1 and 1024");
+                    DEFAULT_MAX_LOOKUPS
+                }
+            },
         },
+    };
+    let key_failures = match raw.key_failures {
+        None => KeyFailureSettings {
+            max: DEFAULT_KEY_FAILURES,
+            per: DEFAULT_KEY_FAILURE_WINDOW,
+        },
+        Some(f) => {
+            if f.max == 0 {
+                p.push("auth.key_failures.max", "must be at least 1");
+            }
+            let per = duration(
+                Some(f.per),
+                "auth.key_failures.per",
+                DEFAULT_KEY_FAILURE_WINDOW,
+                p,
+            );
+            if per < Duration::from_secs(1) || per > Duration::from_secs(86400) {
+                p.push("auth.key_failures.per", "must be between 1s and 1d");
+            }
+            KeyFailureSettings { max: f.max, per }
+        }
     };
     let trusted_proxies = raw
         .trusted_proxies
@@ -756,6 +775,7 @@ fn auth(
         api_key_query: raw.api_key.query_param,
         pepper,
         cache,
+        key_failures,
         trusted_proxies,
         client_ip_header,
         identity_headers,
@@ -1121,15 +1141,9 @@ fn rate_limit(raw: RawRateLimit, plans: &HashSet<&str>, p: &mut Problems) -> Rat
             failure_mode(&m, "rate_limit.failure_mode", p)
         }),
         expected_instances: raw.expected_instances.unwrap_or(1).max(1),
-        anonymous: raw.anonymous.map(|a| {
-            limit_spec(
-                a.algorithm,
-                a.limits,
-                a.concurrency,
-                "rate_limit.anonymous",
-                p,
-            )
-        }),
+        anonymous: raw
+            .anonymous
+            .map(|a| limit_spec(a, "rate_limit.anonymous", p)),
         default_plan: raw.default_plan,
         status_path,
         concurrency_lease_ttl: duration(
@@ -1138,6 +1152,14 @@ fn rate_limit(raw: RawRateLimit, plans: &HashSet<&str>, p: &mut Problems) -> Rat
             DEFAULT_LEASE_TTL,
             p,
         ),
+        ipv6_prefix: match raw.ipv6_prefix {
+            None => DEFAULT_IPV6_PREFIX,
+            Some(bits @ 1..=128) => bits,
+            Some(_) => {
+                p.push("rate_limit.ipv6_prefix", "must be between 1 and 128");
+                DEFAULT_IPV6_PREFIX
+            }
+        },
     }
 }
 
@@ -1169,6 +1191,18 @@ fn database(raw: RawDatabase, base: &Path, p: &mut Problems) -> DatabaseSettings
             DEFAULT_USAGE_FLUSH_INTERVAL,
             p,
         ),
+        statement_timeout: {
+            let timeout = duration(
+                raw.statement_timeout,
+                "database.statement_timeout",
+                crate::db::DEFAULT_STATEMENT_TIMEOUT,
+                p,
+            );
+            if timeout < Duration::from_millis(1) {
+                p.push("database.statement_timeout", "must be at least 1ms");
+            }
+            timeout
+        },
         tls: raw
             .tls
             .map(|t| database_tls(t, base, p))
@@ -1359,7 +1393,11 @@ fn window_or(
         per: "1m".into(),
         burst: None,
     });
-    let spec = limit_spec(None, vec![w], None, place, p);
+    let raw = RawLimits {
+        limits: vec![w],
+        ..RawLimits::default()
+    };
+    let spec = limit_spec(raw, place, p);
     spec.windows.into_iter().next().unwrap_or(WindowSpec {
         requests: default_requests,
         per: Duration::from_secs(60),
@@ -1469,14 +1507,14 @@ fn failure_mode(raw: &str, place: &str, p: &mut Problems) -> FailureMode {
     }
 }
 
-/// Windows of a plan or route limit.
-fn limit_spec(
-    algorithm: Option<String>,
-    windows: Vec<RawWindow>,
-    concurrency: Option<u64>,
-    place: &str,
-    p: &mut Problems,
-) -> LimitSpec {
+/// Windows of a plan or route limit, checked by the one set of rules for limits.
+fn limit_spec(raw: RawLimits, place: &str, p: &mut Problems) -> LimitSpec {
+    let RawLimits {
+        algorithm,
+        limits: windows,
+        concurrency,
+        block_for,
+    } = raw;
     let algorithm = match algorithm.as_deref().unwrap_or("fixed_window") {
         "fixed_window" => LimitAlgorithm::FixedWindow,
         "sliding_window" => LimitAlgorithm::SlidingWindow,
@@ -1489,62 +1527,41 @@ fn limit_spec(
             LimitAlgorithm::FixedWindow
         }
     };
-    if windows.is_empty() && concurrency.is_none() {
-        p.push(
-            format!("{place}.limits"),
-            "list at least one window, e.g. {requests: 100, per: 1m}",
-        );
-    }
-    let mut periods = HashSet::new();
     let windows = windows
         .into_iter()
         .enumerate()
-        .map(|(i, w)| {
-            let wplace = format!("{place}.limits[{i}]");
-            let per = duration(
+        .map(|(i, w)| WindowSpec {
+            requests: w.requests,
+            per: duration(
                 Some(w.per),
-                &format!("{wplace}.per"),
+                &format!("{place}.limits[{i}].per"),
                 Duration::from_secs(1),
                 p,
-            );
-            if per < Duration::from_secs(1) || per.subsec_nanos() != 0 {
-                p.push(
-                    format!("{wplace}.per"),
-                    "must be a whole number of seconds, at least 1s",
-                );
-            }
-            if w.requests == 0 {
-                p.push(format!("{wplace}.requests"), "must be at least 1");
-            }
-            if !periods.insert(per) {
-                p.push(format!("{wplace}.per"), "two windows of the same length");
-            }
-            match (algorithm, w.burst) {
-                (LimitAlgorithm::TokenBucket, Some(0)) => {
-                    p.push(format!("{wplace}.burst"), "must be at least 1")
-                }
-                (LimitAlgorithm::TokenBucket, _) => {}
-                (_, Some(_)) => p.push(
-                    format!("{wplace}.burst"),
-                    "only applies to algorithm: token_bucket",
-                ),
-                (_, None) => {}
-            }
-            WindowSpec {
-                requests: w.requests,
-                per,
-                burst: w.burst,
-            }
+            ),
+            burst: w.burst,
         })
         .collect();
-    if concurrency == Some(0) {
-        p.push(format!("{place}.concurrency"), "must be at least 1");
-    }
-    LimitSpec {
+    let block_for = block_for.map(|b| {
+        duration(
+            Some(b),
+            &format!("{place}.block_for"),
+            Duration::from_secs(1),
+            p,
+        )
+    });
+    let spec = LimitSpec {
         algorithm,
         windows,
         concurrency,
+        block_for,
+    };
+    for problem in super::limits::check(&spec) {
+        p.push(
+            format!("{place}.{}", problem.field.path("per")),
+            problem.message,
+        );
     }
+    spec
 }
 
 fn plans(raw: Vec<RawPlan>, p: &mut Problems) -> Vec<PlanSpec> {
@@ -1564,8 +1581,16 @@ fn plans(raw: Vec<RawPlan>, p: &mut Problems) -> Vec<PlanSpec> {
             if !has_limits && plan.algorithm.is_some() {
                 p.push(format!("{place}.algorithm"), "an algorithm needs limits");
             }
-            let limits = has_limits
-                .then(|| limit_spec(plan.algorithm, plan.limits, plan.concurrency, &place, p));
+            if !has_limits && plan.block_for.is_some() {
+                p.push(format!("{place}.block_for"), "a block needs limits");
+            }
+            let raw = RawLimits {
+                algorithm: plan.algorithm,
+                limits: plan.limits,
+                concurrency: plan.concurrency,
+                block_for: plan.block_for,
+            };
+            let limits = has_limits.then(|| limit_spec(raw, &place, p));
             PlanSpec {
                 name: plan.name,
                 limits,

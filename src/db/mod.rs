@@ -167,7 +167,15 @@ pub struct DbOptions {
     pub wait_timeout: Duration,
     /// Whether and how connections use TLS; [`Default`]: they do not.
     pub tls: DatabaseTls,
+    /// Longest a statement may run before the server cancels it (`statement_timeout`);
+    /// `None`: the server's own setting (migrations, which may wait on a lock).
+    pub statement_timeout: Option<Duration>,
 }
+
+/// Default statement timeout: every query of the gateway and the admin API is an indexed
+/// lookup or a small write taking milliseconds; one that runs for seconds is stuck, and
+/// holding a pooled connection for it would starve the others.
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Defaults: small pool (the proxy only reads on cache misses; the admin API is light),
 /// and timeouts short enough that a request never hangs on a dead database for long.
@@ -178,16 +186,18 @@ impl Default for DbOptions {
             connect_timeout: Duration::from_secs(5),
             wait_timeout: Duration::from_secs(5),
             tls: DatabaseTls::default(),
+            statement_timeout: Some(DEFAULT_STATEMENT_TIMEOUT),
         }
     }
 }
 
-/// The configured pool size and TLS, with default timeouts.
+/// The configured pool size, TLS and statement timeout, with default connect timeouts.
 impl From<&DatabaseSettings> for DbOptions {
     fn from(settings: &DatabaseSettings) -> Self {
         DbOptions {
             pool_size: settings.pool_size,
             tls: settings.tls.clone(),
+            statement_timeout: Some(settings.statement_timeout),
             ..DbOptions::default()
         }
     }
@@ -238,6 +248,15 @@ impl Db {
             return Err(DbError::Invalid("pool size: must be at least 1".into()));
         }
         let mut config = pg_config(url, options.connect_timeout)?;
+        if let Some(timeout) = options.statement_timeout {
+            // Sent in the startup packet: set on every connection before its first query.
+            let ms = timeout.as_millis().max(1);
+            let options = match config.get_options() {
+                Some(given) if !given.is_empty() => format!("{given} -c statement_timeout={ms}"),
+                _ => format!("-c statement_timeout={ms}"),
+            };
+            config.options(&options);
+        }
         let manager = match tls::connector(&mut config, &options.tls)? {
             tls::Connector::Plain => manager(config, NoTls),
             tls::Connector::Tls(connector) => manager(config, connector),

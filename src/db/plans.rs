@@ -3,11 +3,13 @@
 use super::audit::{self, NewAuditEntry};
 use super::change::{self, Change};
 use super::{begin, check_actor, check_name, col, commit, Db, DbError};
+use crate::config::limits;
+use crate::config::{LimitAlgorithm, LimitSpec, WindowSpec};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::fmt;
 use std::str::FromStr;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 use tokio_postgres::Row;
 
 /// How a plan's windows are counted.
@@ -116,10 +118,54 @@ macro_rules! columns {
     };
 }
 
-/// Creates a plan; [`DbError::Conflict`] if the name is taken.
+/// The limits of a plan in config form (no windows and no cap: it limits nothing).
+pub fn limit_spec(algorithm: Algorithm, limits: &[Limit], concurrency: Option<u32>) -> LimitSpec {
+    LimitSpec {
+        algorithm: match algorithm {
+            Algorithm::FixedWindow => LimitAlgorithm::FixedWindow,
+            Algorithm::SlidingWindow => LimitAlgorithm::SlidingWindow,
+            Algorithm::TokenBucket => LimitAlgorithm::TokenBucket,
+        },
+        windows: limits
+            .iter()
+            .map(|l| WindowSpec {
+                requests: l.requests,
+                per: Duration::from_secs(l.per_seconds),
+                burst: l.burst,
+            })
+            .collect(),
+        concurrency: concurrency.map(u64::from),
+        // Stored plans have no block (the file's plans, anonymous and route limits may).
+        block_for: None,
+    }
+}
+
+/// Refuses a plan the limiter would refuse (the rules of [`limits::check`]), naming the
+/// first field at fault as the admin API names it (`limits[0].per_seconds`).
+pub fn check_limits(
+    algorithm: Algorithm,
+    limits: &[Limit],
+    concurrency: Option<u32>,
+) -> Result<(), DbError> {
+    match limits::check(&limit_spec(algorithm, limits, concurrency))
+        .into_iter()
+        .next()
+    {
+        Some(problem) => Err(DbError::Invalid(format!(
+            "{}: {}",
+            problem.field.path("per_seconds"),
+            problem.message
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Creates a plan; [`DbError::Conflict`] if the name is taken, [`DbError::Invalid`] for
+/// limits the limiter would refuse.
 pub async fn create(db: &Db, actor: &str, plan: &NewPlan) -> Result<Plan, DbError> {
     check_actor(actor)?;
     check_name("plan name", &plan.name)?;
+    check_limits(plan.algorithm, &plan.limits, plan.concurrency)?;
     let limits = limits_json(&plan.limits)?;
     let concurrency = concurrency_sql(plan.concurrency)?;
     let context = format!("create plan {:?}", plan.name);
@@ -186,7 +232,8 @@ pub async fn get(db: &Db, name: &str) -> Result<Plan, DbError> {
     from_row(&row)
 }
 
-/// Changes a plan; consumers on it see the change through their next lookup.
+/// Changes a plan; consumers on it see the change through their next lookup. The changed
+/// plan is checked as a whole ([`check_limits`]) before it is committed.
 pub async fn update(
     db: &Db,
     actor: &str,
@@ -223,6 +270,8 @@ pub async fn update(
         .map_err(|e| DbError::from_pg(&context, e))?
         .ok_or_else(|| not_found(name))?;
     let updated = from_row(&row)?;
+    // Dropping the transaction on error rolls the change back.
+    check_limits(updated.algorithm, &updated.limits, updated.concurrency)?;
     audit::append(
         &tx,
         &NewAuditEntry {
@@ -271,22 +320,9 @@ fn not_found(name: &str) -> DbError {
     DbError::NotFound(format!("plan {name:?}"))
 }
 
-/// Checks the windows and renders them for the `limits` column.
+/// Renders the windows for the `limits` column (checked by [`check_limits`]: every
+/// value is at most 2^53, which `jsonb` keeps exactly).
 fn limits_json(limits: &[Limit]) -> Result<Value, DbError> {
-    for (i, l) in limits.iter().enumerate() {
-        if l.requests == 0 || l.per_seconds == 0 || l.burst == Some(0) {
-            return Err(DbError::Invalid(format!(
-                "limits[{i}]: requests, per_seconds and burst must be at least 1"
-            )));
-        }
-        // jsonb keeps integers exactly only up to 2^53 when clients read them as doubles.
-        if [l.requests, l.per_seconds, l.burst.unwrap_or(1)]
-            .iter()
-            .any(|n| *n > (1 << 53))
-        {
-            return Err(DbError::Invalid(format!("limits[{i}]: value too large")));
-        }
-    }
     serde_json::to_value(limits).map_err(|e| DbError::Invalid(format!("limits: {e}")))
 }
 
@@ -379,8 +415,19 @@ mod tests {
                 burst: None,
             },
         ] {
-            assert!(matches!(limits_json(&[bad]), Err(DbError::Invalid(_))));
+            assert!(matches!(
+                check_limits(Algorithm::TokenBucket, &[bad], None),
+                Err(DbError::Invalid(_))
+            ));
         }
+        // What the limiter would refuse: a burst refilled over more than a year.
+        let slow = Limit {
+            requests: 1,
+            per_seconds: 86400,
+            burst: Some(1000),
+        };
+        let err = check_limits(Algorithm::TokenBucket, &[slow], None).unwrap_err();
+        assert!(err.to_string().contains("limits[0].burst"), "{err}");
         let read: Vec<Limit> =
             serde_json::from_value(json!([{"requests": 5, "per_seconds": 60}])).unwrap();
         assert_eq!(read[0].burst, None);

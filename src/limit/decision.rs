@@ -13,6 +13,9 @@ pub enum WindowKind {
     Rate,
     /// The policy's cap on requests in flight; `period` is zero, `reset_after` zero.
     Concurrency,
+    /// The policy's block after abuse: `limit` 1, `remaining` 0 while blocked (then
+    /// `reset_after` is the time left), `period` the block duration.
+    Block,
 }
 
 /// One window's (or cap's) standing after the request.
@@ -52,7 +55,8 @@ pub enum Source {
 pub struct Decision {
     /// Every window of every subject allowed it (and it was counted in all of them).
     pub allowed: bool,
-    /// Each subject's windows in order, then its concurrency cap if it has one.
+    /// Each subject's windows in order, then its concurrency cap and its block if it has
+    /// them.
     pub windows: Vec<WindowState>,
     /// When refused: the entry of `windows` that refused it; when several did, the one
     /// that takes longest to allow it again.
@@ -103,12 +107,17 @@ impl Decision {
                     policy
                         .concurrency
                         .map(|cap| (WindowKind::Concurrency, cap, Duration::ZERO)),
-                );
+                )
+                .chain(policy.block_for.map(|d| (WindowKind::Block, 1, d)));
             for ((kind, limit, period), o) in entries.zip(outcome.by_ref()) {
                 if !o.allowed && refused.is_none_or(|(_, retry)| o.retry_ms > retry) {
                     refused = Some((windows.len(), o.retry_ms));
                 }
-                let limit = share(limit, instances);
+                // A block is one flag, whatever the instance count.
+                let limit = match kind {
+                    WindowKind::Block => limit,
+                    _ => share(limit, instances),
+                };
                 windows.push(WindowState {
                     subject: index,
                     policy: Arc::clone(&policy.name),

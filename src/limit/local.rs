@@ -39,6 +39,8 @@ struct SubjectState {
     windows: Vec<Slot>,
     /// Lease id → when it was taken (ms).
     leases: HashMap<Box<str>, u64>,
+    /// Policy → until when (ms) the subject is blocked under it.
+    blocks: Vec<(Arc<str>, u64)>,
     /// After this (ms), the state says nothing that a missing one would not.
     expires: u64,
 }
@@ -59,6 +61,13 @@ impl SubjectState {
             .find(|s| s.period == period && s.algorithm == algorithm && *s.policy == *policy)
     }
 
+    fn blocked_until(&self, policy: &str) -> u64 {
+        self.blocks
+            .iter()
+            .find(|(p, _)| **p == *policy)
+            .map_or(0, |&(_, until)| until)
+    }
+
     fn in_flight(&self, now: u64, lease_ttl: u64) -> u64 {
         self.leases
             .values()
@@ -70,7 +79,7 @@ impl SubjectState {
 /// What [`LocalLimiter::check`] decided.
 #[derive(Debug)]
 pub(crate) struct LocalDecision {
-    /// One per entry: each subject's windows, then its cap.
+    /// One per entry: each subject's windows, then its cap, then its block.
     pub outcomes: Vec<Outcome>,
     /// Present when the request was counted and some subject has a cap.
     pub lease: Option<Lease>,
@@ -139,9 +148,12 @@ impl LocalLimiter {
         let entries = subjects.iter().map(Subject::entries).sum();
         let mut outcomes = Vec::with_capacity(entries);
         let mut next = Vec::with_capacity(entries);
+        // Blocks to write: subject, its shard, until when.
+        let mut blocks: Vec<(&Subject<'_>, usize, u64)> = Vec::new();
         for (subject, &shard) in subjects.iter().zip(&shard_of) {
             let state = guards[guard_of(shard)].get(subject.key);
             let policy = subject.policy;
+            let first_entry = outcomes.len();
             for window in &policy.windows {
                 let period = window.period_ms();
                 let stored = state
@@ -171,6 +183,35 @@ impl LocalLimiter {
                     tag: 0,
                 });
             }
+            if policy.block_for.is_some() {
+                // As in the script: a subject refused by its own windows or cap is
+                // blocked, and a blocked one is refused.
+                let refused_here = outcomes[first_entry..].iter().any(|o| !o.allowed);
+                let mut until = state.map_or(0, |s| s.blocked_until(&policy.name));
+                if until <= now && refused_here && counting {
+                    until = now.saturating_add(policy.block_ms());
+                    blocks.push((subject, shard, until));
+                }
+                let left = until.saturating_sub(now);
+                outcomes.push(Outcome {
+                    allowed: left == 0,
+                    remaining: u64::from(left == 0),
+                    reset_ms: left,
+                    retry_ms: left,
+                    tag: 0,
+                });
+            }
+        }
+        for (subject, shard, until) in blocks {
+            let shard = &mut guards[guard_of(shard)];
+            let state = match shard.get_mut(subject.key) {
+                Some(state) => state,
+                None => shard.entry(subject.key.into()).or_default(),
+            };
+            let name = &subject.policy.name;
+            state.blocks.retain(|(p, _)| p != name);
+            state.blocks.push((Arc::clone(name), until));
+            state.expires = state.expires.max(until);
         }
 
         let counted = counting && outcomes.iter().all(|o| o.allowed);

@@ -29,6 +29,7 @@ mod redis;
 mod script;
 mod window;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,7 +41,7 @@ use script::{Mode, SubjectKeys};
 
 pub use decision::{Decision, Lease, Source, WindowKind, WindowState};
 pub use headers::{insert_headers, rate_limit_headers};
-pub use policy::{Algorithm, Policy, PolicyError, Subject, Window};
+pub use policy::{Algorithm, Policy, PolicyError, Subject, Window, MAX_LIMIT, MAX_PERIOD};
 pub(crate) use redis::client_config as redis_client_config;
 
 /// Per-call Redis timeout: a healthy Redis answers in well under a millisecond, so
@@ -173,6 +174,51 @@ struct Inner {
     /// The limiter when there is no Redis; the `Local` fallback when there is.
     local: LocalLimiter,
     remote: Option<Remote>,
+    /// Where concurrency lease ids come from.
+    lease_ids: LeaseIds,
+}
+
+/// Lease ids unique across every instance sharing one Redis: a random per-process prefix
+/// and a counter. The limiter makes them itself, so no caller can choose one (a client's
+/// `X-Request-Id` as lease id would let one client hold many slots under one id, or free
+/// another client's slot).
+#[derive(Debug)]
+struct LeaseIds {
+    prefix: u64,
+    next: AtomicU64,
+}
+
+impl LeaseIds {
+    fn new() -> Self {
+        let prefix = ring::rand::generate::<[u8; 8]>(&ring::rand::SystemRandom::new())
+            .map(|bytes| u64::from_be_bytes(bytes.expose()))
+            // No system randomness (it does not happen on Linux): the process id and the
+            // start time still tell instances apart.
+            .unwrap_or_else(|_| {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64);
+                nanos ^ (u64::from(std::process::id()) << 32)
+            });
+        LeaseIds {
+            prefix,
+            next: AtomicU64::new(0),
+        }
+    }
+
+    /// A fresh id.
+    fn next(&self) -> Box<str> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}-{n:x}", self.prefix).into_boxed_str()
+    }
+}
+
+/// Why Redis did not decide.
+enum Unanswered {
+    /// Nothing was sent (the breaker is open).
+    NotSent,
+    /// The call failed or timed out: Redis may still have run it.
+    Failed,
 }
 
 #[derive(Debug)]
@@ -182,12 +228,20 @@ struct Remote {
 }
 
 impl RateLimiter {
-    /// A purely in-process limiter (one instance, no Redis).
+    /// A purely in-process limiter (one instance, no Redis) whose leases expire after
+    /// [`DEFAULT_LEASE_TTL`].
     pub fn local() -> Self {
+        Self::local_with_lease_ttl(DEFAULT_LEASE_TTL)
+    }
+
+    /// A purely in-process limiter whose concurrency leases expire after `lease_ttl` if
+    /// never released.
+    pub fn local_with_lease_ttl(lease_ttl: Duration) -> Self {
         RateLimiter {
             inner: Arc::new(Inner {
-                local: LocalLimiter::new(DEFAULT_LEASE_TTL),
+                local: LocalLimiter::new(lease_ttl),
                 remote: None,
+                lease_ids: LeaseIds::new(),
             }),
         }
     }
@@ -204,57 +258,73 @@ impl RateLimiter {
             inner: Arc::new(Inner {
                 local: LocalLimiter::new(settings.concurrency_lease_ttl),
                 remote: Some(Remote { backend, breaker }),
+                lease_ids: LeaseIds::new(),
             }),
         })
     }
 
     /// Checks every window of every subject; if all allow, counts `cost` in all of
-    /// them (and takes a concurrency slot, lease `lease_id`, where a policy has a cap),
-    /// atomically. Refused requests are counted nowhere. One Redis round trip: a single
-    /// script call on a single Redis or when all subjects share a Cluster slot, else
-    /// one call per slot, concurrently (see the `redis` module on over-counting).
+    /// them (and takes a concurrency slot where a policy has a cap), atomically. Refused
+    /// requests are counted nowhere. One Redis round trip: a single script call on a
+    /// single Redis or when all subjects share a Cluster slot, else one call per slot,
+    /// concurrently (see the `redis` module on over-counting).
     ///
-    /// `lease_id` must be unique among requests in flight (the request id does). When
-    /// Redis is unavailable, `on_failure` decides.
+    /// The lease of the slots gets an id made here, unique among every instance. When
+    /// Redis is unavailable, `on_failure` decides; when the call failed after it was sent
+    /// (a timeout), the slots Redis may still have taken are given back in the background
+    /// (best effort), so a latency spike does not hold them for the lease ttl.
     pub async fn acquire(
         &self,
         subjects: &[Subject<'_>],
         cost: u64,
         on_failure: &FailureMode,
-        lease_id: &str,
     ) -> Result<Decision, LimitError> {
         validate(subjects, cost)?;
+        let capped = subjects.iter().any(|s| s.policy.concurrency.is_some());
+        let lease_id = if capped {
+            self.inner.lease_ids.next()
+        } else {
+            Box::default()
+        };
         let Some(remote) = &self.inner.remote else {
-            return Ok(self.local_decision(subjects, cost, lease_id, 1, true));
+            return Ok(self.local_decision(subjects, cost, &lease_id, 1, true));
         };
         if subjects.is_empty() {
             return Ok(Decision::unlimited(Source::Redis));
         }
         let keys: Vec<SubjectKeys> = subjects.iter().map(|s| SubjectKeys::new(s.key)).collect();
-        if let Some(outcomes) = remote
-            .call(Mode::Acquire, cost, lease_id, subjects, &keys)
+        let lease_keys = |keys: Vec<SubjectKeys>| -> Vec<String> {
+            subjects
+                .iter()
+                .zip(keys)
+                .filter(|(s, _)| s.policy.concurrency.is_some())
+                .map(|(_, k)| k.leases)
+                .collect()
+        };
+        match remote
+            .call(Mode::Acquire, cost, &lease_id, subjects, &keys)
             .await
         {
-            let mut decision = Decision::assemble(subjects, &outcomes, 1, Source::Redis);
-            if decision.allowed {
-                let lease_keys: Vec<String> = subjects
-                    .iter()
-                    .zip(keys)
-                    .filter(|(s, _)| s.policy.concurrency.is_some())
-                    .map(|(_, k)| k.leases)
-                    .collect();
-                if !lease_keys.is_empty() {
+            Ok(outcomes) => {
+                let mut decision = Decision::assemble(subjects, &outcomes, 1, Source::Redis);
+                if decision.allowed && capped {
                     decision.lease = Some(Lease {
-                        id: lease_id.into(),
-                        holder: LeaseHolder::Redis(lease_keys),
+                        id: lease_id,
+                        holder: LeaseHolder::Redis(lease_keys(keys)),
                     });
                 }
+                return Ok(decision);
             }
-            return Ok(decision);
+            Err(Unanswered::Failed) if capped => {
+                remote
+                    .backend
+                    .spawn_release(lease_id.clone(), lease_keys(keys));
+            }
+            Err(_) => {}
         }
         match *on_failure {
             FailureMode::Local { expected_instances } => {
-                Ok(self.local_decision(subjects, cost, lease_id, expected_instances.max(1), true))
+                Ok(self.local_decision(subjects, cost, &lease_id, expected_instances.max(1), true))
             }
             FailureMode::Open => Ok(Decision::unlimited(Source::FailOpen)),
             FailureMode::Closed => Err(LimitError::Unavailable),
@@ -274,8 +344,8 @@ impl RateLimiter {
         }
         let keys: Vec<SubjectKeys> = subjects.iter().map(|s| SubjectKeys::new(s.key)).collect();
         match remote.call(Mode::Peek, 1, "", subjects, &keys).await {
-            Some(outcomes) => Ok(Decision::assemble(subjects, &outcomes, 1, Source::Redis)),
-            None => Err(LimitError::Unavailable),
+            Ok(outcomes) => Ok(Decision::assemble(subjects, &outcomes, 1, Source::Redis)),
+            Err(_) => Err(LimitError::Unavailable),
         }
     }
 
@@ -375,7 +445,7 @@ impl RateLimiter {
 
 impl Remote {
     /// Calls Redis unless the breaker says not to; reports the result to the breaker
-    /// and the metrics. `None`: Redis did not decide.
+    /// and the metrics.
     async fn call(
         &self,
         mode: Mode,
@@ -383,10 +453,10 @@ impl Remote {
         lease_id: &str,
         subjects: &[Subject<'_>],
         keys: &[SubjectKeys],
-    ) -> Option<Vec<window::Outcome>> {
+    ) -> Result<Vec<window::Outcome>, Unanswered> {
         let permit = self.breaker.permit();
         if matches!(permit, Permit::Denied) {
-            return None;
+            return Err(Unanswered::NotSent);
         }
         let result = self
             .backend
@@ -404,7 +474,7 @@ impl Remote {
                 }
             }
         }
-        result.ok()
+        result.map_err(|_| Unanswered::Failed)
     }
 }
 
@@ -431,7 +501,7 @@ mod tests {
         let limiter = RateLimiter::local();
         let p = Policy::new("p", Algorithm::FixedWindow, vec![]).with_concurrency(1);
         let subjects = [Subject::new("k", &p)];
-        let acquire = limiter.acquire(&subjects, 1, &FailureMode::Open, "id");
+        let acquire = limiter.acquire(&subjects, 1, &FailureMode::Open);
         assert_send(&acquire);
         assert_send(&limiter.peek(&subjects));
         assert_send(&limiter.reset("k"));
@@ -451,12 +521,12 @@ mod tests {
         );
         let subjects = [Subject::new("k", &p)];
         let first = limiter
-            .acquire(&subjects, 1, &FailureMode::Closed, "a")
+            .acquire(&subjects, 1, &FailureMode::Closed)
             .await
             .expect("local decides");
         assert_eq!(first.source, Source::Local);
         let empty = limiter
-            .acquire(&[], 1, &FailureMode::Closed, "b")
+            .acquire(&[], 1, &FailureMode::Closed)
             .await
             .expect("nothing to limit");
         assert!(empty.allowed && empty.windows.is_empty());

@@ -78,6 +78,9 @@ pub struct Policy {
     pub windows: Vec<Window>,
     /// At most this many requests of one subject in flight at once.
     pub concurrency: Option<u64>,
+    /// Once a subject exceeds this policy (one of its windows or its cap refuses a
+    /// request), every request of it is refused for this long.
+    pub block_for: Option<Duration>,
 }
 
 /// Why a policy (or a cost) cannot be used.
@@ -105,6 +108,14 @@ pub enum PolicyError {
         /// The repeated period.
         period: Duration,
     },
+    /// A block duration that is not whole milliseconds from 1 ms to a year.
+    #[error("policy {policy:?}: block_for {block_for:?} must be whole milliseconds between 1 ms and {MAX_PERIOD:?}")]
+    BadBlock {
+        /// The policy's name.
+        policy: String,
+        /// The offending duration.
+        block_for: Duration,
+    },
     /// A limit, concurrency cap or cost above 2^53.
     #[error("{what} {value} is above the maximum {MAX_LIMIT}")]
     TooLarge {
@@ -123,6 +134,7 @@ impl Policy {
             algorithm,
             windows,
             concurrency: None,
+            block_for: None,
         }
     }
 
@@ -130,6 +142,18 @@ impl Policy {
     pub fn with_concurrency(mut self, cap: u64) -> Self {
         self.concurrency = Some(cap);
         self
+    }
+
+    /// The same policy, blocking a subject for `block_for` once it exceeds it.
+    pub fn with_block_for(mut self, block_for: Duration) -> Self {
+        self.block_for = Some(block_for);
+        self
+    }
+
+    /// The block duration in milliseconds; 0 without one.
+    pub(crate) fn block_ms(&self) -> u64 {
+        self.block_for
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 
     /// Checks everything the limiter relies on: a printable name, at least one window
@@ -168,6 +192,17 @@ impl Policy {
         if let Some(cap) = self.concurrency {
             check_max("concurrency", cap)?;
         }
+        if let Some(block_for) = self.block_for {
+            if block_for < Duration::from_millis(1)
+                || block_for > MAX_PERIOD
+                || block_for.subsec_nanos() % 1_000_000 != 0
+            {
+                return Err(PolicyError::BadBlock {
+                    policy: name.to_string(),
+                    block_for,
+                });
+            }
+        }
         Ok(())
     }
 }
@@ -198,9 +233,12 @@ impl<'a> Subject<'a> {
         Subject { key, policy }
     }
 
-    /// Entries this subject contributes to a decision: its windows, then its cap.
+    /// Entries this subject contributes to a decision: its windows, then its cap, then
+    /// its block.
     pub(crate) fn entries(&self) -> usize {
-        self.policy.windows.len() + usize::from(self.policy.concurrency.is_some())
+        self.policy.windows.len()
+            + usize::from(self.policy.concurrency.is_some())
+            + usize::from(self.policy.block_for.is_some())
     }
 }
 

@@ -53,6 +53,10 @@ const RECONNECT_MAX_MS: u32 = 1000;
 /// during a resharding; more means the cluster is in trouble.
 const MAX_REDIRECTIONS: u32 = 3;
 
+/// Tries to give a lease back: a slot left behind costs its holder a concurrency unit
+/// for the whole lease ttl, so a removal that times out is worth a couple more tries.
+const RELEASE_ATTEMPTS: u32 = 3;
+
 /// Why a Redis call failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum BackendError {
@@ -270,29 +274,52 @@ impl RedisBackend {
     }
 
     /// Gives back lease `id` on every leases key of `keys` (each its own command, as
-    /// they may live in different slots). Spawned: never delays the response.
+    /// they may live in different slots). Spawned: never delays the response. A removal
+    /// that fails is tried again, up to [`RELEASE_ATTEMPTS`] times in all, one call
+    /// deadline apart (a Redis that just timed out may answer again a moment later).
     pub(crate) fn spawn_release(&self, id: Box<str>, keys: Vec<String>) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return; // no runtime to run it on: the lease expires after its ttl
         };
         let backend = self.clone();
-        runtime.spawn(async move { backend.release(&id, keys).await });
+        runtime.spawn(async move {
+            let mut left = keys;
+            for attempt in 1..=RELEASE_ATTEMPTS {
+                left = backend.release_keys(&id, left).await;
+                if left.is_empty() {
+                    return;
+                }
+                if attempt < RELEASE_ATTEMPTS {
+                    tokio::time::sleep(backend.shared.timeout).await;
+                }
+            }
+            log::debug!("rate limiting: lease {id} not released; it expires after its ttl");
+        });
     }
 
     /// Removes lease `id` from every key at once (one command per key, sent together), so
     /// a released slot is free as soon as this returns.
     pub(crate) async fn release(&self, id: &str, keys: Vec<String>) {
-        let removals = keys.into_iter().map(|key| {
+        self.release_keys(id, keys).await;
+    }
+
+    /// Removes lease `id` from every key at once; returns the keys where that failed.
+    async fn release_keys(&self, id: &str, keys: Vec<String>) -> Vec<String> {
+        let removals = keys.iter().map(|key| {
             let slot = fred::util::redis_keyslot(key.as_bytes());
-            let args = vec![Value::from(key), Value::from(id)];
+            let args = vec![Value::from(key.as_str()), Value::from(id)];
             self.command("ZREM", slot, args)
         });
-        for outcome in futures::future::join_all(removals).await {
-            if let Err(e) = outcome {
+        let outcomes = futures::future::join_all(removals).await;
+        keys.into_iter()
+            .zip(outcomes)
+            .filter_map(|(key, outcome)| {
+                let e = outcome.err()?;
                 metrics::backend_error(e.kind());
                 log::debug!("rate limiting: releasing lease {id} failed: {e}");
-            }
-        }
+                Some(key)
+            })
+            .collect()
     }
 
     /// Deletes both keys of a subject.

@@ -125,7 +125,7 @@ pub(crate) fn arguments(
 ) -> Vec<Value> {
     let windows: usize = subjects.iter().map(|s| s.policy.windows.len()).sum();
     let mut args =
-        Vec::with_capacity(1 + 2 * subjects.len() + 5 + 4 * subjects.len() + 3 * windows);
+        Vec::with_capacity(1 + 2 * subjects.len() + 5 + 5 * subjects.len() + 3 * windows);
     args.push(int(2 * subjects.len() as u64));
     for k in keys {
         args.push(Value::from(k.windows.as_str()));
@@ -145,6 +145,7 @@ pub(crate) fn arguments(
             Some(cap) => int(cap),
             None => Value::Integer(-1),
         });
+        args.push(int(policy.block_ms()));
         args.push(int(policy.windows.len() as u64));
         for window in &policy.windows {
             args.push(int(window.limit));
@@ -224,9 +225,8 @@ pub(crate) fn window_tags(subjects: &[Subject<'_>], outcomes: &[Outcome]) -> Vec
                 .take(subject.policy.windows.len())
                 .map(|o| o.tag),
         );
-        if subject.policy.concurrency.is_some() {
-            outcome.next();
-        }
+        let others = subject.entries() - subject.policy.windows.len();
+        outcome.by_ref().take(others).for_each(drop);
     }
     tags
 }
@@ -277,7 +277,8 @@ mod tests {
                 Window::new(500, Duration::from_secs(3600)),
             ],
         )
-        .with_concurrency(4);
+        .with_concurrency(4)
+        .with_block_for(Duration::from_secs(600));
         let route = Policy::new(
             "route",
             Algorithm::TokenBucket,
@@ -312,6 +313,7 @@ mod tests {
                 "s",
                 "gold",
                 "4",
+                "600000",
                 "2",
                 "10",
                 "1000",
@@ -322,6 +324,7 @@ mod tests {
                 "t",
                 "route",
                 "-1",
+                "0",
                 "1",
                 "100",
                 "60000",

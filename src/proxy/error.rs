@@ -67,6 +67,7 @@ impl ApiError {
                 | AuthError::KeyExpired
                 | AuthError::InsufficientScope(_) => 403,
                 AuthError::StoreUnavailable => 503,
+                AuthError::TooManyKeyFailures(_) => 429,
             },
             ApiError::RateLimited { .. } => 429,
             ApiError::LimiterUnavailable => 503,
@@ -100,6 +101,7 @@ impl ApiError {
                 AuthError::KeyExpired => "key_expired",
                 AuthError::InsufficientScope(_) => "insufficient_scope",
                 AuthError::StoreUnavailable => "credential_store_unavailable",
+                AuthError::TooManyKeyFailures(_) => "too_many_key_failures",
             },
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::LimiterUnavailable => "rate_limit_unavailable",
@@ -147,6 +149,9 @@ impl ApiError {
                 AuthError::StoreUnavailable => {
                     "credentials cannot be checked right now; retry shortly".into()
                 }
+                AuthError::TooManyKeyFailures(retry_after) => {
+                    format!("too many unknown API keys from this address; retry in {retry_after} s")
+                }
             },
             ApiError::RateLimited {
                 policy,
@@ -177,6 +182,9 @@ impl ApiError {
                     missing.join(" ")
                 ),
             )),
+            ApiError::Auth(AuthError::TooManyKeyFailures(retry_after)) => {
+                Some((http::header::RETRY_AFTER, retry_after.to_string()))
+            }
             e if e.status() == 401 => Some((http::header::WWW_AUTHENTICATE, REALM.to_string())),
             _ => None,
         }

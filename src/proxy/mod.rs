@@ -59,14 +59,18 @@ impl Gateway {
 /// runtime of its first user (normally the proxy's). Shared with the admin service.
 pub struct Limiter {
     redis: Option<RedisSettings>,
+    /// How long an unreleased concurrency slot counts (`rate_limit.concurrency_lease_ttl`).
+    lease_ttl: Duration,
     cell: tokio::sync::OnceCell<RateLimiter>,
 }
 
 impl Limiter {
-    /// A limiter on `redis`, or purely in-process without it.
-    pub fn new(redis: Option<RedisSettings>) -> Self {
+    /// A limiter on `redis`, or purely in-process without it; concurrency leases expire
+    /// after `lease_ttl` either way.
+    pub fn new(redis: Option<RedisSettings>, lease_ttl: Duration) -> Self {
         Limiter {
             redis,
+            lease_ttl,
             cell: tokio::sync::OnceCell::new(),
         }
     }
@@ -75,11 +79,12 @@ impl Limiter {
     pub async fn get(&self) -> &RateLimiter {
         self.cell
             .get_or_init(|| async {
+                let local = || RateLimiter::local_with_lease_ttl(self.lease_ttl);
                 match &self.redis {
-                    None => RateLimiter::local(),
+                    None => local(),
                     Some(settings) => RateLimiter::connect(settings).await.unwrap_or_else(|e| {
                         log::error!("rate limiting: {e}; using the in-process limiter");
-                        RateLimiter::local()
+                        local()
                     }),
                 }
             })
@@ -551,9 +556,8 @@ impl Gateway {
             return Ok(None);
         }
         let limiter = self.limiter.get().await;
-        let lease_id = ctx.request_id.to_str().unwrap_or("");
         let outcome = limiter
-            .acquire(&subjects.subjects(), 1, &subjects.failure_mode, lease_id)
+            .acquire(&subjects.subjects(), 1, &subjects.failure_mode)
             .await;
         let count = |decision: &str| {
             metrics::RATELIMIT_DECISIONS

@@ -7,19 +7,23 @@
 //! - the route's own per-caller limit (`r:<route>:<caller>`);
 //! - the route's global limit (`r:<route>`).
 
+use crate::auth::client_ip::ClientNetwork;
 use crate::auth::Identity;
-use crate::config::{Config, FailureMode, LimitAlgorithm, LimitSpec, PlanSpec, RouteSpec};
-use crate::limit::{self, Algorithm, Decision, Policy, PolicyError, Subject, Window, WindowKind};
+use crate::config::limits::{self, LimitSpecError};
+use crate::config::{Config, FailureMode, LimitSpec, PlanSpec, RouteSpec};
+use crate::limit::{self, Decision, Policy, Subject, WindowKind};
 use serde::Serialize;
 use std::collections::HashMap;
-use std::time::Duration;
 
 /// Policies that do not depend on the route, built once per config snapshot.
 pub struct LimitPolicies {
-    plans: HashMap<String, Policy>,
+    /// Every known plan; `None`: a plan without limits (its callers are unlimited).
+    plans: HashMap<String, Option<Policy>>,
     anonymous: Option<Policy>,
     default_plan: Option<String>,
     failure_mode: limit::FailureMode,
+    /// Leading bits of an IPv6 address that count as one anonymous caller.
+    ipv6_prefix: u8,
 }
 
 /// A route's own policies.
@@ -34,7 +38,7 @@ pub struct RoutePolicies {
 #[error("rate limit {place}: {source}")]
 pub struct LimitSetupError {
     place: String,
-    source: PolicyError,
+    source: LimitSpecError,
 }
 
 impl LimitPolicies {
@@ -45,15 +49,33 @@ impl LimitPolicies {
     ) -> Result<Self, LimitSetupError> {
         let settings = &config.rate_limit;
         let mut plans = HashMap::new();
-        // Plans from the database win over plans of the same name in the file.
-        for plan in config.plans.iter().chain(stored_plans) {
-            if let Some(spec) = &plan.limits {
-                plans.insert(
-                    plan.name.clone(),
-                    policy(&plan.name, spec, &format!("plan {}", plan.name))?,
-                );
+        for plan in &config.plans {
+            let policy = plan
+                .limits
+                .as_ref()
+                .map(|spec| plan_policy(&plan.name, spec));
+            plans.insert(plan.name.clone(), policy.transpose()?);
+        }
+        // Plans from the database win over plans of the same name in the file. One that
+        // the limiter cannot run (written before its rules were checked on write, or by
+        // hand) is skipped: its consumers get the default plan, and the instance serves.
+        let mut invalid = 0;
+        for plan in stored_plans {
+            match plan
+                .limits
+                .as_ref()
+                .map(|spec| plan_policy(&plan.name, spec))
+            {
+                Some(Err(e)) => {
+                    invalid += 1;
+                    log::error!("{e} (stored plan skipped; its consumers get the default plan)");
+                }
+                policy => {
+                    plans.insert(plan.name.clone(), policy.transpose()?);
+                }
             }
         }
+        crate::metrics::INVALID_PLANS.set(invalid);
         Ok(LimitPolicies {
             plans,
             anonymous: settings
@@ -63,6 +85,7 @@ impl LimitPolicies {
                 .transpose()?,
             default_plan: settings.default_plan.clone(),
             failure_mode: failure_mode(settings.failure_mode, settings.expected_instances),
+            ipv6_prefix: settings.ipv6_prefix,
         })
     }
 
@@ -97,20 +120,34 @@ impl LimitPolicies {
         })
     }
 
-    /// The policy limiting this caller across routes: its plan's (or the default plan's)
-    /// for identified callers, the anonymous policy otherwise.
+    /// The policy limiting this caller across routes: the anonymous policy for anonymous
+    /// callers; for identified ones their plan's, or the default plan's when their plan is
+    /// unset or unknown. `None`: unlimited (also a known plan without limits).
     fn caller_policy(&self, identity: &Identity) -> Option<&Policy> {
         if identity.consumer_id().is_none() {
             return self.anonymous.as_ref();
         }
-        identity
+        let plan = identity
             .plan()
             .and_then(|plan| self.plans.get(plan))
             .or_else(|| {
                 self.default_plan
                     .as_ref()
                     .and_then(|plan| self.plans.get(plan))
-            })
+            });
+        plan.and_then(Option::as_ref)
+    }
+
+    /// `c:<consumer>`, or `ip:<address>` for an anonymous caller (an IPv6 one by its
+    /// network, see [`ClientNetwork`]).
+    fn caller_key(&self, identity: &Identity) -> String {
+        match identity.consumer_id() {
+            Some(id) => consumer_subject(id),
+            None => format!(
+                "ip:{}",
+                ClientNetwork::of(identity.client_ip, self.ipv6_prefix)
+            ),
+        }
     }
 }
 
@@ -139,7 +176,7 @@ impl<'a> RequestSubjects<'a> {
         if caller_policy.is_none() && route.per_caller.is_none() && route.global.is_none() {
             return out;
         }
-        let caller = caller_key(identity);
+        let caller = policies.caller_key(identity);
         if let Some(p) = &route.per_caller {
             out.keys.push(format!("r:{route_name}:{caller}"));
             out.policies.push(p);
@@ -163,7 +200,7 @@ impl<'a> RequestSubjects<'a> {
             failure_mode: policies.failure_mode,
         };
         if let Some(p) = policies.caller_policy(identity) {
-            out.keys.push(caller_key(identity));
+            out.keys.push(policies.caller_key(identity));
             out.policies.push(p);
         }
         out
@@ -184,17 +221,23 @@ impl<'a> RequestSubjects<'a> {
     }
 }
 
-/// `c:<consumer>` or `ip:<address>`.
-fn caller_key(identity: &Identity) -> String {
-    match identity.consumer_id() {
-        Some(id) => consumer_subject(id),
-        None => format!("ip:{}", identity.client_ip),
-    }
-}
-
 /// The limiter subject of a consumer (shared with the admin API's peek and reset).
 pub fn consumer_subject(consumer_id: &str) -> String {
     format!("c:{consumer_id}")
+}
+
+/// Every limiter subject of a consumer under `config`: its plan's, and its own on each
+/// route with a per-caller limit (what the admin API's reset clears, blocks included).
+pub fn consumer_subjects(config: &Config, consumer_id: &str) -> Vec<String> {
+    let caller = consumer_subject(consumer_id);
+    let per_route = config
+        .routes
+        .iter()
+        .filter(|r| r.limits.per_caller.is_some())
+        .map(|r| format!("r:{}:{caller}", r.name));
+    let mut subjects: Vec<String> = per_route.collect();
+    subjects.insert(0, caller);
+    subjects
 }
 
 /// The limiter policy of plan `name` with limits `spec`, built exactly as the proxy
@@ -203,34 +246,12 @@ pub fn plan_policy(name: &str, spec: &LimitSpec) -> Result<Policy, LimitSetupErr
     policy(name, spec, &format!("plan {name}"))
 }
 
-/// A limiter policy from a config limit. A token bucket of `requests` per `per` with
-/// `burst` holds `burst` tokens and refills `burst` of them in `per × burst / requests`.
+/// A limiter policy from a config limit (see [`limits::policy`]).
 fn policy(name: &str, spec: &LimitSpec, place: &str) -> Result<Policy, LimitSetupError> {
-    let algorithm = match spec.algorithm {
-        LimitAlgorithm::FixedWindow => Algorithm::FixedWindow,
-        LimitAlgorithm::SlidingWindow => Algorithm::SlidingWindow,
-        LimitAlgorithm::TokenBucket => Algorithm::TokenBucket,
-    };
-    let windows = spec
-        .windows
-        .iter()
-        .map(|w| match (spec.algorithm, w.burst) {
-            (LimitAlgorithm::TokenBucket, Some(burst)) if burst != w.requests => {
-                let millis = (w.per.as_millis() * burst as u128 / w.requests.max(1) as u128).max(1);
-                Window::new(burst, Duration::from_millis(millis as u64))
-            }
-            _ => Window::new(w.requests, w.per),
-        })
-        .collect();
-    let mut policy = Policy::new(name, algorithm, windows);
-    if let Some(cap) = spec.concurrency {
-        policy = policy.with_concurrency(cap);
-    }
-    policy.validate().map_err(|source| LimitSetupError {
+    limits::policy(name, spec).map_err(|source| LimitSetupError {
         place: place.to_string(),
         source,
-    })?;
-    Ok(policy)
+    })
 }
 
 fn failure_mode(mode: FailureMode, expected_instances: u32) -> limit::FailureMode {
@@ -275,6 +296,7 @@ pub fn window_reports(decision: &Decision) -> Vec<WindowReport> {
             kind: match w.kind {
                 WindowKind::Rate => "rate",
                 WindowKind::Concurrency => "concurrency",
+                WindowKind::Block => "block",
             },
             limit: w.limit,
             used: w.limit.saturating_sub(w.remaining),

@@ -454,3 +454,31 @@ fn write_atomically(path: &Path, contents: &str) {
     std::fs::rename(&tmp, path)
         .unwrap_or_else(|e| panic!("cannot rename {} to {}: {e}", tmp.display(), path.display()));
 }
+
+/// The value of the sample `name{labels}` (labels in any order; exactly these).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut want: Vec<(&str, &str)> = labels.to_vec();
+    want.sort_unstable();
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, label_text) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            if series_name != name {
+                return None;
+            }
+            let mut found: Vec<(&str, &str)> = label_text
+                .split(',')
+                .filter(|kv| !kv.is_empty())
+                .map(|kv| {
+                    let (k, v) = kv.split_once('=')?;
+                    Some((k, v.trim_matches('"')))
+                })
+                .collect::<Option<_>>()?;
+            found.sort_unstable();
+            (found == want).then(|| value.parse().ok()).flatten()
+        })
+}

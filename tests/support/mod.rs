@@ -28,7 +28,7 @@ mod upstream;
 
 pub use answer::Answer;
 pub use certs::{Certs, LeafCert};
-pub use gateway::{Gateway, GatewayConfig};
+pub use gateway::{metric, Gateway, GatewayConfig};
 pub use net::{free_port, http_client, http_client_builder, port_is_closed, wait_for_port};
 pub use postgres::Postgres;
 pub use process::CommandOutput;
