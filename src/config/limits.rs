@@ -57,7 +57,7 @@ impl fmt::Display for LimitProblem {
 
 /// Every problem of `spec`, in field order: at least one window or a concurrency cap;
 /// per window, `requests` from 1 to 2^53, `per` whole seconds from 1 s to 366 days,
-/// `burst` (token buckets only) from 1 to 2^53 with a refill period
+/// `burst` from 1 to 2^53, for a token bucket with a refill period
 /// (`per × burst / requests`) of at most 366 days, no two windows of one length (for a
 /// token bucket: of one refill period); `concurrency` from 1 to 2^53; `block_for` whole
 /// seconds from 1 s to 366 days.
@@ -90,21 +90,11 @@ pub fn check(spec: &LimitSpec) -> Vec<LimitProblem> {
             );
             usable = false;
         }
-        match (spec.algorithm, w.burst) {
-            (LimitAlgorithm::TokenBucket, Some(burst)) => {
-                if let Some(message) = count_problem(burst) {
-                    push(LimitField::Burst(i), message);
-                    usable = false;
-                }
-            }
-            (LimitAlgorithm::TokenBucket, None) | (_, None) => {}
-            (_, Some(_)) => {
-                push(
-                    LimitField::Burst(i),
-                    "only applies to algorithm: token_bucket".into(),
-                );
-                usable = false;
-            }
+        // A burst on another algorithm is ignored by the limiter (the file refuses it as
+        // a likely mistake, see `config::validate`); stored plans may carry one.
+        if let Some(message) = w.burst.and_then(count_problem) {
+            push(LimitField::Burst(i), message);
+            usable = false;
         }
         if !usable {
             continue;
@@ -268,13 +258,15 @@ mod tests {
                 vec!["limits[1].per_seconds"],
             ),
             (
-                spec(FixedWindow, &[(0, 1, None), (1, 0, None), (1, 5, Some(3))]),
+                spec(FixedWindow, &[(0, 1, None), (1, 0, None), (1, 5, Some(0))]),
                 vec![
                     "limits[0].requests",
                     "limits[1].per_seconds",
                     "limits[2].burst",
                 ],
             ),
+            // Ignored on a fixed window (the file refuses it, see config::validate).
+            (spec(FixedWindow, &[(1, 86400, Some(1000))]), vec![]),
             (
                 spec(TokenBucket, &[(MAX_LIMIT + 1, 1, Some(0))]),
                 vec!["limits[0].requests", "limits[0].burst"],

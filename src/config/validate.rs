@@ -1555,6 +1555,18 @@ fn limit_spec(raw: RawLimits, place: &str, p: &mut Problems) -> LimitSpec {
         concurrency,
         block_for,
     };
+    // A burst only means something to a token bucket: in the file, one elsewhere is a
+    // mistake worth saying (the limiter would ignore it).
+    if spec.algorithm != LimitAlgorithm::TokenBucket {
+        for (i, w) in spec.windows.iter().enumerate() {
+            if w.burst.is_some() {
+                p.push(
+                    format!("{place}.limits[{i}].burst"),
+                    "only applies to algorithm: token_bucket",
+                );
+            }
+        }
+    }
     for problem in super::limits::check(&spec) {
         p.push(
             format!("{place}.{}", problem.field.path("per")),
