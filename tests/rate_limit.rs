@@ -1074,7 +1074,7 @@ async fn a_plan_without_limits_is_unlimited_and_the_default_plan_applies_only_wi
 /// every instance. The upstream sees only the admitted requests.
 #[tokio::test]
 async fn a_block_after_abuse_holds_on_every_instance_and_the_admin_reset_clears_it() {
-    const ADMIN_TOKEN: &str = "admin-token-for-the-block-test-0123456789";
+    const ADMIN_TOKEN: &str = "admin-token-for-the-block-test-7f3a9c1e5b2d8f4a6c0e9b1d3f5a7c9e";
     let redis = RedisServer::start().await;
     let up = TestUpstream::start("up").await;
     let alice = new_key();
