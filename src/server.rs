@@ -6,6 +6,7 @@ use crate::access_log::AccessLog;
 use crate::admin::AdminService;
 use crate::auth::revocation::RevocationBus;
 use crate::config::{Config, RedisSpec};
+use crate::connection::Front;
 use crate::limit::RedisSettings;
 use crate::metrics::{self, MetricsApp};
 use crate::persistence::Persistence;
@@ -91,10 +92,14 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
         redis.map(|r| redis_settings(r, config)),
         config.rate_limit.concurrency_lease_ttl,
     ));
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    let gateway = pingora::proxy::http_proxy(
         &server.configuration,
         Gateway::new(Arc::clone(&live), access_log.clone(), Arc::clone(&limiter)),
-        "tollgate proxy",
+    );
+    // Connection caps and request-head bounds around Pingora's HTTP loop (src/connection).
+    let mut proxy = Service::new(
+        "tollgate proxy".to_string(),
+        Front::new(gateway, Arc::clone(&live), access_log.clone()),
     );
     // Pingora reads each connection through a 64 KiB buffer by default, which an idle
     // keep-alive connection holds too; 16 KiB still fits any sane request head and keeps
