@@ -25,6 +25,9 @@ use std::sync::Arc;
 /// Read buffer per client connection (Pingora's default is 64 KiB).
 const LISTENER_READ_BUFFER: usize = 16 * 1024;
 
+/// Time left after the drain for the last usage write before Pingora stops every task.
+const SHUTDOWN_FLUSH_RESERVE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -71,7 +74,13 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
         threads: config.server.threads,
         pid_file: config.server.pid_file.display().to_string(),
         upgrade_sock: config.server.upgrade_sock.display().to_string(),
-        grace_period_seconds: Some(config.server.grace_period.as_secs_f64().ceil() as u64),
+        // The supervisor drains for `grace_period`, writes the usage counted, then exits;
+        // Pingora's own grace period (after which it drops every task) must outlast both.
+        grace_period_seconds: Some(
+            (config.server.grace_period + SHUTDOWN_FLUSH_RESERVE)
+                .as_secs_f64()
+                .ceil() as u64,
+        ),
         graceful_shutdown_timeout_seconds: Some(
             config.server.graceful_shutdown_timeout.as_secs_f64().ceil() as u64,
         ),
