@@ -180,7 +180,11 @@ async fn a_hundred_pipelined_requests_are_all_answered_in_order() {
             .await
             .unwrap_or_else(|| panic!("request {i} was dropped\n{}", gw.logs()));
         assert_eq!(resp.status, 200);
-        assert_eq!(resp.json()["path"], format!("/p/{i}"), "answers out of order");
+        assert_eq!(
+            resp.json()["path"],
+            format!("/p/{i}"),
+            "answers out of order"
+        );
     }
     let post = reader.next().await.expect("the POST was dropped");
     assert_eq!(post.json()["path"], "/p/post");
@@ -188,7 +192,10 @@ async fn a_hundred_pipelined_requests_are_all_answered_in_order() {
     let last = reader.next().await.expect("the last request was dropped");
     assert_eq!(last.json()["path"], "/p/last");
     assert_eq!(last.header("connection"), Some("close"));
-    assert!(reader.next().await.is_none(), "nothing after Connection: close");
+    assert!(
+        reader.next().await.is_none(),
+        "nothing after Connection: close"
+    );
     assert_eq!(upstream.hits(), 102);
 }
 
@@ -308,8 +315,7 @@ async fn a_bad_chunked_body_gets_the_json_error_shape() {
         b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
     )
     .await;
-    assert!(resp.status == 400 || resp.status == 502, "{}", resp.status);
-    resp.assert_error(resp.status, if resp.status == 400 { "bad_request" } else { "bad_gateway" });
+    resp.assert_error(400, "bad_request");
 }
 
 #[tokio::test]

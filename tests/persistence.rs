@@ -638,7 +638,10 @@ async fn usage_counted_before_a_drain_timeout_is_still_written() {
     };
     let started = Instant::now();
     while upstream.hits() < sent + 1 {
-        assert!(started.elapsed() < Duration::from_secs(10), "the slow request never arrived");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the slow request never arrived"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     gw.signal(libc::SIGTERM);

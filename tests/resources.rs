@@ -152,8 +152,13 @@ async fn slowloris_connections_are_cut_at_the_header_deadline_while_real_clients
             outcome.answer
         );
         if outcome.answer.starts_with("HTTP/1.1 408") {
-            assert!(outcome.answer.contains("\"error\":\"request_header_timeout\""));
-            assert!(outcome.answer.to_ascii_lowercase().contains("x-request-id: "));
+            assert!(outcome
+                .answer
+                .contains("\"error\":\"request_header_timeout\""));
+            assert!(outcome
+                .answer
+                .to_ascii_lowercase()
+                .contains("x-request-id: "));
             answered_408 += 1;
         }
     }
@@ -220,8 +225,14 @@ async fn connections_beyond_the_per_address_cap_are_refused_until_one_closes() {
     assert!(connections_open(&gw, 3.0).await, "{}", gw.logs());
     let answer = refused_answer(port).await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-    assert!(answer.contains("\"error\":\"too_many_connections\""), "{answer}");
-    assert!(answer.to_ascii_lowercase().contains("retry-after: 1"), "{answer}");
+    assert!(
+        answer.contains("\"error\":\"too_many_connections\""),
+        "{answer}"
+    );
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
     held.pop();
     assert!(connections_open(&gw, 2.0).await);
     let ok = gw.http().get(gw.url("/x")).send().await.unwrap();
@@ -246,7 +257,10 @@ async fn connections_beyond_the_process_cap_are_refused() {
     assert!(connections_open(&gw, 2.0).await, "{}", gw.logs());
     let answer = refused_answer(port).await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-    assert!(answer.contains("\"error\":\"too_many_connections\""), "{answer}");
+    assert!(
+        answer.contains("\"error\":\"too_many_connections\""),
+        "{answer}"
+    );
     drop(held);
     assert!(connections_open(&gw, 0.0).await);
     let ok = gw.http().get(gw.url("/x")).send().await.unwrap();
@@ -324,15 +338,18 @@ async fn the_admin_listener_caps_its_connections() {
             .write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             .await;
         let mut answer = Vec::new();
-        let _ =
-            tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer)).await;
         if answer.is_empty() {
             refused = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(refused, "a third admin connection was served\n{}", gw.logs());
+    assert!(
+        refused,
+        "a third admin connection was served\n{}",
+        gw.logs()
+    );
     drop(held);
     let client = http_client();
     assert!(

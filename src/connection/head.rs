@@ -248,8 +248,7 @@ impl AsyncRead for GuardedStream {
                 }
             }
             Poll::Pending => {
-                if this.watch.deadline.is_some() && this.watch.timer.as_mut().poll(cx).is_ready()
-                {
+                if this.watch.deadline.is_some() && this.watch.timer.as_mut().poll(cx).is_ready() {
                     return this.time_out(cx);
                 }
                 Poll::Pending

@@ -8,9 +8,9 @@
 use crate::config::ListenerLimits;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
-use pingora::server::ShutdownWatch;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use pingora::server::ShutdownWatch;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;

@@ -121,10 +121,7 @@ mod tests {
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let first = counts.acquire(Some(a), 2, 10).unwrap();
         let _second = counts.acquire(None, 2, 10).unwrap();
-        assert_eq!(
-            counts.acquire(Some(a), 2, 10).err(),
-            Some(Refusal::Process)
-        );
+        assert_eq!(counts.acquire(Some(a), 2, 10).err(), Some(Refusal::Process));
         drop(first);
         assert!(counts.acquire(Some(a), 2, 10).is_ok());
     }

@@ -178,9 +178,7 @@ impl ApiError {
             }
             ApiError::HeaderTooLarge => "the request line and headers are too large".into(),
             ApiError::HeaderTimeout => "the request head did not arrive in time".into(),
-            ApiError::TooManyConnections => {
-                "too many connections are open; retry shortly".into()
-            }
+            ApiError::TooManyConnections => "too many connections are open; retry shortly".into(),
             ApiError::ConnectNotSupported => "CONNECT is not supported".into(),
         }
     }

@@ -89,12 +89,19 @@ mod tests {
     fn repeated_content_length_becomes_one_value() {
         let mut req = request(
             Version::HTTP_11,
-            &[("host", "a"), ("content-length", "5"), ("content-length", "5")],
+            &[
+                ("host", "a"),
+                ("content-length", "5"),
+                ("content-length", "5"),
+            ],
         );
         check(&mut req, None).unwrap();
         let values: Vec<_> = req.headers.get_all(CONTENT_LENGTH).iter().collect();
         assert_eq!(values, ["5"]);
-        let mut listed = request(Version::HTTP_11, &[("host", "a"), ("content-length", "7, 7")]);
+        let mut listed = request(
+            Version::HTTP_11,
+            &[("host", "a"), ("content-length", "7, 7")],
+        );
         check(&mut listed, None).unwrap();
         assert_eq!(listed.headers[CONTENT_LENGTH], "7");
     }
