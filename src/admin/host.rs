@@ -37,7 +37,7 @@ fn is_loopback(host: &str) -> bool {
 /// Whether a request with this `Host` (or HTTP/2 authority) may be answered.
 pub fn allowed(raw: Option<&str>, allowed_hosts: &[String]) -> bool {
     raw.and_then(canonical_host)
-        .is_some_and(|host| is_loopback(&host) || allowed_hosts.iter().any(|a| *a == host))
+        .is_some_and(|host| is_loopback(&host) || allowed_hosts.contains(&host))
 }
 
 /// Middleware: 421 `misdirected_request` unless the request names an allowed host.
