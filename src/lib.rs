@@ -10,6 +10,7 @@ pub mod admin;
 pub mod auth;
 pub mod canonical;
 pub mod config;
+pub mod connection;
 pub mod db;
 pub mod echo;
 pub mod limit;

@@ -122,6 +122,21 @@ pub fn set_upstream_targets(upstream: &str, healthy: usize, total: usize) {
         .set((total - healthy) as i64);
 }
 
+/// Client connections of the proxy open right now (HTTP/1 and HTTP/2).
+pub static CLIENT_CONNECTIONS: LazyLock<IntGauge> = metric!(register_int_gauge!(
+    "tollgate_client_connections",
+    "Client connections the proxy is serving right now."
+));
+
+/// Client connections or request heads refused before any request was parsed, by reason
+/// (`max_connections`, `max_connections_per_ip`, `header_timeout`, `header_too_large`,
+/// `unparsable`).
+pub static CONNECTIONS_REFUSED: LazyLock<IntCounterVec> = metric!(register_int_counter_vec!(
+    "tollgate_connections_refused_total",
+    "Client connections or request heads refused before a request was parsed, by reason.",
+    &["reason"]
+));
+
 /// Forgets a pool that is no longer configured.
 pub fn remove_upstream(upstream: &str) {
     for state in ["healthy", "unhealthy"] {
@@ -144,6 +159,16 @@ pub fn init() {
     LazyLock::force(&INVALID_PLANS);
     for outcome in ["store", "refused", "busy"] {
         KEY_LOOKUPS.with_label_values(&[outcome]);
+    }
+    LazyLock::force(&CLIENT_CONNECTIONS);
+    for reason in [
+        "max_connections",
+        "max_connections_per_ip",
+        "header_timeout",
+        "header_too_large",
+        "unparsable",
+    ] {
+        CONNECTIONS_REFUSED.with_label_values(&[reason]);
     }
     crate::limit::metrics::init();
 }

@@ -230,7 +230,8 @@ impl BackgroundService for Supervisor {
 impl Supervisor {
     /// Pingora stops accepting on shutdown, then waits out the whole grace period before it
     /// drops unfinished requests. Exit as soon as nothing is in flight instead, so a drain
-    /// takes as long as the slowest request and at most the grace period.
+    /// takes as long as the slowest request and at most the grace period; either way the
+    /// usage counted so far is written first.
     async fn drain_then_exit(&self, grace_period: Duration) {
         log::info!("shutting down: draining in-flight requests (at most {grace_period:?})");
         let deadline = tokio::time::Instant::now() + grace_period;
@@ -239,8 +240,8 @@ impl Supervisor {
         }
         let left = metrics::IN_FLIGHT.get();
         if left > 0 {
+            // Pingora drops these now; what was counted before is written all the same.
             log::warn!("grace period over with {left} requests still in flight");
-            return;
         }
         if let Some(p) = self.live.persistence() {
             // A pooled connection may have died with a database restart: the first attempt

@@ -6,6 +6,7 @@ use crate::access_log::AccessLog;
 use crate::admin::AdminService;
 use crate::auth::revocation::RevocationBus;
 use crate::config::{Config, RedisSpec};
+use crate::connection::Front;
 use crate::limit::RedisSettings;
 use crate::metrics::{self, MetricsApp};
 use crate::persistence::Persistence;
@@ -23,6 +24,9 @@ use std::sync::Arc;
 
 /// Read buffer per client connection (Pingora's default is 64 KiB).
 const LISTENER_READ_BUFFER: usize = 16 * 1024;
+
+/// Time left after the drain for the last usage write before Pingora stops every task.
+const SHUTDOWN_FLUSH_RESERVE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +74,13 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
         threads: config.server.threads,
         pid_file: config.server.pid_file.display().to_string(),
         upgrade_sock: config.server.upgrade_sock.display().to_string(),
-        grace_period_seconds: Some(config.server.grace_period.as_secs_f64().ceil() as u64),
+        // The supervisor drains for `grace_period`, writes the usage counted, then exits;
+        // Pingora's own grace period (after which it drops every task) must outlast both.
+        grace_period_seconds: Some(
+            (config.server.grace_period + SHUTDOWN_FLUSH_RESERVE)
+                .as_secs_f64()
+                .ceil() as u64,
+        ),
         graceful_shutdown_timeout_seconds: Some(
             config.server.graceful_shutdown_timeout.as_secs_f64().ceil() as u64,
         ),
@@ -91,10 +101,14 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
         redis.map(|r| redis_settings(r, config)),
         config.rate_limit.concurrency_lease_ttl,
     ));
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    let gateway = pingora::proxy::http_proxy(
         &server.configuration,
         Gateway::new(Arc::clone(&live), access_log.clone(), Arc::clone(&limiter)),
-        "tollgate proxy",
+    );
+    // Connection caps and request-head bounds around Pingora's HTTP loop (src/connection).
+    let mut proxy = Service::new(
+        "tollgate proxy".to_string(),
+        Front::new(gateway, Arc::clone(&live), access_log.clone()),
     );
     // Pingora reads each connection through a 64 KiB buffer by default, which an idle
     // keep-alive connection holds too; 16 KiB still fits any sane request head and keeps

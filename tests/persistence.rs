@@ -613,4 +613,53 @@ async fn a_store_query_stuck_on_a_lock_is_cancelled_by_the_statement_timeout() {
     during.assert_error(503, "credential_store_unavailable");
     assert_eq!(status(&gw, &alice).await, 200, "{}", gw.logs());
     assert_eq!(upstream.hits(), 1);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_counted_before_a_drain_timeout_is_still_written() {
+    let pg = Postgres::start().await;
+    let upstream = TestUpstream::start("a").await;
+    // A long flush interval: only the shutdown flush can write these counts. A grace
+    // period that a slow request outlasts.
+    let cfg = GatewayConfig::new().with_env("TG_PERSISTENCE_PEPPER", PEPPER);
+    let text = yaml(&cfg, &pg, &upstream, "1h").replace("grace_period: 0s", "grace_period: 1s");
+    let mut gw = Gateway::start(cfg, &text).await;
+    let db = Db::connect(&pg.url(), 2).await.unwrap();
+    let key = consumer_with_key(&db, "erin", None).await;
+    let sent = 25u64;
+    for _ in 0..sent {
+        assert_eq!(status(&gw, &key).await, 200);
+    }
+    // A request still in flight when the grace period ends.
+    let slow = {
+        let client = gw.http().clone();
+        let url = gw.url("/__sleep/30000");
+        let key = key.clone();
+        tokio::spawn(async move { client.get(url).header("x-api-key", key).send().await })
+    };
+    let started = Instant::now();
+    while upstream.hits() < sent + 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the slow request never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gw.signal(libc::SIGTERM);
+    assert!(
+        gw.wait_exit(Duration::from_secs(20)).await.is_some(),
+        "gateway did not exit"
+    );
+    assert!(
+        gw.stderr().contains("still in flight") || gw.stdout().contains("still in flight"),
+        "the drain did not time out: {}",
+        gw.logs()
+    );
+    slow.abort();
+    let db = Db::connect(&pg.url(), 1).await.unwrap();
+    let today = db::Day::today();
+    let mut query = db::usage::UsageQuery::days(today.add_days(-1), today.add_days(1));
+    query.consumer_id = Some("erin".into());
+    let rows = db::usage::query(&db, &query).await.unwrap();
+    let counted: u64 = rows.iter().map(|r| r.allowed).sum();
+    assert_eq!(counted, sent, "usage rows: {rows:?}\n{}", gw.logs());
 }

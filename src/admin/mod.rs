@@ -215,6 +215,7 @@ async fn with_request_id(request: Request, next: Next) -> Response {
 /// The admin service: serves [`app`] on the configured address until shutdown.
 pub struct AdminService {
     address: SocketAddr,
+    limits: crate::config::ListenerLimits,
     state: AdminState,
 }
 
@@ -237,6 +238,7 @@ impl AdminService {
         drop(snapshot);
         Ok(Some(AdminService {
             address: admin.address,
+            limits: admin.limits.clone(),
             state: AdminState::new(db, live, limiter, revocations),
         }))
     }
@@ -272,20 +274,9 @@ impl BackgroundService for AdminService {
         };
         log::info!("admin API listening on {}", self.address);
         let (router, _) = app(self.state.clone());
-        let stop = async move {
-            while !*shutdown.borrow() {
-                if shutdown.changed().await.is_err() {
-                    break;
-                }
-            }
-        };
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(listener, service)
-            .with_graceful_shutdown(stop)
-            .await
-        {
-            log::error!("admin: server failed: {e}");
-        }
+        // Bounded clients: header deadline, idle timeout, head size, connection cap.
+        crate::connection::hyper_listener::serve(listener, router, self.limits.clone(), shutdown)
+            .await;
     }
 }
 

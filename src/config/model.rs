@@ -14,6 +14,26 @@ pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(5);
 pub const DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the config file is checked for changes: a change is live well within a second.
 pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_millis(250);
+/// A client gets this long to send a whole request head (nginx's `client_header_timeout`
+/// is 60 s; a real client sends its head in one packet, so 10 s only cuts slowloris).
+pub const DEFAULT_REQUEST_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head accepted (431 beyond): nginx's largest default buffers hold 4 x 8 KiB,
+/// which fits every browser and SDK; cookies-heavy sites may need more.
+pub const DEFAULT_MAX_REQUEST_HEADER_SIZE: usize = 32 * 1024;
+/// Client connections one process serves at once: about 160 MiB of read buffers, far below a
+/// file-descriptor limit of 65,536; raise it (and `ulimit -n`) on bigger machines.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Client connections from one address (an IPv6 /64 counts as one): a browser opens 6 per
+/// host, and a NAT a few hundred; behind a load balancer, raise it to the proxy's pool size.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
+/// Admin listener: a request head must arrive within this (also bounds an idle keep-alive).
+pub const DEFAULT_ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Admin listener: a connection that neither sends nor receives a byte this long is closed.
+pub const DEFAULT_ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Admin listener: largest request head accepted.
+pub const DEFAULT_ADMIN_MAX_HEADER_SIZE: usize = 32 * 1024;
+/// Admin listener: connections served at once (operators and scripts, not the Internet).
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 256;
 /// Connecting to an upstream on a healthy network takes far less; a dead host fails fast.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest silence tolerated while reading an upstream response.
@@ -113,6 +133,22 @@ pub struct AdminSettings {
     pub allowed_hosts: Vec<String>,
     /// Failed admin-token attempts allowed per client address before 429.
     pub failed_auth_throttle: WindowSpec,
+    /// How the admin listener bounds its clients.
+    pub limits: ListenerLimits,
+}
+
+/// Resource bounds of a listener served by hyper (the admin API).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerLimits {
+    /// A request head must arrive within this, counted from when the server waits for it
+    /// (so it also bounds an idle keep-alive connection).
+    pub header_timeout: Duration,
+    /// A connection with no byte read or written for this long is closed.
+    pub idle_timeout: Duration,
+    /// Largest request head, in bytes.
+    pub max_header_size: usize,
+    /// Connections served at once; more are closed on accept.
+    pub max_connections: usize,
 }
 
 /// The account API: end users register, log in and manage their own keys. Its access
@@ -479,6 +515,14 @@ pub struct ServerSettings {
     pub health_path: Option<String>,
     pub watch_config: bool,
     pub watch_interval: Duration,
+    /// Total time a client has to send a request head (not per read).
+    pub request_header_timeout: Duration,
+    /// Largest request head (request line and headers), in bytes.
+    pub max_request_header_size: usize,
+    /// Client connections served at once by this process.
+    pub max_connections: usize,
+    /// Client connections served at once for one address (IPv6: one /64).
+    pub max_connections_per_ip: usize,
 }
 
 /// A proxy listener.

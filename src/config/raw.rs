@@ -59,6 +59,10 @@ pub struct RawDatabaseTls {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub address: String,
+    pub request_header_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_request_header_size: Option<usize>,
+    pub max_connections: Option<usize>,
     pub tokens_env: Option<String>,
     pub read_only_tokens_env: Option<String>,
     pub tokens_file: Option<String>,
@@ -299,6 +303,10 @@ pub struct RawServer {
     pub health_path: Option<String>,
     pub watch_config: Option<bool>,
     pub watch_interval: Option<String>,
+    pub request_header_timeout: Option<String>,
+    pub max_request_header_size: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
 }
 
 fn default_health_path() -> Option<String> {

@@ -159,7 +159,79 @@ fn server_settings(raw: RawServer, p: &mut Problems) -> ServerSettings {
             DEFAULT_WATCH_INTERVAL,
             p,
         ),
+        request_header_timeout: positive_duration(
+            raw.request_header_timeout,
+            "server.request_header_timeout",
+            DEFAULT_REQUEST_HEADER_TIMEOUT,
+            p,
+        ),
+        max_request_header_size: header_size(
+            raw.max_request_header_size,
+            "server.max_request_header_size",
+            DEFAULT_MAX_REQUEST_HEADER_SIZE,
+            p,
+        ),
+        max_connections: at_least_one(
+            raw.max_connections,
+            "server.max_connections",
+            DEFAULT_MAX_CONNECTIONS,
+            p,
+        ),
+        max_connections_per_ip: at_least_one(
+            raw.max_connections_per_ip,
+            "server.max_connections_per_ip",
+            DEFAULT_MAX_CONNECTIONS_PER_IP,
+            p,
+        ),
     }
+}
+
+/// Smallest request-head limit accepted: below this, ordinary requests with a few cookies
+/// would be refused.
+const MIN_HEADER_SIZE: usize = 1024;
+/// Largest request-head limit accepted (Pingora's own parser stops at 1 MiB).
+const MAX_HEADER_SIZE: usize = 1024 * 1024 - 1;
+
+/// A header-size limit in bytes, within [`MIN_HEADER_SIZE`]..=[`MAX_HEADER_SIZE`].
+fn header_size(raw: Option<usize>, place: &str, default: usize, p: &mut Problems) -> usize {
+    match raw {
+        None => default,
+        Some(n) if (MIN_HEADER_SIZE..=MAX_HEADER_SIZE).contains(&n) => n,
+        Some(n) => {
+            p.push(
+                place,
+                format!("{n} bytes is outside {MIN_HEADER_SIZE}..={MAX_HEADER_SIZE}"),
+            );
+            default
+        }
+    }
+}
+
+/// A count that must be at least 1.
+fn at_least_one(raw: Option<usize>, place: &str, default: usize, p: &mut Problems) -> usize {
+    match raw {
+        Some(0) => {
+            p.push(place, "must be at least 1");
+            default
+        }
+        Some(n) => n,
+        None => default,
+    }
+}
+
+/// A duration that must not be zero.
+fn positive_duration(
+    raw: Option<String>,
+    place: &str,
+    default: Duration,
+    p: &mut Problems,
+) -> Duration {
+    let d = duration(raw, place, default, p);
+    if d.is_zero() {
+        p.push(place, "must be longer than 0s");
+        return default;
+    }
+    d
 }
 
 fn listeners(raw: Vec<RawListener>, base: &Path, p: &mut Problems) -> Vec<Listener> {
@@ -1291,6 +1363,32 @@ fn admin(raw: RawAdmin, base: &Path, p: &mut Problems) -> AdminSettings {
             ),
         }
     }
+    let limits = ListenerLimits {
+        header_timeout: positive_duration(
+            raw.request_header_timeout,
+            "admin.request_header_timeout",
+            DEFAULT_ADMIN_HEADER_TIMEOUT,
+            p,
+        ),
+        idle_timeout: positive_duration(
+            raw.idle_timeout,
+            "admin.idle_timeout",
+            DEFAULT_ADMIN_IDLE_TIMEOUT,
+            p,
+        ),
+        max_header_size: header_size(
+            raw.max_request_header_size,
+            "admin.max_request_header_size",
+            DEFAULT_ADMIN_MAX_HEADER_SIZE,
+            p,
+        ),
+        max_connections: at_least_one(
+            raw.max_connections,
+            "admin.max_connections",
+            DEFAULT_ADMIN_MAX_CONNECTIONS,
+            p,
+        ),
+    };
     AdminSettings {
         address,
         tokens,
@@ -1302,6 +1400,7 @@ fn admin(raw: RawAdmin, base: &Path, p: &mut Problems) -> AdminSettings {
             DEFAULT_FAILED_AUTH_PER_MINUTE,
             p,
         ),
+        limits,
     }
 }
 

@@ -40,6 +40,14 @@ pub enum ApiError {
     RateLimited { policy: String, retry_after: u64 },
     /// The limiter could not decide and the failure mode is `closed`.
     LimiterUnavailable,
+    /// The request head is larger than `server.max_request_header_size`.
+    HeaderTooLarge,
+    /// The request head did not arrive within `server.request_header_timeout`.
+    HeaderTimeout,
+    /// The process or the client's address already has its most connections open.
+    TooManyConnections,
+    /// `CONNECT` (tunnelling) is not proxied.
+    ConnectNotSupported,
 }
 
 impl ApiError {
@@ -53,6 +61,10 @@ impl ApiError {
             | ApiError::BadHost
             | ApiError::MissingHost
             | ApiError::BadRequest => 400,
+            ApiError::HeaderTooLarge => 431,
+            ApiError::HeaderTimeout => 408,
+            ApiError::TooManyConnections => 503,
+            ApiError::ConnectNotSupported => 405,
             ApiError::NoHealthyTarget => 503,
             ApiError::BadGateway => 502,
             ApiError::GatewayTimeout => 504,
@@ -105,6 +117,10 @@ impl ApiError {
             },
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::LimiterUnavailable => "rate_limit_unavailable",
+            ApiError::HeaderTooLarge => "request_header_too_large",
+            ApiError::HeaderTimeout => "request_header_timeout",
+            ApiError::TooManyConnections => "too_many_connections",
+            ApiError::ConnectNotSupported => "method_not_allowed",
         }
     }
 
@@ -121,7 +137,7 @@ impl ApiError {
                 "the request-target must be a path ('/...') or an http(s) URL".into()
             }
             ApiError::BadHost => "the Host header is not a valid host[:port]".into(),
-            ApiError::MissingHost => "an HTTP/1.1 request needs a Host header".into(),
+            ApiError::MissingHost => "the request needs a Host header".into(),
             ApiError::BadRequest => "the request is malformed".into(),
             ApiError::NoHealthyTarget => "no healthy upstream target is available".into(),
             ApiError::BadGateway => "the upstream could not be reached or failed".into(),
@@ -160,6 +176,10 @@ impl ApiError {
             ApiError::LimiterUnavailable => {
                 "rate limits cannot be checked right now; retry shortly".into()
             }
+            ApiError::HeaderTooLarge => "the request line and headers are too large".into(),
+            ApiError::HeaderTimeout => "the request head did not arrive in time".into(),
+            ApiError::TooManyConnections => "too many connections are open; retry shortly".into(),
+            ApiError::ConnectNotSupported => "CONNECT is not supported".into(),
         }
     }
 
@@ -225,6 +245,29 @@ impl ApiError {
         Bytes::from(bytes)
     }
 
+    /// The whole HTTP/1.1 response, bytes on the wire, for answers made on a connection
+    /// before (or instead of) a parsed request: it always closes the connection.
+    pub fn http1_response(&self, request_id: &HeaderValue) -> Vec<u8> {
+        let body = self.body(request_id);
+        let status = http::StatusCode::from_u16(self.status())
+            .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             x-request-id: {}\r\ncache-control: no-store\r\nconnection: close\r\n",
+            status.as_str(),
+            status.canonical_reason().unwrap_or(""),
+            body.len(),
+            request_id.to_str().unwrap_or(""),
+        );
+        if matches!(self, ApiError::TooManyConnections) {
+            head.push_str("retry-after: 1\r\n");
+        }
+        head.push_str("\r\n");
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(&body);
+        bytes
+    }
+
     /// Writes the whole error response to the client.
     pub async fn send(
         &self,
@@ -282,6 +325,19 @@ mod tests {
         );
         let gone = Error::new(ErrorType::ConnectionClosed).into_down();
         assert_eq!(ApiError::from_proxy_error(&gone), None);
+    }
+
+    #[test]
+    fn connection_level_answers_are_whole_http1_responses() {
+        let raw = ApiError::HeaderTooLarge.http1_response(&HeaderValue::from_static("rid"));
+        let text = String::from_utf8(raw).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"));
+        assert!(head.contains("\r\nconnection: close"));
+        assert!(head.contains("\r\nx-request-id: rid"));
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"], "request_header_too_large");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod error;
 pub mod forward;
 pub mod health_endpoint;
+pub mod hygiene;
 pub mod rate_limit;
 pub mod request_id;
 pub mod target;
@@ -169,6 +170,24 @@ impl ProxyHttp for Gateway {
             upstream_started: None,
             error: None,
         }
+    }
+
+    /// Runs first, right after Pingora parsed the head: ends the connection's head clock and
+    /// applies [`hygiene`] (a refusal is answered by `fail_to_proxy`).
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        crate::connection::head_received(session);
+        let health_path = ctx.runtime.config.server.health_path.as_deref();
+        if let Err(e) = hygiene::check(session.req_header_mut(), health_path) {
+            ctx.request_id = request_id::assign(&session.req_header().headers);
+            let why = e.message();
+            ctx.error = Some(e);
+            return Error::e_explain(ErrorType::HTTPStatus(400), why);
+        }
+        Ok(())
     }
 
     async fn request_filter(

@@ -51,9 +51,19 @@ impl Pool {
                 ext: Default::default(),
             })
             .collect();
+        let ca = match spec.tls.as_ref().and_then(|t| t.ca_file.as_ref()) {
+            None => None,
+            Some(path) => Some(Arc::new(load_ca(path).map_err(|reason| {
+                PoolError::CaFile {
+                    upstream: spec.name.clone(),
+                    path: path.display().to_string(),
+                    reason,
+                }
+            })?)),
+        };
         let mut backends = Backends::new(Static::new(targets));
         if let Some(hc) = &spec.health_check {
-            backends.set_health_check(health_check(hc, spec.tls.as_ref()));
+            backends.set_health_check(health_check(hc, spec.tls.as_ref(), ca.as_ref()));
         }
         let balancer = LoadBalancer::from_backends(backends);
         // Static discovery never waits, so the first update completes immediately.
@@ -69,16 +79,6 @@ impl Pool {
                 })
             }
         }
-        let ca = match spec.tls.as_ref().and_then(|t| t.ca_file.as_ref()) {
-            None => None,
-            Some(path) => Some(Arc::new(load_ca(path).map_err(|reason| {
-                PoolError::CaFile {
-                    upstream: spec.name.clone(),
-                    path: path.display().to_string(),
-                    reason,
-                }
-            })?)),
-        };
         Ok(Pool {
             upstream_duration: crate::metrics::UPSTREAM_DURATION
                 .with_label_values(&[spec.name.as_str()]),
@@ -155,9 +155,12 @@ impl Pool {
     }
 }
 
+/// The health check of a pool; over TLS it trusts what requests to the pool trust (the
+/// upstream's `ca_file`, else the system's roots).
 fn health_check(
     spec: &HealthCheckSpec,
     tls: Option<&UpstreamTls>,
+    ca: Option<&Arc<CaType>>,
 ) -> Box<dyn HealthCheck + Send + Sync> {
     match &spec.kind {
         HealthCheckKind::Tcp => {
@@ -172,6 +175,7 @@ fn health_check(
             if let Some(t) = tls {
                 check.peer_template.options.verify_cert = t.verify;
                 check.peer_template.options.verify_hostname = t.verify;
+                check.peer_template.options.ca = ca.cloned();
             }
             check
         }
@@ -189,6 +193,9 @@ fn health_check(
             if let Some(t) = tls {
                 check.peer_template.options.verify_cert = t.verify;
                 check.peer_template.options.verify_hostname = t.verify;
+                check.peer_template.options.ca = ca.cloned();
+                // The certificate names the upstream's SNI, not the probe's Host.
+                check.peer_template.sni = t.sni.clone();
             }
             check.req.set_uri(
                 http::Uri::try_from(path.as_str()).unwrap_or_else(|_| http::Uri::from_static("/")),
