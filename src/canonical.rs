@@ -259,6 +259,7 @@ pub fn authority(raw: &str) -> Result<Option<Authority<'_>>, HostError> {
     let valid = !host.is_empty()
         && host.len() <= MAX_HOST_LEN
         && !host.starts_with('.')
+        && !host.ends_with('.')
         && !host.contains("..")
         && host
             .bytes()
@@ -371,8 +372,23 @@ mod tests {
         assert_eq!(host("[::1]:"), Ok(Some(("[::1]".into(), None))));
         assert_eq!(host(""), Ok(None));
         for bad in [
-            "[", "[::1", "[::1]x", "[zz]", "a:80:80", "a:x", "a:99999", "a b", "a/b", ".", "..",
-            "a..b", ".a", "a:-1", "a@b",
+            "[",
+            "[::1",
+            "[::1]x",
+            "[zz]",
+            "a:80:80",
+            "a:x",
+            "a:99999",
+            "a b",
+            "a/b",
+            ".",
+            "..",
+            "a..b",
+            ".a",
+            "a:-1",
+            "a@b",
+            "a..",
+            "1.2.3.4..",
         ] {
             assert_eq!(host(bad), Err(HostError::Malformed), "{bad}");
         }

@@ -613,6 +613,7 @@ async fn a_store_query_stuck_on_a_lock_is_cancelled_by_the_statement_timeout() {
     during.assert_error(503, "credential_store_unavailable");
     assert_eq!(status(&gw, &alice).await, 200, "{}", gw.logs());
     assert_eq!(upstream.hits(), 1);
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_counted_before_a_drain_timeout_is_still_written() {

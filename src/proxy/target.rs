@@ -70,6 +70,10 @@ fn authority<'a>(
     req: &'a RequestHeader,
     target_authority: Option<&'a [u8]>,
 ) -> Result<Option<Authority<'a>>, ApiError> {
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host is refused, an absolute-form one too.
+    if req.version == http::Version::HTTP_11 && req.headers.get(http::header::HOST).is_none() {
+        return Err(ApiError::MissingHost);
+    }
     let raw: Option<&str> = match (req.uri.authority(), target_authority) {
         (Some(a), _) => Some(a.as_str()),
         (None, Some(a)) => Some(std::str::from_utf8(a).map_err(|_| ApiError::BadHost)?),
@@ -80,8 +84,6 @@ fn authority<'a>(
     };
     match raw {
         Some(raw) => canonical::authority(raw).map_err(|_| ApiError::BadHost),
-        // RFC 9112 §3.2: an HTTP/1.1 request without Host is refused.
-        None if req.version == http::Version::HTTP_11 => Err(ApiError::MissingHost),
         None => Ok(None),
     }
 }
@@ -127,7 +129,10 @@ mod tests {
     fn only_origin_and_http_absolute_forms_are_served() {
         let ok = req(b"/a", &[("host", "x")]);
         assert!(parse(&ok).unwrap().origin_form);
-        let abs = req(b"http://Api.Example.com:8080/a/../b?q=1", &[]);
+        let abs = req(
+            b"http://Api.Example.com:8080/a/../b?q=1",
+            &[("host", "Api.Example.com:8080")],
+        );
         let t = parse(&abs).unwrap();
         assert!(!t.origin_form && t.rewritten());
         assert_eq!(t.path, "/b");
@@ -151,6 +156,8 @@ mod tests {
         }
         let mut r = req(b"/", &[]);
         assert_eq!(parse(&r).unwrap_err(), ApiError::MissingHost);
+        let abs = req(b"http://a.test/", &[]);
+        assert_eq!(parse(&abs).unwrap_err(), ApiError::MissingHost);
         r.set_version(http::Version::HTTP_10);
         assert!(parse(&r).unwrap().authority.is_none());
     }
