@@ -273,6 +273,12 @@ pub fn authority(raw: &str) -> Result<Option<Authority<'_>>, HostError> {
     }))
 }
 
+/// The canonical host of a `host[:port]` value without its port; `None` when it is empty
+/// or malformed.
+pub fn host_only(raw: &str) -> Option<String> {
+    authority(raw).ok().flatten().map(|a| a.host.into_owned())
+}
+
 fn lowercase(s: &str) -> Cow<'_, str> {
     if s.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(s.to_ascii_lowercase())

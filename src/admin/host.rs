@@ -12,16 +12,6 @@ use axum::response::{IntoResponse, Response};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-/// The canonical host of an authority (`host[:port]`), as the proxy computes it
-/// ([`crate::canonical::authority`]: lower case, one trailing dot removed, IPv6 literals in
-/// brackets), without its port. `None` for an empty or malformed one.
-pub fn canonical_host(raw: &str) -> Option<String> {
-    crate::canonical::authority(raw)
-        .ok()
-        .flatten()
-        .map(|a| a.host.into_owned())
-}
-
 /// Whether a canonical host is a loopback literal.
 fn is_loopback(host: &str) -> bool {
     if host == "localhost" {
@@ -36,7 +26,7 @@ fn is_loopback(host: &str) -> bool {
 
 /// Whether a request with this `Host` (or HTTP/2 authority) may be answered.
 pub fn allowed(raw: Option<&str>, allowed_hosts: &[String]) -> bool {
-    raw.and_then(canonical_host)
+    raw.and_then(crate::canonical::host_only)
         .is_some_and(|host| is_loopback(&host) || allowed_hosts.contains(&host))
 }
 
@@ -115,12 +105,15 @@ mod tests {
     #[test]
     fn canonical_hosts() {
         assert_eq!(
-            canonical_host("Api.Example.COM."),
+            crate::canonical::host_only("Api.Example.COM."),
             Some("api.example.com".into())
         );
-        assert_eq!(canonical_host("[::1]:80"), Some("[::1]".into()));
-        assert_eq!(canonical_host("host:"), Some("host".into()));
-        assert_eq!(canonical_host("a b"), None);
-        assert_eq!(canonical_host("[::1]x"), None);
+        assert_eq!(
+            crate::canonical::host_only("[::1]:80"),
+            Some("[::1]".into())
+        );
+        assert_eq!(crate::canonical::host_only("host:"), Some("host".into()));
+        assert_eq!(crate::canonical::host_only("a b"), None);
+        assert_eq!(crate::canonical::host_only("[::1]x"), None);
     }
 }

@@ -220,6 +220,11 @@ pub const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(300);
 /// A token with an unknown `kid` triggers a fetch at most this often per issuer.
 pub const DEFAULT_JWKS_MIN_REFRESH: Duration = Duration::from_secs(30);
 
+/// Default statement timeout: every query of the gateway and the admin API is an indexed
+/// lookup or a small write taking milliseconds; one that runs for seconds is stuck, and
+/// holding a pooled connection for it would starve the others.
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Identification and verification settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuthSettings {

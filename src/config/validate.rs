@@ -1267,7 +1267,7 @@ fn database(raw: RawDatabase, base: &Path, p: &mut Problems) -> DatabaseSettings
             let timeout = duration(
                 raw.statement_timeout,
                 "database.statement_timeout",
-                crate::db::DEFAULT_STATEMENT_TIMEOUT,
+                DEFAULT_STATEMENT_TIMEOUT,
                 p,
             );
             if timeout < Duration::from_millis(1) {
@@ -1355,7 +1355,7 @@ fn admin(raw: RawAdmin, base: &Path, p: &mut Problems) -> AdminSettings {
         } else {
             !host.contains(':')
         };
-        match crate::admin::host::canonical_host(host) {
+        match crate::canonical::host_only(host) {
             Some(h) if without_port => allowed_hosts.push(h),
             _ => p.push(
                 format!("admin.allowed_hosts[{i}]"),

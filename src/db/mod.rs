@@ -172,10 +172,7 @@ pub struct DbOptions {
     pub statement_timeout: Option<Duration>,
 }
 
-/// Default statement timeout: every query of the gateway and the admin API is an indexed
-/// lookup or a small write taking milliseconds; one that runs for seconds is stuck, and
-/// holding a pooled connection for it would starve the others.
-pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+pub use crate::config::DEFAULT_STATEMENT_TIMEOUT;
 
 /// Defaults: small pool (the proxy only reads on cache misses; the admin API is light),
 /// and timeouts short enough that a request never hangs on a dead database for long.
