@@ -91,6 +91,7 @@ fn api_key(c: &mut Criterion) {
     let auth = authenticator("");
     let policy = required();
     let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
         .build()
         .expect("runtime");
     let ip = "127.0.0.1".parse().expect("ip");
@@ -148,6 +149,7 @@ fn jwt_verify(c: &mut Criterion) {
     std::env::set_var("TOLLGATE_BENCH_JWT_SECRET", SECRET);
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
         .build()
         .expect("runtime");
     let policy = required();
