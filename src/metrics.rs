@@ -1,14 +1,15 @@
 //! Prometheus metrics (default registry) and the listener that exposes them.
 
 use async_trait::async_trait;
+use http::Method;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use prometheus::{
     register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
-    register_int_gauge_vec, Encoder, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    register_int_gauge_vec, Encoder, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, TextEncoder,
 };
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 
 /// Request latency buckets: from sub-millisecond gateway answers to slow upstreams.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -111,6 +112,100 @@ pub static INVALID_PLANS: LazyLock<IntGauge> = metric!(register_int_gauge!(
     "tollgate_invalid_plans",
     "Plans stored in the database that the running configuration skipped because the limiter cannot run them."
 ));
+
+/// Methods with a label of their own; any other method counts as `OTHER` (the last).
+const METHODS: [Method; 9] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::PATCH,
+    Method::OPTIONS,
+    Method::TRACE,
+    Method::CONNECT,
+];
+
+/// Statuses whose `tollgate_requests_total` series a route keeps a handle to; others are
+/// looked up by label (rare statuses, so rarely).
+const COMMON_STATUSES: [u16; 24] = [
+    200, 201, 202, 204, 206, 301, 302, 304, 307, 308, 400, 401, 403, 404, 405, 408, 409, 413, 429,
+    431, 500, 502, 503, 504,
+];
+
+/// One route's request metrics, resolved once per config snapshot so that counting a
+/// request looks up no label set: the duration histogram, the rate-limit decision
+/// counters, and `tollgate_requests_total` handles per method and common status (each
+/// made on first use, so that no series appears before a request of its kind).
+pub struct RouteMetrics {
+    route: Box<str>,
+    /// `tollgate_request_duration_seconds{route}`.
+    pub duration: Histogram,
+    requests: [[OnceLock<IntCounter>; COMMON_STATUSES.len()]; METHODS.len() + 1],
+    decisions: [OnceLock<IntCounter>; 3],
+}
+
+/// A rate-limit decision, as `tollgate_ratelimit_decisions_total` labels it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitOutcome {
+    /// Admitted.
+    Allowed,
+    /// Refused by a limit.
+    Limited,
+    /// The limiter could not decide and the route's failure mode refused.
+    Unavailable,
+}
+
+impl LimitOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            LimitOutcome::Allowed => "allowed",
+            LimitOutcome::Limited => "limited",
+            LimitOutcome::Unavailable => "unavailable",
+        }
+    }
+}
+
+impl RouteMetrics {
+    /// The handles of route `route` (`none` for requests that matched no route).
+    pub fn new(route: &str) -> Self {
+        RouteMetrics {
+            route: route.into(),
+            duration: REQUEST_DURATION.with_label_values(&[route]),
+            requests: std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())),
+            decisions: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+
+    /// Counts one answered request in `tollgate_requests_total` (`status` 0: no answer).
+    pub fn count_request(&self, method: &Method, status: u16) {
+        let m = METHODS
+            .iter()
+            .position(|known| known == method)
+            .unwrap_or(METHODS.len());
+        // Only on a series' first use, or for an uncommon status.
+        let series = || {
+            let method = METHODS.get(m).map_or("OTHER", Method::as_str);
+            let status = http::StatusCode::from_u16(status)
+                .map_or_else(|_| "0".to_owned(), |code| code.as_str().to_owned());
+            REQUESTS.with_label_values(&[&self.route, method, &status])
+        };
+        match COMMON_STATUSES.iter().position(|&s| s == status) {
+            Some(s) => self.requests[m][s].get_or_init(series).inc(),
+            None => series().inc(),
+        }
+    }
+
+    /// Counts one rate-limit decision in `tollgate_ratelimit_decisions_total`.
+    pub fn count_decision(&self, outcome: LimitOutcome) {
+        self.decisions[outcome as usize]
+            .get_or_init(|| RATELIMIT_DECISIONS.with_label_values(&[&self.route, outcome.label()]))
+            .inc();
+    }
+}
+
+/// The metrics of requests that matched no route.
+pub static NO_ROUTE: LazyLock<RouteMetrics> = LazyLock::new(|| RouteMetrics::new("none"));
 
 /// Records a pool's target counts.
 pub fn set_upstream_targets(upstream: &str, healthy: usize, total: usize) {

@@ -16,8 +16,8 @@ pub struct Route {
     pub spec: RouteSpec,
     pub pool: Arc<Pool>,
     pub limits: RoutePolicies,
-    /// This route's `tollgate_request_duration_seconds` series, resolved once.
-    pub duration: prometheus::Histogram,
+    /// This route's metric series, resolved once per snapshot.
+    pub metrics: crate::metrics::RouteMetrics,
 }
 
 /// One config generation, ready to serve.
@@ -77,7 +77,7 @@ impl Runtime {
                 spec: spec.clone(),
                 pool,
                 limits: limits.for_route(spec, &config)?,
-                duration: crate::metrics::REQUEST_DURATION.with_label_values(&[spec.name.as_str()]),
+                metrics: crate::metrics::RouteMetrics::new(&spec.name),
             });
             routes.push((spec.clone(), route));
         }

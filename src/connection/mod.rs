@@ -12,7 +12,7 @@ pub mod head;
 pub mod hyper_listener;
 pub mod limits;
 
-use crate::access_log::{self, AccessLog, AccessRecord};
+use crate::access_log::{AccessLog, AccessRecord};
 use crate::metrics;
 use crate::proxy::error::ApiError;
 use crate::proxy::request_id;
@@ -204,9 +204,9 @@ impl Refused {
         );
         if self.live.current().config.server.access_log {
             self.access_log.write(&AccessRecord {
-                time: access_log::rfc3339_now(),
+                time: std::time::SystemTime::now(),
                 request_id: id_text,
-                client_ip: client.clone(),
+                client_ip: peer,
                 method: "-",
                 path: "-",
                 route: None,

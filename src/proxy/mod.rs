@@ -14,11 +14,11 @@ pub mod rate_limit;
 pub mod request_id;
 pub mod target;
 
-use crate::access_log::{self, AccessLog, AccessRecord};
+use crate::access_log::{AccessLog, AccessRecord};
 use crate::auth::{AuthError, Identity};
 use crate::config::{AuthMode, RouteAuth};
 use crate::limit::{self, Decision, RateLimiter, RedisSettings};
-use crate::metrics;
+use crate::metrics::{self, LimitOutcome};
 use crate::reload::LiveConfig;
 use crate::router::{self, RouteMatch};
 use crate::runtime::{Route, Runtime};
@@ -440,21 +440,12 @@ impl ProxyHttp for Gateway {
         );
         let route = ctx.route.as_ref().map(|r| r.spec.name.as_str());
         let elapsed = ctx.started.elapsed();
-        let status_code = http::StatusCode::from_u16(status).ok();
-        let status_text = status_code.as_ref().map_or("0", |s| s.as_str());
-        metrics::REQUESTS
-            .with_label_values(&[
-                route.unwrap_or("none"),
-                method_label(&req.method),
-                status_text,
-            ])
-            .inc();
-        match &ctx.route {
-            Some(r) => r.duration.observe(elapsed.as_secs_f64()),
-            None => metrics::REQUEST_DURATION
-                .with_label_values(&["none"])
-                .observe(elapsed.as_secs_f64()),
-        }
+        let route_metrics = ctx
+            .route
+            .as_ref()
+            .map_or(&*metrics::NO_ROUTE, |r| &r.metrics);
+        route_metrics.count_request(&req.method, status);
+        route_metrics.duration.observe(elapsed.as_secs_f64());
         if let (Some(persistence), Some(identity)) = (self.live.persistence(), &ctx.identity) {
             if let Some(consumer) = identity.consumer_id() {
                 let limited = matches!(ctx.error, Some(ApiError::RateLimited { .. }));
@@ -474,14 +465,14 @@ impl ProxyHttp for Gateway {
         }
         if ctx.runtime.config.server.access_log {
             self.access_log.write(&AccessRecord {
-                time: access_log::rfc3339_now(),
+                time: std::time::SystemTime::now(),
                 request_id: ctx.request_id.to_str().unwrap_or(""),
-                client_ip: ctx.client_ip.map(|ip| ip.to_string()),
+                client_ip: ctx.client_ip,
                 method: req.method.as_str(),
                 path: ctx.canonical_path.as_deref().unwrap_or(req.uri.path()),
                 route,
                 status,
-                upstream: ctx.tried.last().map(|t| t.to_string()),
+                upstream: ctx.tried.last().copied(),
                 consumer: ctx.identity.as_ref().and_then(Identity::consumer_id),
                 auth: ctx.identity.as_ref().map(|i| i.method().as_str()),
                 duration_ms: elapsed.as_secs_f64() * 1000.0,
@@ -578,18 +569,14 @@ impl Gateway {
         let outcome = limiter
             .acquire(&subjects.subjects(), 1, &subjects.failure_mode)
             .await;
-        let count = |decision: &str| {
-            metrics::RATELIMIT_DECISIONS
-                .with_label_values(&[route.spec.name.as_str(), decision])
-                .inc()
-        };
+        let count = |outcome| route.metrics.count_decision(outcome);
         match outcome {
             Ok(decision) if decision.allowed => {
-                count("allowed");
+                count(LimitOutcome::Allowed);
                 Ok(Some(decision))
             }
             Ok(decision) => {
-                count("limited");
+                count(LimitOutcome::Limited);
                 let (policy, retry_after) = rate_limit::refusal(&decision);
                 Err((
                     ApiError::RateLimited {
@@ -600,7 +587,7 @@ impl Gateway {
                 ))
             }
             Err(e) => {
-                count("unavailable");
+                count(LimitOutcome::Unavailable);
                 log::debug!("rate limiting on route {}: {e}", route.spec.name);
                 Err((ApiError::LimiterUnavailable, Vec::new()))
             }
@@ -713,20 +700,4 @@ fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
 
 fn is_tls(session: &Session) -> bool {
     session.digest().is_some_and(|d| d.ssl_digest.is_some())
-}
-
-/// Method label with bounded cardinality: unknown methods count as `OTHER`.
-fn method_label(m: &Method) -> &'static str {
-    match *m {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::OPTIONS => "OPTIONS",
-        Method::TRACE => "TRACE",
-        Method::CONNECT => "CONNECT",
-        _ => "OTHER",
-    }
 }

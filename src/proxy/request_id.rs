@@ -34,11 +34,17 @@ pub fn assign(headers: &http::HeaderMap) -> HeaderValue {
     }
 }
 
-/// 32 lower-case hex digits.
+/// 32 lower-case hex digits: the process prefix, then the counter.
 pub fn generate() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let text = format!("{:016x}{n:016x}", *PROCESS_PREFIX);
-    HeaderValue::from_str(&text).expect("hex digits are a valid header value")
+    let mut text = [0u8; 32];
+    for (i, word) in [*PROCESS_PREFIX, n].into_iter().enumerate() {
+        for (j, digit) in text[i * 16..(i + 1) * 16].iter_mut().enumerate() {
+            *digit = HEX[((word >> (60 - 4 * j)) & 0xf) as usize];
+        }
+    }
+    HeaderValue::from_bytes(&text).expect("hex digits are a valid header value")
 }
 
 /// 1 to 128 characters from a set that is safe in headers, logs and JSON without escaping.
@@ -71,5 +77,13 @@ mod tests {
         let b = generate();
         assert_ne!(a, b);
         assert!(is_well_formed(a.as_bytes()));
+        let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+        assert_eq!(
+            a[..16],
+            format!("{:016x}", *PROCESS_PREFIX),
+            "the process prefix"
+        );
+        let counter = |id: &str| u64::from_str_radix(&id[16..], 16).unwrap();
+        assert!(counter(b) > counter(a), "then the counter: {a} {b}");
     }
 }
