@@ -100,5 +100,5 @@ pub fn plan_spec(plan: &Plan) -> PlanSpec {
 
 /// The limits of a database plan in config form (empty when it limits nothing).
 pub fn limit_spec(plan: &Plan) -> LimitSpec {
-    plans::limit_spec(plan.algorithm, &plan.limits, plan.concurrency)
+    plans::limit_spec(plan.limiting())
 }

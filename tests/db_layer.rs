@@ -56,6 +56,7 @@ fn gold() -> NewPlan {
             },
         ],
         concurrency: Some(5),
+        block_for_seconds: None,
     }
 }
 
@@ -123,8 +124,8 @@ async fn migrations_apply_from_empty_and_rerun_is_a_no_op() {
     let pg = Postgres::start().await;
     let db = Db::connect(&pg.url(), 2).await.expect("connect");
     let first = migrate(&db).await.expect("first migrate");
-    assert_eq!(first.applied, vec![1, 2]);
-    assert_eq!(first.current, 2);
+    assert_eq!(first.applied, vec![1, 2, 3]);
+    assert_eq!(first.current, 3);
     let tables = pg
         .psql(
             "SELECT string_agg(table_name, ',' ORDER BY table_name) FROM information_schema.tables \
@@ -140,7 +141,7 @@ async fn migrations_apply_from_empty_and_rerun_is_a_no_op() {
     assert_eq!(
         pg.psql("SELECT string_agg(version || ':' || name, ',' ORDER BY version) FROM schema_migrations")
             .await,
-        "1:init,2:batches_and_expiry"
+        "1:init,2:batches_and_expiry,3:plan_block_for"
     );
     // The proxy's lookups have their indexes.
     let indexes = pg
@@ -168,10 +169,10 @@ async fn concurrent_migrations_on_a_fresh_database_apply_once() {
     applied.sort();
     assert_eq!(
         applied,
-        [vec![], vec![1, 2]],
+        [vec![], vec![1, 2, 3]],
         "exactly one instance applied the migrations"
     );
-    assert_eq!(pg.psql("SELECT count(*) FROM schema_migrations").await, "2");
+    assert_eq!(pg.psql("SELECT count(*) FROM schema_migrations").await, "3");
 }
 
 #[tokio::test]
@@ -181,13 +182,13 @@ async fn newer_schema_is_refused_and_a_failed_migration_leaves_nothing() {
     // A migration that fails half-way is rolled back entirely.
     let mut broken = MIGRATIONS.to_vec();
     broken.push(Migration {
-        version: 3,
+        version: 4,
         name: "broken",
         sql: "CREATE TABLE half_done (x int); SELECT * FROM no_such_table;",
     });
     let e = migrate_with(&db, &broken).await.unwrap_err();
     assert!(
-        matches!(&e, DbError::Schema(m) if m.contains("migration 3 (broken)")),
+        matches!(&e, DbError::Schema(m) if m.contains("migration 4 (broken)")),
         "{e}"
     );
     assert_eq!(
@@ -197,7 +198,7 @@ async fn newer_schema_is_refused_and_a_failed_migration_leaves_nothing() {
     );
     assert_eq!(
         pg.psql("SELECT max(version) FROM schema_migrations").await,
-        "2"
+        "3"
     );
 
     // A database migrated by a newer release is refused, untouched.
@@ -263,6 +264,7 @@ async fn plans_crud_and_delete_refused_while_in_use() {
                 burst: None,
             }]),
             concurrency: Some(None),
+            block_for_seconds: None,
         },
     )
     .await

@@ -128,6 +128,7 @@ async fn the_change_listener_connects_over_tls() {
             burst: None,
         }],
         concurrency: None,
+        block_for_seconds: None,
     };
     plans::create(&db, "test", &plan).await.expect("plan");
     let change = tokio::time::timeout(Duration::from_secs(5), changes.recv())

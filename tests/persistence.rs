@@ -143,6 +143,7 @@ async fn plans_from_the_database_limit_and_follow_changes() {
                 burst: None,
             }],
             concurrency: None,
+            block_for_seconds: None,
         },
     )
     .await
@@ -166,6 +167,128 @@ async fn plans_from_the_database_limit_and_follow_changes() {
         Some(&429),
         "plan never applied: {statuses:?}\n{}",
         gw.logs()
+    );
+}
+
+/// `block_for_seconds` on a database plan: the admin API accepts it with the file's rules
+/// (1 s to 366 days, a 400 naming the field otherwise) and returns it; a consumer on the
+/// plan that exceeds it is then refused for the block's length (Retry-After well past its
+/// 2 s window), the block shows in the consumer's standing, and the reset clears it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_plan_blocks_a_consumer_for_its_block_for_seconds() {
+    let pg = Postgres::start().await;
+    let upstream = TestUpstream::start("a").await;
+    let admin_port = free_port();
+    let cfg = GatewayConfig::new().with_env("TG_PERSISTENCE_PEPPER", PEPPER);
+    let text = format!(
+        "{}admin: {{address: \"127.0.0.1:{admin_port}\"}}\n",
+        yaml(&cfg, &pg, &upstream, "1s")
+    );
+    let gw = Gateway::start(cfg, &text).await;
+    wait_for_port(admin_port, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|e| panic!("admin port: {e}\n{}", gw.logs()));
+    let admin = |method: reqwest::Method, path: &str, body: Option<serde_json::Value>| {
+        let mut request = gw
+            .http()
+            .request(method, format!("http://127.0.0.1:{admin_port}{path}"))
+            .header("content-type", "application/json");
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        async move {
+            let resp = request.send().await.expect("admin API");
+            let code = resp.status().as_u16();
+            let text = resp.text().await.expect("body");
+            (
+                code,
+                serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+            )
+        }
+    };
+    let window = serde_json::json!([{"requests": 2, "per_seconds": 2}]);
+    for bad in [0, 31_622_401] {
+        let (code, error) = admin(
+            reqwest::Method::POST,
+            "/admin/plans",
+            Some(serde_json::json!({"name": "bad", "limits": window, "block_for_seconds": bad})),
+        )
+        .await;
+        assert_eq!(code, 400, "{bad}: {error}");
+        assert!(
+            error["fields"]["block_for_seconds"].is_string(),
+            "{bad}: {error}"
+        );
+    }
+    let (code, plan) = admin(
+        reqwest::Method::POST,
+        "/admin/plans",
+        Some(serde_json::json!({"name": "strict", "limits": window, "block_for_seconds": 600})),
+    )
+    .await;
+    assert_eq!(code, 201, "{plan}");
+    assert_eq!(plan["block_for_seconds"], 600, "{plan}");
+    let db = Db::connect(&pg.url(), 2).await.unwrap();
+    let key = consumer_with_key(&db, "frank", Some("strict")).await;
+
+    // Two pass, the third is refused by the window and starts the block.
+    let mut passed = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let retry = loop {
+        let resp = gw
+            .http()
+            .get(gw.url("/x"))
+            .header("x-api-key", &key)
+            .send()
+            .await
+            .expect("proxy");
+        match resp.status().as_u16() {
+            200 => passed += 1,
+            429 => {
+                let retry = resp.headers()["retry-after"].to_str().unwrap().to_string();
+                break retry.parse::<u64>().unwrap();
+            }
+            other => panic!("status {other}"),
+        }
+        assert!(Instant::now() < deadline, "never refused");
+    };
+    assert!(passed >= 2, "{passed}");
+    assert!(retry > 500, "the block's Retry-After: {retry}");
+    let (_, standing) = admin(reqwest::Method::GET, "/admin/consumers/frank/limits", None).await;
+    let block = standing["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["kind"] == "block")
+        .cloned()
+        .unwrap_or_else(|| panic!("no block: {standing}"));
+    assert_eq!(block["remaining"], 0, "{standing}");
+    assert_eq!(block["window"], 600, "{standing}");
+    assert_eq!(status(&gw, &key).await, 429);
+
+    // The reset ends it; a PATCH can remove the block.
+    let (code, _) = admin(
+        reqwest::Method::POST,
+        "/admin/consumers/frank/limits/reset",
+        None,
+    )
+    .await;
+    assert_eq!(code, 204);
+    assert_eq!(status(&gw, &key).await, 200);
+    let (code, plan) = admin(
+        reqwest::Method::PATCH,
+        "/admin/plans/strict",
+        Some(serde_json::json!({"block_for_seconds": null})),
+    )
+    .await;
+    assert_eq!(code, 200, "{plan}");
+    assert_eq!(plan["block_for_seconds"], serde_json::Value::Null, "{plan}");
+    assert_eq!(
+        pg.psql(
+            "SELECT coalesce(block_for_seconds::text, 'null') FROM plans WHERE name = 'strict'"
+        )
+        .await,
+        "null"
     );
 }
 
@@ -534,6 +657,7 @@ async fn an_invalid_stored_plan_is_skipped_at_start_and_on_reload() {
                 burst: None,
             }],
             concurrency: None,
+            block_for_seconds: None,
         },
     )
     .await

@@ -1131,8 +1131,8 @@ async fn a_block_after_abuse_holds_on_every_instance_and_the_admin_reset_clears_
     // The admin API's reset ends the block everywhere.
     let reset = one
         .http()
-        .delete(format!(
-            "http://127.0.0.1:{admin_port}/admin/consumers/alice/limits"
+        .post(format!(
+            "http://127.0.0.1:{admin_port}/admin/consumers/alice/limits/reset"
         ))
         .bearer_auth(ADMIN_TOKEN)
         .send()
@@ -1151,6 +1151,161 @@ async fn a_block_after_abuse_holds_on_every_instance_and_the_admin_reset_clears_
         "{s}"
     );
     assert_eq!(up.hits(), 4);
+}
+
+/// Blocks of subjects that are not consumers, through the admin API's `/admin/limits`: an
+/// anonymous caller (`ip:<address>`, IPv6 by its /64) blocked under `rate_limit.anonymous`
+/// and a route's global limit (`r:<route>`) blocked under its own `block_for` show as
+/// `kind: block` entries, and `POST /admin/limits/reset` clears each on every instance
+/// (with `redis`: two gateways sharing it; else the one gateway's in-process limiter).
+/// Resetting one subject leaves the others blocked. No database is needed.
+async fn anonymous_and_route_blocks_are_visible_and_reset_by_the_admin_api(
+    redis: Option<&RedisServer>,
+) {
+    const ADMIN_TOKEN: &str = "admin-token-for-the-subject-test-0b9d7f5e3c1a8e6d4b2f0a9c7e5d3b";
+    let up = TestUpstream::start("up").await;
+    let redis_yaml = redis.map_or(String::new(), |r| redis_yaml(&[r.url()], false));
+    let rest = format!(
+        "{auth}  trusted_proxies: [\"127.0.0.1/32\"]\n  client_ip_header: x-forwarded-for\n\
+         rate_limit:\n{redis_yaml}  anonymous: {{limits: [{{requests: 2, per: 1h}}], block_for: 10m}}\n\
+         routes:\n  - name: shared\n    path_prefix: /shared\n    upstream: up\n    \
+         rate_limit: {{global: {{limits: [{{requests: 1, per: 1h}}], block_for: 5m}}}}\n  \
+         - {{name: api, path_prefix: /, upstream: up}}\n",
+        auth = auth_yaml(),
+    );
+    let admin_port = free_port();
+    let cfg = GatewayConfig::new()
+        .with_env(PEPPER_ENV, PEPPER)
+        .with_env("TOLLGATE_ADMIN_TOKENS", ADMIN_TOKEN);
+    let yaml = cfg.render(&format!(
+        "upstreams:\n  - {{name: up, targets: [{{address: \"{}\"}}]}}\n{rest}\
+         admin:\n  address: 127.0.0.1:{admin_port}\n",
+        up.address()
+    ));
+    let one = Gateway::start(cfg, &yaml).await;
+    let two = match redis {
+        Some(_) => Some(start_gateway(&up, &rest).await),
+        None => None,
+    };
+    let others: Vec<&Gateway> = two.iter().collect();
+    wait_for_port(admin_port, secs(20))
+        .await
+        .expect("admin port");
+    let admin = |method: reqwest::Method, path: &str| {
+        one.http()
+            .request(method, format!("http://127.0.0.1:{admin_port}{path}"))
+            .bearer_auth(ADMIN_TOKEN)
+    };
+    let subject_standing = |subject: &'static str| async move {
+        // `:` and `/` need no escape in a query.
+        let resp = admin(
+            reqwest::Method::GET,
+            &format!("/admin/limits?subject={subject}"),
+        )
+        .send()
+        .await
+        .expect("GET /admin/limits");
+        assert_eq!(resp.status().as_u16(), 200, "{subject}");
+        resp.json::<Value>().await.expect("JSON")
+    };
+    let block_of = |standing: &Value| -> Value {
+        standing["windows"]
+            .as_array()
+            .expect("windows")
+            .iter()
+            .find(|w| w["kind"] == "block")
+            .cloned()
+            .unwrap_or_else(|| panic!("no block entry: {standing}"))
+    };
+    let reset = |subject: &'static str| async move {
+        let resp = admin(reqwest::Method::POST, "/admin/limits/reset")
+            .json(&serde_json::json!({ "subject": subject }))
+            .send()
+            .await
+            .expect("POST /admin/limits/reset");
+        assert_eq!(resp.status().as_u16(), 204, "reset {subject}");
+    };
+    let caller = [("x-forwarded-for", "2001:db8::1")];
+    let neighbour = [("x-forwarded-for", "2001:db8::2")];
+    let stranger = [("x-forwarded-for", "198.51.100.9")];
+    let every: Vec<&Gateway> = std::iter::once(&one)
+        .chain(others.iter().copied())
+        .collect();
+    let last = *every.last().expect("a gateway");
+
+    wait_for_fresh_windows(&[(3600, secs(30))]).await;
+    // The anonymous caller spends its 2 and is blocked; its /64 neighbour with it.
+    assert_eq!(get(&one, "/a", &caller).await.status, 200);
+    assert_eq!(get(last, "/b", &caller).await.status, 200);
+    assert_rate_limited(&get(&one, "/c", &caller).await, "anonymous");
+    for gw in &every {
+        let retry = assert_rate_limited(&get(gw, "/d", &neighbour).await, "anonymous");
+        assert!(retry > 500, "the anonymous block's Retry-After: {retry}");
+    }
+    // The route's global limit: one request, then a block for everyone on it.
+    assert_eq!(get(last, "/shared/x", &stranger).await.status, 200);
+    assert_rate_limited(&get(&one, "/shared/y", &stranger).await, "route:shared:all");
+    let retry = assert_rate_limited(
+        &get(last, "/shared/z", &[("x-forwarded-for", "192.0.2.1")]).await,
+        "route:shared:all",
+    );
+    assert!(retry > 200, "the route block's Retry-After: {retry}");
+
+    // Both blocks are visible; an address stands for its /64.
+    let anon = subject_standing("ip:2001:db8::77").await;
+    assert_eq!(anon["subject"], "ip:2001:db8::/64", "{anon}");
+    assert_eq!(anon["policy"], "anonymous", "{anon}");
+    let block = block_of(&anon);
+    assert_eq!(block["remaining"], 0, "{anon}");
+    assert_eq!(block["window"], 600, "{anon}");
+    let route = subject_standing("r:shared").await;
+    assert_eq!(route["policy"], "route:shared:all", "{route}");
+    let block = block_of(&route);
+    assert_eq!(block["remaining"], 0, "{route}");
+    assert_eq!(block["window"], 300, "{route}");
+
+    // Resetting the anonymous caller frees it everywhere and leaves the route blocked.
+    reset("ip:2001:db8::/64").await;
+    assert_eq!(
+        block_of(&subject_standing("ip:2001:db8::1").await)["remaining"],
+        1
+    );
+    for gw in &every {
+        assert_eq!(get(gw, "/e", &neighbour).await.status, 200);
+    }
+    assert_rate_limited(&get(last, "/shared/w", &stranger).await, "route:shared:all");
+    reset("r:shared").await;
+    assert_eq!(
+        block_of(&subject_standing("r:shared").await)["remaining"],
+        1
+    );
+    assert_eq!(get(last, "/shared/v", &stranger).await.status, 200);
+
+    // A name no subject has, and a route that does not exist, are 404.
+    for bad in ["ip:not-an-address", "r:nope", "x"] {
+        let resp = admin(
+            reqwest::Method::GET,
+            &format!("/admin/limits?subject={bad}"),
+        )
+        .send()
+        .await
+        .expect("GET /admin/limits");
+        assert_eq!(resp.status().as_u16(), 404, "{bad}");
+    }
+    // The caller's 2, the shared route's 1 before and 1 after its reset, and the
+    // neighbour's one per gateway after the anonymous reset.
+    assert_eq!(up.hits(), 4 + every.len() as u64);
+}
+
+#[tokio::test]
+async fn anonymous_and_route_blocks_are_reset_on_every_instance_sharing_redis() {
+    let redis = RedisServer::start().await;
+    anonymous_and_route_blocks_are_visible_and_reset_by_the_admin_api(Some(&redis)).await;
+}
+
+#[tokio::test]
+async fn anonymous_and_route_blocks_are_reset_without_redis() {
+    anonymous_and_route_blocks_are_visible_and_reset_by_the_admin_api(None).await;
 }
 
 /// `tollgate check` finds whatever start would refuse in a limit, with the same rules the

@@ -40,9 +40,9 @@ pub struct ConsumerCreate {
     #[serde(default)]
     #[schema(value_type = Vec<super::openapi::Scope>)]
     pub scopes: Vec<String>,
-    /// A JSON object; default `{}`.
+    /// A JSON object; default `{}`. No key or string may contain U+0000.
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<super::openapi::Metadata>)]
     pub metadata: Option<Value>,
 }
 
@@ -61,9 +61,9 @@ pub struct ConsumerPatch {
     #[serde(default)]
     #[schema(value_type = Option<Vec<super::openapi::Scope>>)]
     pub scopes: Option<Vec<String>>,
-    /// New metadata (a JSON object).
+    /// New metadata (a JSON object; no key or string may contain U+0000).
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<super::openapi::Metadata>)]
     pub metadata: Option<Value>,
 }
 
@@ -79,7 +79,7 @@ pub struct ConsumerOut {
     /// Scopes.
     pub scopes: Vec<String>,
     /// Metadata.
-    #[schema(value_type = Object)]
+    #[schema(value_type = super::openapi::Metadata)]
     pub metadata: Value,
     /// RFC 3339.
     pub created_at: String,
@@ -128,6 +128,30 @@ pub struct ConsumerListQuery {
 fn check_metadata(fields: &mut Fields, metadata: Option<&Value>) {
     if let Some(m) = metadata {
         fields.check(m.is_object(), "metadata", "must be a JSON object");
+        if let Some(path) = nul_in(m, "metadata".into()) {
+            fields.push(path, "must not contain U+0000 (PostgreSQL cannot store it)");
+        }
+    }
+}
+
+/// The path (`metadata.a[2]`) of the first key or string inside `value` that contains
+/// U+0000, if any.
+fn nul_in(value: &Value, path: String) -> Option<String> {
+    match value {
+        Value::String(s) if s.contains('\0') => Some(path),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_in(v, format!("{path}[{i}]"))),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let here = format!("{path}.{}", k.escape_default());
+            if k.contains('\0') {
+                Some(here)
+            } else {
+                nul_in(v, here)
+            }
+        }),
+        _ => None,
     }
 }
 
@@ -201,6 +225,12 @@ pub async fn list_consumers(
         );
     }
     fields.finish()?;
+    if super::error::matches_nothing(&[q.plan.as_deref()]) {
+        return Ok(Json(ConsumerPage {
+            items: Vec::new(),
+            next_after: None,
+        }));
+    }
     let page = consumers::list(
         state.db()?,
         &ConsumerFilter {

@@ -353,6 +353,12 @@ pub fn check_scopes(fields: &mut Fields, field: &str, scopes: &[String]) {
     }
 }
 
+/// Whether any of these filter values holds U+0000: no stored text can (PostgreSQL refuses
+/// it), so a filter holding it matches nothing and the query need not run.
+pub fn matches_nothing(filters: &[Option<&str>]) -> bool {
+    filters.iter().flatten().any(|f| f.contains('\0'))
+}
+
 /// Checks a plan name by the file's rule.
 pub fn check_name(fields: &mut Fields, field: &str, value: &str) {
     fields.check(valid_name(value), field, NAME_RULE);

@@ -176,6 +176,7 @@ pub fn app(state: AdminState) -> (axum::Router, OpenApiDoc) {
             }
         });
     openapi::document_common_errors(&mut doc);
+    openapi::document_plan_rules(&mut doc);
     let document = Arc::new(doc.clone());
     let router = admin
         .route(
@@ -476,6 +477,26 @@ mod tests {
         assert!(json_object::<Two>(br#"{"a": -1.0}"#).is_err());
     }
 
+    /// The document states the limiter's real maxima (`MAX_PERIOD`, `MAX_LIMIT`) for every
+    /// limited number of a plan, so a client reading it cannot send what the server refuses.
+    #[test]
+    fn the_document_states_the_limiters_maxima() {
+        let (_, doc) = admin_routes().split_for_parts();
+        let doc = serde_json::to_value(&doc).expect("a document");
+        let schemas = &doc["components"]["schemas"];
+        let period = crate::limit::MAX_PERIOD.as_secs();
+        let count = crate::limit::MAX_LIMIT;
+        let window = &schemas["LimitBody"]["properties"];
+        assert_eq!(window["per_seconds"]["maximum"], period, "{window}");
+        assert_eq!(window["requests"]["maximum"], count, "{window}");
+        assert_eq!(window["burst"]["maximum"], count, "{window}");
+        for plan in ["PlanCreate", "PlanPatch"] {
+            let block = &schemas[plan]["properties"]["block_for_seconds"];
+            assert_eq!(block["maximum"], period, "{plan}: {block}");
+            assert_eq!(block["minimum"], 1, "{plan}: {block}");
+        }
+    }
+
     /// Every route of the router is in the document: the document is built from the same
     /// `OpenApiRouter`, so this checks the expected list against it.
     #[test]
@@ -515,7 +536,9 @@ mod tests {
             "POST /admin/keys/{key_id}/revoke",
             "GET /admin/usage",
             "GET /admin/consumers/{id}/limits",
-            "DELETE /admin/consumers/{id}/limits",
+            "POST /admin/consumers/{id}/limits/reset",
+            "GET /admin/limits",
+            "POST /admin/limits/reset",
             "POST /admin/reload",
             "GET /admin/audit",
         ];

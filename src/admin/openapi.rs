@@ -6,8 +6,11 @@
 
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::response::ResponseBuilder;
-use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::schema::{
+    AllOfBuilder, AnyOfBuilder, ArrayBuilder, ObjectBuilder, Schema, Type,
+};
 use utoipa::openapi::{Content, OpenApi, PathItem, Ref, RefOr};
+use utoipa::PartialSchema;
 
 /// The schema of a scope (the file's rule: 1-128 visible ASCII characters, no quotes or
 /// backslashes); bodies keep scopes as strings and name this type as their schema.
@@ -25,6 +28,104 @@ impl utoipa::PartialSchema for Scope {
 }
 
 impl utoipa::ToSchema for Scope {}
+
+/// Text PostgreSQL's `jsonb` can store: anything but U+0000, which it refuses.
+const NO_NUL: &str = "^[^\\u0000]*$";
+
+/// The schema of consumer metadata: a JSON object whose keys and string values, at any
+/// depth, contain no U+0000 (the `jsonb` column cannot store it; the server refuses it
+/// with a 400 naming the field).
+pub struct Metadata;
+
+/// Any JSON value of [`Metadata`] (recursive).
+pub struct MetadataValue;
+
+fn text_without_nul() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(NO_NUL))
+}
+
+fn metadata_object() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property_names(Some(text_without_nul()))
+        .additional_properties(Some(RefOr::<Schema>::Ref(Ref::from_schema_name(
+            "MetadataValue",
+        ))))
+}
+
+impl utoipa::PartialSchema for Metadata {
+    fn schema() -> RefOr<Schema> {
+        metadata_object().into()
+    }
+}
+
+impl utoipa::ToSchema for Metadata {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push(("MetadataValue".into(), MetadataValue::schema()));
+    }
+}
+
+impl utoipa::PartialSchema for MetadataValue {
+    fn schema() -> RefOr<Schema> {
+        let value = || RefOr::<Schema>::Ref(Ref::from_schema_name("MetadataValue"));
+        AnyOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::Null))
+            .item(ObjectBuilder::new().schema_type(Type::Boolean))
+            .item(ObjectBuilder::new().schema_type(Type::Number))
+            .item(text_without_nul())
+            .item(ArrayBuilder::new().items(value()))
+            .item(metadata_object())
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for MetadataValue {}
+
+/// States in `doc` the rules of a new plan that its fields alone do not say (the shared
+/// rules of `config::limits::check`): at least one window or a concurrency cap, and no
+/// two windows alike. (Two windows of one length but different counts, a token bucket's
+/// refill period, and a change that leaves a plan with neither windows nor a cap are
+/// rules JSON Schema cannot state: the server refuses them with a 400 naming the field.)
+pub fn document_plan_rules(doc: &mut OpenApi) {
+    let Some(components) = doc.components.as_mut() else {
+        return;
+    };
+    let windows = || {
+        ArrayBuilder::new()
+            .items(RefOr::<Schema>::Ref(Ref::from_schema_name("LimitBody")))
+            .min_items(Some(1))
+            .unique_items(true)
+    };
+    let some_windows = || {
+        ObjectBuilder::new()
+            .property("limits", windows())
+            .required("limits")
+    };
+    let capped = || {
+        ObjectBuilder::new()
+            .property(
+                "concurrency",
+                ObjectBuilder::new().schema_type(Type::Integer),
+            )
+            .required("concurrency")
+    };
+    // A change's windows are checked with the stored plan (whether it keeps a cap), which
+    // no schema can say.
+    let rules = [(
+        "PlanCreate",
+        AnyOfBuilder::new().item(some_windows()).item(capped()),
+    )];
+    for (name, rule) in rules {
+        if let Some(schema) = components.schemas.remove(name) {
+            components.schemas.insert(
+                name.into(),
+                AllOfBuilder::new().item(schema).item(rule).into(),
+            );
+        }
+    }
+}
 
 /// Adds the common error statuses to every operation of `doc`.
 pub fn document_common_errors(doc: &mut OpenApi) {

@@ -1,14 +1,14 @@
 //! Operations: usage counters, a consumer's rate-limit windows, config reload, audit log.
 
 use super::auth::Actor;
-use super::error::{AdminError, ErrorBody, Fields};
-use super::{rfc3339, AdminState, Path, Query};
+use super::error::{matches_nothing, AdminError, ErrorBody, Fields};
+use super::{rfc3339, AdminState, Body, Path, Query};
 use crate::db::audit::{self, AuditEntry, AuditFilter, NewAuditEntry};
 use crate::db::plans;
 use crate::db::usage::{self, UsageQuery, UsageRow};
 use crate::db::{consumers, Day};
 use crate::limit::{LimitError, Subject};
-use crate::proxy::rate_limit::{plan_policy, window_reports};
+use crate::proxy::rate_limit::{plan_policy, window_reports, SubjectName, WindowReport};
 use crate::reload::ReloadError;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -22,7 +22,10 @@ use utoipa_axum::routes;
 pub(crate) fn routes() -> OpenApiRouter<AdminState> {
     OpenApiRouter::new()
         .routes(routes!(get_usage))
-        .routes(routes!(get_limits, reset_limits))
+        .routes(routes!(get_limits))
+        .routes(routes!(reset_limits))
+        .routes(routes!(get_subject_limits))
+        .routes(routes!(reset_subject_limits))
         .routes(routes!(reload))
         .routes(routes!(list_audit))
 }
@@ -123,8 +126,9 @@ pub(crate) async fn usage_for(state: &AdminState, q: UsageParams) -> Result<Usag
     fields.finish()?;
     let to = to.unwrap_or_else(Day::today);
     let from = from.unwrap_or_else(|| to.add_days(-30));
-    // An empty range has no rows.
-    let rows = if from > to {
+    // An empty range has no rows, nor does a filter no stored text can match.
+    let filters = [q.consumer.as_deref(), q.key.as_deref(), q.route.as_deref()];
+    let rows = if from > to || matches_nothing(&filters) {
         Vec::new()
     } else {
         usage::query(
@@ -182,6 +186,18 @@ pub struct LimitsOut {
     pub windows: Vec<WindowOut>,
 }
 
+fn window_out(w: WindowReport) -> WindowOut {
+    WindowOut {
+        policy: w.policy,
+        kind: w.kind.to_string(),
+        limit: w.limit,
+        used: w.used,
+        remaining: w.remaining,
+        reset: w.reset,
+        window: w.window,
+    }
+}
+
 /// The admin error for a limiter failure (503 when Redis cannot be reached).
 pub(crate) fn limit_error(e: LimitError) -> AdminError {
     match e {
@@ -228,15 +244,7 @@ pub(crate) async fn consumer_standing(
             .map_err(limit_error)?;
         windows = window_reports(&decision)
             .into_iter()
-            .map(|w| WindowOut {
-                policy: w.policy,
-                kind: w.kind.to_string(),
-                limit: w.limit,
-                used: w.used,
-                remaining: w.remaining,
-                reset: w.reset,
-                window: w.window,
-            })
+            .map(window_out)
             .collect();
     }
     Ok(LimitsOut {
@@ -249,8 +257,8 @@ pub(crate) async fn consumer_standing(
 
 /// Reset every window and block of a consumer: its plan's (subject `c:<id>`) and its
 /// own on every route with a per-caller limit; without a database, for the file's
-/// consumers.
-#[utoipa::path(delete, path = "/admin/consumers/{id}/limits", tag = "limits",
+/// consumers. (A `POST` action rather than a `DELETE`: the standing stays, fresh.)
+#[utoipa::path(post, path = "/admin/consumers/{id}/limits/reset", tag = "limits",
     params(("id" = String, Path, description = "Consumer id")),
     responses(
         (status = 204, description = "Reset"),
@@ -284,6 +292,173 @@ pub async fn reset_limits(
                 target_type: "consumer",
                 target_id: &id,
                 details: &json!({"subject": subjects.first(), "subjects": subjects}),
+            },
+        )
+        .await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Which limiter subject: `c:<consumer>`, `ip:<address>` (an IPv6 address stands for its
+/// `rate_limit.ipv6_prefix` network, also written `ip:2001:db8::/64`), `r:<route>` (a
+/// route's global limit) or `r:<route>:<caller>` (a caller on a route's per-caller limit,
+/// the caller being `c:<consumer>` or `ip:<address>`).
+/// A name that no subject can have names nothing: 404, like an id no consumer can have.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SubjectParams {
+    /// The subject, e.g. `ip:203.0.113.9`, `r:api`, `r:api:c:alice`.
+    #[param(min_length = 3, max_length = 256, pattern = r"^(c|ip|r):[!-~]+$")]
+    pub subject: String,
+}
+
+/// Which limiter subject to reset (the syntax of [`SubjectParams`]).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectBody {
+    /// The subject, e.g. `ip:203.0.113.9`, `r:api`, `r:api:c:alice`.
+    #[schema(min_length = 3, max_length = 256, pattern = r"^(c|ip|r):[!-~]+$")]
+    pub subject: String,
+}
+
+/// A subject's rate-limit standing under the policy the proxy applies to it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubjectLimitsOut {
+    /// The limiter's key (an IPv6 address is written as its network).
+    pub subject: String,
+    /// The policy's name; `null`: nothing limits this subject (no windows).
+    pub policy: Option<String>,
+    /// Its windows, concurrency cap and block (`kind: block`, `remaining: 0` while it
+    /// holds).
+    pub windows: Vec<WindowOut>,
+}
+
+/// Parses `subject` and finds the policy the proxy applies to it under the running config:
+/// 404 for a name no subject can have, an unknown route or an unknown consumer. `None`: nothing limits
+/// it (a plan without limits, no anonymous limit, a route without that limit).
+async fn subject_policy(
+    state: &AdminState,
+    subject: &str,
+) -> Result<(SubjectName, Option<crate::limit::Policy>), AdminError> {
+    let runtime = state.live().current();
+    let name = SubjectName::parse(subject, runtime.limits.ipv6_prefix())
+        .map_err(|e| AdminError::NotFound(format!("limiter subject {subject:?} ({e})")))?;
+    let route_limits = match name.route() {
+        None => None,
+        Some(route) => {
+            let spec = runtime
+                .config
+                .routes
+                .iter()
+                .find(|r| r.name == route)
+                .ok_or_else(|| AdminError::NotFound(format!("route {route:?}")))?;
+            let limits = runtime
+                .limits
+                .for_route(spec, &runtime.config)
+                .map_err(|e| AdminError::Internal(e.to_string()))?;
+            Some(limits)
+        }
+    };
+    let policy = match &name {
+        SubjectName::Consumer(id) => {
+            let plan = consumer_plan(state, &runtime.config, id).await?;
+            runtime.limits.plan_policy(plan.as_deref()).cloned()
+        }
+        SubjectName::Anonymous(_) => runtime.limits.anonymous().cloned(),
+        SubjectName::RouteCaller { .. } => {
+            route_limits.as_ref().and_then(|r| r.per_caller()).cloned()
+        }
+        SubjectName::RouteGlobal(_) => route_limits.as_ref().and_then(|r| r.global()).cloned(),
+    };
+    Ok((name, policy))
+}
+
+/// The plan of consumer `id`: from the database when there is one, else from the file;
+/// 404 when it is in neither.
+async fn consumer_plan(
+    state: &AdminState,
+    config: &crate::config::Config,
+    id: &str,
+) -> Result<Option<String>, AdminError> {
+    match state.db() {
+        Ok(db) => Ok(consumers::get(db, id).await?.plan),
+        Err(_) => config
+            .consumers
+            .iter()
+            .find(|c| c.id == id)
+            .map(|c| c.plan.clone())
+            .ok_or_else(|| AdminError::NotFound(format!("consumer {id:?}"))),
+    }
+}
+
+/// The current windows and block of any limiter subject (an anonymous caller, a route's
+/// global limit, a caller on a route, a consumer), counting nothing. Needs no database.
+#[utoipa::path(get, path = "/admin/limits", tag = "limits", params(SubjectParams),
+    responses(
+        (status = 200, description = "The windows", body = SubjectLimitsOut),
+        (status = 404, description = "Not a subject the limiter uses, or no such route or consumer", body = ErrorBody),
+        (status = 503, description = "The limiter (Redis) or the database cannot be reached", body = ErrorBody),
+    ))]
+pub async fn get_subject_limits(
+    State(state): State<AdminState>,
+    Query(q): Query<SubjectParams>,
+) -> Result<Json<SubjectLimitsOut>, AdminError> {
+    let (name, policy) = subject_policy(&state, &q.subject).await?;
+    let key = name.to_string();
+    let windows = match &policy {
+        None => Vec::new(),
+        Some(policy) => {
+            let decision = state
+                .limiter()
+                .get()
+                .await
+                .peek(&[Subject::new(&key, policy)])
+                .await
+                .map_err(limit_error)?;
+            window_reports(&decision)
+                .into_iter()
+                .map(window_out)
+                .collect()
+        }
+    };
+    Ok(Json(SubjectLimitsOut {
+        subject: key,
+        policy: policy.map(|p| p.name.to_string()),
+        windows,
+    }))
+}
+
+/// Reset every window, concurrency slot and block of any limiter subject, on every
+/// instance sharing Redis. Needs no database (with one, the reset is audited).
+#[utoipa::path(post, path = "/admin/limits/reset", tag = "limits", request_body = SubjectBody,
+    responses(
+        (status = 204, description = "Reset"),
+        (status = 404, description = "Not a subject the limiter uses, or no such route or consumer", body = ErrorBody),
+        (status = 503, description = "The limiter (Redis) or the database cannot be reached", body = ErrorBody),
+    ))]
+pub async fn reset_subject_limits(
+    State(state): State<AdminState>,
+    actor: Actor,
+    Body(q): Body<SubjectBody>,
+) -> Result<StatusCode, AdminError> {
+    let (name, _) = subject_policy(&state, &q.subject).await?;
+    let key = name.to_string();
+    state
+        .limiter()
+        .get()
+        .await
+        .reset(&key)
+        .await
+        .map_err(limit_error)?;
+    if let Ok(db) = state.db() {
+        audit::record(
+            db,
+            &NewAuditEntry {
+                actor: &actor.0,
+                action: "limits.reset",
+                target_type: "subject",
+                target_id: &key,
+                details: &json!({"subject": key}),
             },
         )
         .await?;
@@ -436,6 +611,14 @@ pub async fn list_audit(
         );
     }
     fields.finish()?;
+    let filters = [
+        q.target_type.as_deref(),
+        q.target_id.as_deref(),
+        q.actor.as_deref(),
+    ];
+    if matches_nothing(&filters) {
+        return Ok(Json(Vec::new()));
+    }
     let entries = audit::list(
         state.db()?,
         &AuditFilter {

@@ -4,7 +4,7 @@ use super::auth::Actor;
 use super::error::{check_name, AdminError, ErrorBody, Fields};
 use super::{created, nullable, rfc3339, AdminState, Body, Path};
 use crate::config::limits;
-use crate::db::plans::{self, Algorithm, Limit, NewPlan, Plan, PlanUpdate};
+use crate::db::plans::{self, Algorithm, Limit, NewPlan, Plan, PlanLimits, PlanUpdate};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -59,8 +59,9 @@ pub struct LimitBody {
     /// Requests allowed per window (at least 1).
     #[schema(minimum = 1, maximum = 9007199254740992_u64)]
     pub requests: u64,
-    /// The window's length in seconds (at least 1).
-    #[schema(minimum = 1, maximum = 9007199254740992_u64)]
+    /// The window's length in seconds, 1 to 31,622,400 (366 days, the limiter's longest
+    /// period).
+    #[schema(minimum = 1, maximum = 31622400)]
     pub per_seconds: u64,
     /// Token buckets: the bucket size (at least 1); default `requests`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -78,13 +79,17 @@ pub struct PlanCreate {
     /// Default `fixed_window`.
     #[serde(default)]
     pub algorithm: Option<AlgorithmName>,
-    /// The windows; every one must allow a request.
-    #[schema(min_items = 1)]
+    /// The windows; empty only with a `concurrency` cap.
     pub limits: Vec<LimitBody>,
     /// Most requests in flight at once per consumer.
     #[serde(default)]
     #[schema(minimum = 1, maximum = 2147483647)]
     pub concurrency: Option<u32>,
+    /// Seconds a consumer that exceeds the plan is then refused for, on every instance
+    /// sharing Redis (1 to 31,622,400: 366 days); absent: no block.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 31622400)]
+    pub block_for_seconds: Option<u64>,
 }
 
 /// A change to a plan; absent fields stay.
@@ -94,14 +99,17 @@ pub struct PlanPatch {
     /// A new algorithm.
     #[serde(default)]
     pub algorithm: Option<AlgorithmName>,
-    /// New windows (replacing all).
+    /// New windows (replacing all); empty only when the plan keeps a `concurrency` cap.
     #[serde(default)]
-    #[schema(min_items = 1)]
     pub limits: Option<Vec<LimitBody>>,
     /// `null` removes the concurrency cap.
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<u32>, minimum = 1, maximum = 2147483647)]
     pub concurrency: Option<Option<u32>>,
+    /// A new block duration in seconds (1 to 31,622,400); `null` removes the block.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<u64>, minimum = 1, maximum = 31622400)]
+    pub block_for_seconds: Option<Option<u64>>,
 }
 
 /// A stored plan.
@@ -115,6 +123,8 @@ pub struct PlanOut {
     pub limits: Vec<LimitBody>,
     /// Concurrency cap; `null`: none.
     pub concurrency: Option<u32>,
+    /// Block after abuse, in seconds; `null`: none.
+    pub block_for_seconds: Option<u64>,
     /// RFC 3339.
     pub created_at: String,
     /// RFC 3339.
@@ -136,6 +146,7 @@ impl From<Plan> for PlanOut {
                 })
                 .collect(),
             concurrency: p.concurrency,
+            block_for_seconds: p.block_for_seconds,
             created_at: rfc3339(p.created_at),
             updated_at: rfc3339(p.updated_at),
         }
@@ -144,17 +155,11 @@ impl From<Plan> for PlanOut {
 
 /// Checks a whole plan as the limiter will run it ([`plans::check_limits`]'s rules, every
 /// problem named by its field), then the `concurrency` column's range.
-fn check_plan(
-    fields: &mut Fields,
-    algorithm: Algorithm,
-    limits: &[Limit],
-    concurrency: Option<u32>,
-) {
-    let spec = plans::limit_spec(algorithm, limits, concurrency);
-    for problem in limits::check(&spec) {
-        fields.push(problem.field.path("per_seconds"), problem.message);
+fn check_plan(fields: &mut Fields, plan: PlanLimits<'_>) {
+    for problem in limits::check(&plans::limit_spec(plan)) {
+        fields.push(plans::field_name(problem.field), problem.message);
     }
-    if let Some(n) = concurrency {
+    if let Some(n) = plan.concurrency {
         fields.check(
             n <= i32::MAX as u32,
             "concurrency",
@@ -192,7 +197,15 @@ pub async fn create_plan(
     check_name(&mut fields, "name", &body.name);
     let algorithm = body.algorithm.unwrap_or(AlgorithmName::FixedWindow).into();
     let limits = to_limits(&body.limits);
-    check_plan(&mut fields, algorithm, &limits, body.concurrency);
+    check_plan(
+        &mut fields,
+        PlanLimits {
+            algorithm,
+            limits: &limits,
+            concurrency: body.concurrency,
+            block_for_seconds: body.block_for_seconds,
+        },
+    );
     fields.finish()?;
     let plan = plans::create(
         state.db()?,
@@ -202,6 +215,7 @@ pub async fn create_plan(
             algorithm,
             limits,
             concurrency: body.concurrency,
+            block_for_seconds: body.block_for_seconds,
         },
     )
     .await?;
@@ -256,9 +270,12 @@ pub async fn update_plan(
     let mut fields = Fields::default();
     check_plan(
         &mut fields,
-        body.algorithm.map_or(current.algorithm, Into::into),
-        limits.as_deref().unwrap_or(&current.limits),
-        body.concurrency.unwrap_or(current.concurrency),
+        PlanLimits {
+            algorithm: body.algorithm.map_or(current.algorithm, Into::into),
+            limits: limits.as_deref().unwrap_or(&current.limits),
+            concurrency: body.concurrency.unwrap_or(current.concurrency),
+            block_for_seconds: body.block_for_seconds.unwrap_or(current.block_for_seconds),
+        },
     );
     fields.finish()?;
     let plan = plans::update(
@@ -269,6 +286,7 @@ pub async fn update_plan(
             algorithm: body.algorithm.map(Into::into),
             limits,
             concurrency: body.concurrency,
+            block_for_seconds: body.block_for_seconds,
         },
     )
     .await?;

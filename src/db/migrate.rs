@@ -31,6 +31,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "batches_and_expiry",
         sql: include_str!("../../migrations/0002_batches_and_expiry.sql"),
     },
+    Migration {
+        version: 3,
+        name: "plan_block_for",
+        sql: include_str!("../../migrations/0003_plan_block_for.sql"),
+    },
 ];
 
 /// The advisory lock key: the bytes of "tollgate" read as a big-endian integer, so it

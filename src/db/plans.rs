@@ -80,6 +80,8 @@ pub struct Plan {
     pub limits: Vec<Limit>,
     /// Most requests in flight at once per consumer; `None`: unlimited.
     pub concurrency: Option<u32>,
+    /// Seconds a consumer that exceeds the plan is then refused for; `None`: no block.
+    pub block_for_seconds: Option<u64>,
     /// When it was created.
     pub created_at: SystemTime,
     /// When it last changed.
@@ -97,6 +99,8 @@ pub struct NewPlan {
     pub limits: Vec<Limit>,
     /// Most requests in flight at once per consumer.
     pub concurrency: Option<u32>,
+    /// Seconds a consumer that exceeds the plan is then refused for.
+    pub block_for_seconds: Option<u64>,
 }
 
 /// A change to a plan; `None` fields stay as they are.
@@ -108,18 +112,51 @@ pub struct PlanUpdate {
     pub limits: Option<Vec<Limit>>,
     /// `Some(None)` removes the concurrency limit.
     pub concurrency: Option<Option<u32>>,
+    /// `Some(None)` removes the block.
+    pub block_for_seconds: Option<Option<u64>>,
 }
 
 /// The columns every query returns: a macro, so each statement is one `concat!`-ed
 /// compile-time constant.
 macro_rules! columns {
     () => {
-        "name, algorithm, limits, concurrency, created_at, updated_at"
+        "name, algorithm, limits, concurrency, block_for_seconds, created_at, updated_at"
     };
 }
 
+/// The parts of a plan that limit: what [`limit_spec`] and [`check_limits`] read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanLimits<'a> {
+    /// How its windows are counted.
+    pub algorithm: Algorithm,
+    /// Its windows.
+    pub limits: &'a [Limit],
+    /// Most requests in flight at once per consumer.
+    pub concurrency: Option<u32>,
+    /// Seconds a consumer that exceeds the plan is then refused for.
+    pub block_for_seconds: Option<u64>,
+}
+
+impl Plan {
+    /// The parts of this plan that limit.
+    pub fn limiting(&self) -> PlanLimits<'_> {
+        PlanLimits {
+            algorithm: self.algorithm,
+            limits: &self.limits,
+            concurrency: self.concurrency,
+            block_for_seconds: self.block_for_seconds,
+        }
+    }
+}
+
 /// The limits of a plan in config form (no windows and no cap: it limits nothing).
-pub fn limit_spec(algorithm: Algorithm, limits: &[Limit], concurrency: Option<u32>) -> LimitSpec {
+pub fn limit_spec(plan: PlanLimits<'_>) -> LimitSpec {
+    let PlanLimits {
+        algorithm,
+        limits,
+        concurrency,
+        block_for_seconds,
+    } = plan;
     LimitSpec {
         algorithm: match algorithm {
             Algorithm::FixedWindow => LimitAlgorithm::FixedWindow,
@@ -135,25 +172,26 @@ pub fn limit_spec(algorithm: Algorithm, limits: &[Limit], concurrency: Option<u3
             })
             .collect(),
         concurrency: concurrency.map(u64::from),
-        // Stored plans have no block (the file's plans, anonymous and route limits may).
-        block_for: None,
+        block_for: block_for_seconds.map(Duration::from_secs),
+    }
+}
+
+/// The admin API's name of a field of a plan (`limits[0].per_seconds`,
+/// `block_for_seconds`).
+pub fn field_name(field: limits::LimitField) -> String {
+    match field {
+        limits::LimitField::BlockFor => "block_for_seconds".into(),
+        other => other.path("per_seconds"),
     }
 }
 
 /// Refuses a plan the limiter would refuse (the rules of [`limits::check`]), naming the
 /// first field at fault as the admin API names it (`limits[0].per_seconds`).
-pub fn check_limits(
-    algorithm: Algorithm,
-    limits: &[Limit],
-    concurrency: Option<u32>,
-) -> Result<(), DbError> {
-    match limits::check(&limit_spec(algorithm, limits, concurrency))
-        .into_iter()
-        .next()
-    {
+pub fn check_limits(plan: PlanLimits<'_>) -> Result<(), DbError> {
+    match limits::check(&limit_spec(plan)).into_iter().next() {
         Some(problem) => Err(DbError::Invalid(format!(
             "{}: {}",
-            problem.field.path("per_seconds"),
+            field_name(problem.field),
             problem.message
         ))),
         None => Ok(()),
@@ -165,20 +203,32 @@ pub fn check_limits(
 pub async fn create(db: &Db, actor: &str, plan: &NewPlan) -> Result<Plan, DbError> {
     check_actor(actor)?;
     check_name("plan name", &plan.name)?;
-    check_limits(plan.algorithm, &plan.limits, plan.concurrency)?;
+    check_limits(PlanLimits {
+        algorithm: plan.algorithm,
+        limits: &plan.limits,
+        concurrency: plan.concurrency,
+        block_for_seconds: plan.block_for_seconds,
+    })?;
     let limits = limits_json(&plan.limits)?;
     let concurrency = concurrency_sql(plan.concurrency)?;
+    let block_for = block_for_sql(plan.block_for_seconds)?;
     let context = format!("create plan {:?}", plan.name);
     let mut client = db.client().await?;
     let tx = begin(&mut client, &context).await?;
     let row = tx
         .query_one(
             concat!(
-                "INSERT INTO plans (name, algorithm, limits, concurrency)
-                 VALUES ($1, $2, $3, $4) RETURNING ",
+                "INSERT INTO plans (name, algorithm, limits, concurrency, block_for_seconds)
+                 VALUES ($1, $2, $3, $4, $5) RETURNING ",
                 columns!()
             ),
-            &[&plan.name, &plan.algorithm.as_str(), &limits, &concurrency],
+            &[
+                &plan.name,
+                &plan.algorithm.as_str(),
+                &limits,
+                &concurrency,
+                &block_for,
+            ],
         )
         .await
         .map_err(|e| DbError::from_pg(&context, e))?;
@@ -243,6 +293,7 @@ pub async fn update(
     check_actor(actor)?;
     let limits = update.limits.as_deref().map(limits_json).transpose()?;
     let concurrency = update.concurrency.map(concurrency_sql).transpose()?;
+    let block_for = update.block_for_seconds.map(block_for_sql).transpose()?;
     let context = format!("update plan {name:?}");
     let mut client = db.client().await?;
     let tx = begin(&mut client, &context).await?;
@@ -253,6 +304,8 @@ pub async fn update(
                      algorithm = COALESCE($2::text, algorithm),
                      limits = COALESCE($3::jsonb, limits),
                      concurrency = CASE WHEN $4::bool THEN $5::int4 ELSE concurrency END,
+                     block_for_seconds =
+                         CASE WHEN $6::bool THEN $7::int4 ELSE block_for_seconds END,
                      updated_at = now()
                  WHERE name = $1
                  RETURNING ",
@@ -264,6 +317,8 @@ pub async fn update(
                 &limits,
                 &concurrency.is_some(),
                 &concurrency.flatten(),
+                &block_for.is_some(),
+                &block_for.flatten(),
             ],
         )
         .await
@@ -271,7 +326,7 @@ pub async fn update(
         .ok_or_else(|| not_found(name))?;
     let updated = from_row(&row)?;
     // Dropping the transaction on error rolls the change back.
-    check_limits(updated.algorithm, &updated.limits, updated.concurrency)?;
+    check_limits(updated.limiting())?;
     audit::append(
         &tx,
         &NewAuditEntry {
@@ -339,12 +394,28 @@ fn concurrency_sql(concurrency: Option<u32>) -> Result<Option<i32>, DbError> {
         .transpose()
 }
 
+/// The `block_for_seconds` column's value (checked by [`check_limits`]: at most 366
+/// days, far within `integer`).
+fn block_for_sql(block_for_seconds: Option<u64>) -> Result<Option<i32>, DbError> {
+    block_for_seconds
+        .map(|n| {
+            i32::try_from(n).map_err(|_| {
+                DbError::Invalid(format!(
+                    "block_for_seconds {n}: must be at most {}",
+                    i32::MAX
+                ))
+            })
+        })
+        .transpose()
+}
+
 /// What the audit log records about a plan.
 fn details(plan: &Plan) -> Value {
     json!({
         "algorithm": plan.algorithm.as_str(),
         "limits": plan.limits,
         "concurrency": plan.concurrency,
+        "block_for_seconds": plan.block_for_seconds,
     })
 }
 
@@ -353,6 +424,7 @@ fn from_row(row: &Row) -> Result<Plan, DbError> {
     let algorithm: String = col(row, "algorithm")?;
     let limits: Value = col(row, "limits")?;
     let concurrency: Option<i32> = col(row, "concurrency")?;
+    let block_for: Option<i32> = col(row, "block_for_seconds")?;
     let schema = |what: String| DbError::Schema(format!("plan {name:?}: {what}"));
     Ok(Plan {
         algorithm: algorithm
@@ -360,6 +432,7 @@ fn from_row(row: &Row) -> Result<Plan, DbError> {
             .map_err(|e: DbError| schema(e.to_string()))?,
         limits: serde_json::from_value(limits).map_err(|e| schema(format!("limits: {e}")))?,
         concurrency: concurrency.and_then(|n| u32::try_from(n).ok()),
+        block_for_seconds: block_for.and_then(|n| u64::try_from(n).ok()),
         created_at: col(row, "created_at")?,
         updated_at: col(row, "updated_at")?,
         name,
@@ -380,6 +453,44 @@ mod tests {
             assert_eq!(a.as_str().parse::<Algorithm>().unwrap(), a);
         }
         assert!("leaky".parse::<Algorithm>().is_err());
+    }
+
+    fn bucket(limits: &[Limit]) -> PlanLimits<'_> {
+        PlanLimits {
+            algorithm: Algorithm::TokenBucket,
+            limits,
+            concurrency: None,
+            block_for_seconds: None,
+        }
+    }
+
+    #[test]
+    fn a_block_is_checked_by_the_file_rules_and_named_as_the_api_names_it() {
+        let window = [Limit {
+            requests: 10,
+            per_seconds: 60,
+            burst: None,
+        }];
+        for (block, ok) in [(Some(600), true), (None, true), (Some(0), false)] {
+            let plan = PlanLimits {
+                block_for_seconds: block,
+                ..bucket(&window)
+            };
+            assert_eq!(check_limits(plan).is_ok(), ok, "{block:?}");
+        }
+        let long = PlanLimits {
+            block_for_seconds: Some(400 * 86400),
+            ..bucket(&window)
+        };
+        let err = check_limits(long).unwrap_err().to_string();
+        assert!(err.contains("block_for_seconds: must be"), "{err}");
+        let spec = limit_spec(PlanLimits {
+            block_for_seconds: Some(600),
+            ..bucket(&window)
+        });
+        assert_eq!(spec.block_for, Some(Duration::from_secs(600)));
+        assert_eq!(block_for_sql(Some(600)).unwrap(), Some(600));
+        assert!(block_for_sql(Some(u64::MAX)).is_err());
     }
 
     #[test]
@@ -416,7 +527,7 @@ mod tests {
             },
         ] {
             assert!(matches!(
-                check_limits(Algorithm::TokenBucket, &[bad], None),
+                check_limits(bucket(&[bad])),
                 Err(DbError::Invalid(_))
             ));
         }
@@ -426,7 +537,7 @@ mod tests {
             per_seconds: 86400,
             burst: Some(1000),
         };
-        let err = check_limits(Algorithm::TokenBucket, &[slow], None).unwrap_err();
+        let err = check_limits(bucket(&[slow])).unwrap_err();
         assert!(err.to_string().contains("limits[0].burst"), "{err}");
         let read: Vec<Limit> =
             serde_json::from_value(json!([{"requests": 5, "per_seconds": 60}])).unwrap();

@@ -33,6 +33,18 @@ pub struct RoutePolicies {
     failure_mode: limit::FailureMode,
 }
 
+impl RoutePolicies {
+    /// The per-caller limit (subjects `r:<route>:<caller>`).
+    pub fn per_caller(&self) -> Option<&Policy> {
+        self.per_caller.as_ref()
+    }
+
+    /// The global limit (subject `r:<route>`).
+    pub fn global(&self) -> Option<&Policy> {
+        self.global.as_ref()
+    }
+}
+
 /// Why the config's limits cannot be used (the reload is refused).
 #[derive(Debug, thiserror::Error)]
 #[error("rate limit {place}: {source}")]
@@ -127,15 +139,29 @@ impl LimitPolicies {
         if identity.consumer_id().is_none() {
             return self.anonymous.as_ref();
         }
-        let plan = identity
-            .plan()
-            .and_then(|plan| self.plans.get(plan))
+        self.plan_policy(identity.plan())
+    }
+
+    /// The policy of a consumer on `plan`: that plan's, or the default plan's when `plan`
+    /// is unset or unknown. `None`: unlimited (also a known plan without limits).
+    pub fn plan_policy(&self, plan: Option<&str>) -> Option<&Policy> {
+        plan.and_then(|plan| self.plans.get(plan))
             .or_else(|| {
                 self.default_plan
                     .as_ref()
                     .and_then(|plan| self.plans.get(plan))
-            });
-        plan.and_then(Option::as_ref)
+            })
+            .and_then(Option::as_ref)
+    }
+
+    /// The policy of anonymous callers (`rate_limit.anonymous`).
+    pub fn anonymous(&self) -> Option<&Policy> {
+        self.anonymous.as_ref()
+    }
+
+    /// The leading bits of an IPv6 address that count as one anonymous caller.
+    pub fn ipv6_prefix(&self) -> u8 {
+        self.ipv6_prefix
     }
 
     /// `c:<consumer>`, or `ip:<address>` for an anonymous caller (an IPv6 one by its
@@ -246,6 +272,117 @@ pub fn plan_policy(name: &str, spec: &LimitSpec) -> Result<Policy, LimitSetupErr
     policy(name, spec, &format!("plan {name}"))
 }
 
+/// A limiter subject as an operator names it: exactly the keys [`RequestSubjects`] makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubjectName {
+    /// `c:<consumer>`: a consumer under its plan.
+    Consumer(String),
+    /// `ip:<address>`: an anonymous caller under `rate_limit.anonymous`; an IPv6 one by
+    /// its `rate_limit.ipv6_prefix` network (`ip:2001:db8::/64`).
+    Anonymous(ClientNetwork),
+    /// `r:<route>:<caller>`: a caller (consumer or anonymous) under a route's per-caller
+    /// limit.
+    RouteCaller {
+        /// The route's name.
+        route: String,
+        /// `Consumer` or `Anonymous`.
+        caller: Box<SubjectName>,
+    },
+    /// `r:<route>`: a route's global limit.
+    RouteGlobal(String),
+}
+
+/// Why a subject name is not one the limiter uses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubjectNameError {
+    /// Not `c:<consumer>`, `ip:<address>`, `r:<route>` or `r:<route>:<caller>`.
+    #[error(
+        "must be c:<consumer>, ip:<address>, r:<route> or r:<route>:<c:consumer or ip:address>"
+    )]
+    Form,
+    /// A consumer id that breaks the file's rule.
+    #[error("consumer id: {}", crate::config::validate::IDENTIFIER_RULE)]
+    Consumer,
+    /// A route name that breaks the file's rule.
+    #[error("route name: {}", crate::config::validate::NAME_RULE)]
+    Route,
+    /// Not an IP address, nor an IPv6 network of the configured prefix length.
+    #[error("ip: an IPv4 or IPv6 address, or an IPv6 network /{0} (rate_limit.ipv6_prefix)")]
+    Address(u8),
+}
+
+impl SubjectName {
+    /// Parses a subject key; an IPv6 address stands for its network of `ipv6_prefix` bits
+    /// (the anonymous caller it is counted as), written with or without that prefix.
+    pub fn parse(text: &str, ipv6_prefix: u8) -> Result<SubjectName, SubjectNameError> {
+        if let Some(rest) = text.strip_prefix("r:") {
+            let (route, caller) = match rest.split_once(':') {
+                Some((route, caller)) => (route, Some(caller)),
+                None => (rest, None),
+            };
+            if !crate::config::validate::valid_name(route) {
+                return Err(SubjectNameError::Route);
+            }
+            return Ok(match caller {
+                None => SubjectName::RouteGlobal(route.to_string()),
+                Some(caller) => match SubjectName::parse(caller, ipv6_prefix)? {
+                    c @ (SubjectName::Consumer(_) | SubjectName::Anonymous(_)) => {
+                        SubjectName::RouteCaller {
+                            route: route.to_string(),
+                            caller: Box::new(c),
+                        }
+                    }
+                    _ => return Err(SubjectNameError::Form),
+                },
+            });
+        }
+        if let Some(id) = text.strip_prefix("c:") {
+            if !crate::config::validate::valid_identifier(id) {
+                return Err(SubjectNameError::Consumer);
+            }
+            return Ok(SubjectName::Consumer(id.to_string()));
+        }
+        let Some(address) = text.strip_prefix("ip:") else {
+            return Err(SubjectNameError::Form);
+        };
+        let bad = || SubjectNameError::Address(ipv6_prefix);
+        let (ip, prefix) = match address.split_once('/') {
+            Some((ip, prefix)) => (ip, Some(prefix)),
+            None => (address, None),
+        };
+        let ip: std::net::IpAddr = ip.parse().map_err(|_| bad())?;
+        let network = ClientNetwork::of(ip, ipv6_prefix);
+        // A network is only one the limiter counts by when it is the configured one.
+        if let Some(prefix) = prefix {
+            match network {
+                ClientNetwork::V6(net) if prefix == net.prefix_len().to_string() => {}
+                _ => return Err(bad()),
+            }
+        }
+        Ok(SubjectName::Anonymous(network))
+    }
+
+    /// The route this subject is counted on, if any.
+    pub fn route(&self) -> Option<&str> {
+        match self {
+            SubjectName::RouteCaller { route, .. } | SubjectName::RouteGlobal(route) => Some(route),
+            SubjectName::Consumer(_) | SubjectName::Anonymous(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for SubjectName {
+    /// The limiter's key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SubjectName::Consumer(id) => write!(f, "c:{id}"),
+            SubjectName::Anonymous(network) => write!(f, "ip:{network}"),
+            SubjectName::RouteCaller { route, caller } => write!(f, "r:{route}:{caller}"),
+            SubjectName::RouteGlobal(route) => write!(f, "r:{route}"),
+        }
+    }
+}
+
 /// A limiter policy from a config limit (see [`limits::policy`]).
 fn policy(name: &str, spec: &LimitSpec, place: &str) -> Result<Policy, LimitSetupError> {
     limits::policy(name, spec).map_err(|source| LimitSetupError {
@@ -318,4 +455,59 @@ pub fn refusal(decision: &Decision) -> (String, u64) {
         .map_or(1, |d| d.as_secs_f64().ceil() as u64)
         .max(1);
     (policy, retry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_names_parse_to_the_keys_the_proxy_makes() {
+        let ok = [
+            ("c:alice", "c:alice"),
+            ("c:usr_1:x", "c:usr_1:x"),
+            ("ip:192.0.2.7", "ip:192.0.2.7"),
+            ("ip:::ffff:192.0.2.7", "ip:192.0.2.7"),
+            ("ip:2001:db8::1", "ip:2001:db8::/64"),
+            ("ip:2001:db8::/64", "ip:2001:db8::/64"),
+            ("r:api", "r:api"),
+            ("r:api:c:alice", "r:api:c:alice"),
+            ("r:api:ip:2001:db8:0:0:5::9", "r:api:ip:2001:db8::/64"),
+        ];
+        for (text, key) in ok {
+            let name = SubjectName::parse(text, 64).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(name.to_string(), key, "{text}");
+            assert_eq!(SubjectName::parse(key, 64).as_ref(), Ok(&name), "{key}");
+        }
+        // The anonymous key is the proxy's own formatting of the caller's network.
+        let ip: std::net::IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(
+            format!("ip:{}", ClientNetwork::of(ip, 64)),
+            SubjectName::parse("ip:2001:db8::1", 64)
+                .unwrap()
+                .to_string()
+        );
+        for bad in [
+            "",
+            "alice",
+            "x:1",
+            "c:",
+            "c:a b",
+            "ip:",
+            "ip:1.2.3",
+            "ip:10.0.0.0/8",
+            "ip:2001:db8::/48",
+            "r:",
+            "r:a b",
+            "r:api:r:other",
+            "r:api:",
+            "r:api:c:",
+        ] {
+            assert!(SubjectName::parse(bad, 64).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            SubjectName::parse("r:api:ip:10.0.0.1", 64).unwrap().route(),
+            Some("api")
+        );
+    }
 }
