@@ -19,6 +19,7 @@
 
 #![warn(missing_docs)]
 
+mod batch;
 mod breaker;
 pub mod decision;
 pub mod headers;
