@@ -253,7 +253,10 @@ async fn two_instances_on_one_redis_admit_exactly_the_quota() {
         .sum::<u64>()
         - before;
     assert!((1..=200).contains(&sent), "sent {sent}");
-    assert_eq!(command_calls(&redis, "evalsha").await - evalsha_before, sent);
+    assert_eq!(
+        command_calls(&redis, "evalsha").await - evalsha_before,
+        sent
+    );
 
     let standing = instances[1]
         .peek(&[
@@ -323,9 +326,17 @@ async fn a_coalesced_batch_decides_each_subject_and_policy_exactly() {
     let redis = RedisServer::start().await;
     let limiter = connect(&patient(vec![redis.url()], false)).await;
     let fixed = Arc::new(policy("fixed", Algorithm::FixedWindow, &[(5, secs(60))]));
-    let sliding = Arc::new(policy("sliding", Algorithm::SlidingWindow, &[(7, secs(60))]));
+    let sliding = Arc::new(policy(
+        "sliding",
+        Algorithm::SlidingWindow,
+        &[(7, secs(60))],
+    ));
     let capped = Arc::new(policy("capped", Algorithm::FixedWindow, &[]).with_concurrency(3));
-    let shared = Arc::new(policy("shared", Algorithm::FixedWindow, &[(1000, secs(60))]));
+    let shared = Arc::new(policy(
+        "shared",
+        Algorithm::FixedWindow,
+        &[(1000, secs(60))],
+    ));
     let evalsha_before = command_calls(&redis, "evalsha").await;
 
     at_window_start(secs(60), secs(10)).await;
@@ -405,14 +416,21 @@ async fn a_batch_that_times_out_fails_every_member_per_its_failure_mode() {
         ..RedisSettings::single(redis.url())
     };
     let limiter = connect(&settings).await;
-    let p = Arc::new(policy("slow", Algorithm::FixedWindow, &[(1000, secs(3600))]));
+    let p = Arc::new(policy(
+        "slow",
+        Algorithm::FixedWindow,
+        &[(1000, secs(3600))],
+    ));
     let modes = [FailureMode::Closed, FailureMode::Open, LOCAL];
     // Every worker thread's connection is open before Redis stalls.
     let warm = (0..20).map(|_| {
         let (limiter, p) = (limiter.clone(), Arc::clone(&p));
         tokio::spawn(async move {
             let subjects = [Subject::new("c:slow", &p)];
-            limiter.acquire(&subjects, 0, &FailureMode::Closed).await.is_ok()
+            limiter
+                .acquire(&subjects, 0, &FailureMode::Closed)
+                .await
+                .is_ok()
         })
     });
     assert!(join_all(warm).await.into_iter().all(|r| r.expect("task")));

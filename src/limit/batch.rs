@@ -154,7 +154,9 @@ impl Drop for Driving<'_> {
 impl Lane {
     fn lock(&self) -> MutexGuard<'_, Queue> {
         // A panic while holding this lock leaves a queue that is still consistent.
-        self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Sends rounds until the queue is empty.
@@ -166,8 +168,8 @@ impl Lane {
         if !self.ready.load(Ordering::Relaxed) {
             // The first round waits (within the deadline) for the connection that was
             // opened with the lane, rather than failing fast on it.
-            let _ = tokio::time::timeout(self.sender.timeout(), self.client.wait_for_connect())
-                .await;
+            let _ =
+                tokio::time::timeout(self.sender.timeout(), self.client.wait_for_connect()).await;
             self.ready.store(true, Ordering::Relaxed);
         }
         let mut round = Vec::new();
@@ -229,13 +231,18 @@ impl Lane {
         metrics::BATCH_SIZE.observe(jobs.len() as f64);
         let calls: Vec<&ScriptCall> = jobs.iter().map(|job| &job.call).collect();
         let args = script::batch_arguments(&calls);
-        let result = self.sender.eval(&self.client, slot, args).await.and_then(|value| {
-            script::split_batch_reply(value, jobs.len()).map_err(BackendError::Reply)
-        });
+        let result = self
+            .sender
+            .eval(&self.client, slot, args)
+            .await
+            .and_then(|value| {
+                script::split_batch_reply(value, jobs.len()).map_err(BackendError::Reply)
+            });
         match result {
             Ok(replies) => {
                 for (job, value) in jobs.drain(..).zip(replies) {
-                    let reply = script::parse_reply(value, job.entries).map_err(BackendError::Reply);
+                    let reply =
+                        script::parse_reply(value, job.entries).map_err(BackendError::Reply);
                     // The caller may have given up meanwhile: nobody to tell.
                     let _ = job.reply.send(reply);
                 }

@@ -3,8 +3,9 @@
 //! `SCRIPT FLUSH` fails no request), and a deadline on every call.
 //!
 //! Commands are sent as fred custom commands routed to a slot computed here once per
-//! subject (`ClusterHash::Custom`), so no fred command-family feature is needed; fred
-//! pipelines them on its connections like any non-blocking command.
+//! subject (`ClusterHash::Custom`), so no fred command-family feature is needed. Acquires
+//! and peeks go through each thread's own client, coalesced with the calls waiting on that
+//! thread (`batch`); releases, resets and undos through a shared pool.
 //!
 //! On a Cluster, subjects are grouped by hash slot and each group is one script call;
 //! the groups run concurrently (one round trip of latency). A script is atomic only

@@ -247,10 +247,7 @@ pub(crate) fn batch_arguments(calls: &[&ScriptCall]) -> Vec<Value> {
 pub(crate) fn split_batch_reply(value: Value, calls: usize) -> Result<Vec<Value>, String> {
     match value {
         Value::Array(replies) if replies.len() == calls => Ok(replies),
-        Value::Array(replies) => Err(format!(
-            "expected {calls} replies, got {}",
-            replies.len()
-        )),
+        Value::Array(replies) => Err(format!("expected {calls} replies, got {}", replies.len())),
         other => Err(format!("expected an array of replies, got {other:?}")),
     }
 }
