@@ -282,6 +282,34 @@ async fn hold_scripts(redis: &RedisServer, hold: Duration) {
     redis.command(&["CLIENT", "PAUSE", &ms, "WRITE"]).await;
 }
 
+/// Runs zero-cost acquires on the runtime's worker threads until each of `limiters` has its
+/// own open connection to `redis` on every one of the two workers (`INFO clients`), so that
+/// the calls a test starts next are coalesced from the first. (A thread's first calls go
+/// alone through the shared pool while its own connection opens.)
+async fn open_every_lane(redis: &RedisServer, limiters: &[RateLimiter]) {
+    let p = Arc::new(policy("lanes", Algorithm::FixedWindow, &[(1, secs(60))]));
+    let expected = limiters.len() * (DEFAULT_POOL_SIZE + 2);
+    eventually("every worker has its connection", secs(10), || async {
+        let calls = (0..20).map(|i| {
+            let (limiter, p) = (limiters[i % limiters.len()].clone(), Arc::clone(&p));
+            tokio::spawn(async move {
+                let subjects = [Subject::new("lanes", &p)];
+                limiter.acquire(&subjects, 0, &LOCAL).await.is_ok()
+            })
+        });
+        join_all(calls).await;
+        let info = redis.command(&["INFO", "clients"]).await;
+        let text = info.as_str().expect("INFO answers text");
+        let clients: usize = text
+            .lines()
+            .find_map(|line| line.strip_prefix("connected_clients:"))
+            .map_or(0, |n| n.trim().parse().expect("a number"));
+        // The INFO connection itself counts too.
+        clients > expected
+    })
+    .await;
+}
+
 /// Calls decided beyond one per script call so far, by every limiter in this process.
 fn coalesced_so_far() -> f64 {
     let batches = &metrics::BATCH_SIZE;
@@ -295,6 +323,7 @@ async fn coalesced_acquires_on_two_instances_admit_exactly_the_quota() {
     let instances = [connect(&settings).await, connect(&settings).await];
     let consumer = Arc::new(policy("gold", Algorithm::FixedWindow, &[(50, secs(60))]));
     let route = Arc::new(policy("route", Algorithm::FixedWindow, &[(1000, secs(60))]));
+    open_every_lane(&redis, &instances).await;
     let evalsha_before = command_calls(&redis, "evalsha").await;
     let coalesced_before = coalesced_so_far();
 
@@ -337,6 +366,7 @@ async fn a_coalesced_batch_decides_each_subject_and_policy_exactly() {
         Algorithm::FixedWindow,
         &[(1000, secs(60))],
     ));
+    open_every_lane(&redis, std::slice::from_ref(&limiter)).await;
     let evalsha_before = command_calls(&redis, "evalsha").await;
 
     at_window_start(secs(60), secs(10)).await;
@@ -407,6 +437,37 @@ async fn a_coalesced_batch_decides_each_subject_and_policy_exactly() {
     assert!(again.allowed);
 }
 
+#[tokio::test]
+async fn the_first_calls_on_a_new_thread_are_decided_by_redis() {
+    let redis = RedisServer::start().await;
+    let limiter = connect(&patient(vec![redis.url()], false)).await;
+    let p = Arc::new(policy("fresh", Algorithm::FixedWindow, &[(3, secs(3600))]));
+    at_window_start(secs(3600), secs(10)).await;
+    // A thread (and runtime) the limiter has never run on: its first calls go out while
+    // its own connection is still opening, and are decided by Redis all the same.
+    let (limiter2, p2) = (limiter.clone(), Arc::clone(&p));
+    let decisions = tokio::task::spawn_blocking(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let subjects = [Subject::new("c:fresh", &p2)];
+            let calls = (0..5).map(|_| limiter2.acquire(&subjects, 1, &FailureMode::Closed));
+            join_all(calls).await
+        })
+    })
+    .await
+    .expect("thread");
+    let allowed = decisions
+        .into_iter()
+        .map(|d| d.expect("Redis decides"))
+        .inspect(|d| assert_eq!(d.source, Source::Redis))
+        .filter(|d| d.allowed)
+        .count();
+    assert_eq!(allowed, 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_that_times_out_fails_every_member_per_its_failure_mode() {
     let redis = RedisServer::start().await;
@@ -423,17 +484,7 @@ async fn a_batch_that_times_out_fails_every_member_per_its_failure_mode() {
     ));
     let modes = [FailureMode::Closed, FailureMode::Open, LOCAL];
     // Every worker thread's connection is open before Redis stalls.
-    let warm = (0..20).map(|_| {
-        let (limiter, p) = (limiter.clone(), Arc::clone(&p));
-        tokio::spawn(async move {
-            let subjects = [Subject::new("c:slow", &p)];
-            limiter
-                .acquire(&subjects, 0, &FailureMode::Closed)
-                .await
-                .is_ok()
-        })
-    });
-    assert!(join_all(warm).await.into_iter().all(|r| r.expect("task")));
+    open_every_lane(&redis, std::slice::from_ref(&limiter)).await;
 
     hold_scripts(&redis, secs(3)).await;
     let calls = (0..30).map(|i| {

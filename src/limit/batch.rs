@@ -9,20 +9,21 @@
 //! that finds its lane idle starts a driver task at once (no timer delay for a lone
 //! request); calls that arrive while a round is in flight wait in the queue and go out
 //! together as soon as it returns, at most [`MAX_BATCH`] per script call. On a Cluster,
-//! a round is one script call per slot, concurrently.
+//! a round is one script call per slot, concurrently. While a lane's connection is being
+//! opened (its thread's first call) or reopened, its calls go alone through the shared
+//! pool, as every call did before lanes.
 //!
 //! Every call keeps its own deadline from the moment it is queued: one that gives up
 //! before its round is sent is left out of it (never counted); one that gives up after
 //! is handled as any call that timed out after it was sent.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use fred::clients::{Client, WithOptions};
+use fred::clients::{Client, Pool, WithOptions};
 use fred::error::{Error as FredError, ErrorKind as FredErrorKind};
 use fred::interfaces::ClientLike;
 use fred::types::config::Options;
-use fred::types::Builder;
+use fred::types::{Builder, Value};
 use futures::future::join_all;
 use thread_local::ThreadLocal;
 use tokio::sync::oneshot;
@@ -40,6 +41,8 @@ pub(crate) struct Lanes {
     lanes: ThreadLocal<Arc<Lane>>,
     /// The client settings every lane's client is built from.
     builder: Builder,
+    /// For a call whose lane is not connected (yet, or again): sent alone.
+    pool: WithOptions<Pool>,
     options: Options,
     sender: Sender,
     cluster: bool,
@@ -48,8 +51,6 @@ pub(crate) struct Lanes {
 /// One thread's client, queue and round state.
 struct Lane {
     client: WithOptions<Client>,
-    /// Set once the client's first connection attempt has been waited for.
-    ready: AtomicBool,
     queue: Mutex<Queue>,
     sender: Sender,
     cluster: bool,
@@ -73,10 +74,17 @@ struct Job {
 
 impl Lanes {
     /// Lanes whose clients are built from `builder`, sending with `options`.
-    pub(crate) fn new(builder: Builder, options: Options, sender: Sender, cluster: bool) -> Self {
+    pub(crate) fn new(
+        builder: Builder,
+        pool: WithOptions<Pool>,
+        options: Options,
+        sender: Sender,
+        cluster: bool,
+    ) -> Self {
         Lanes {
             lanes: ThreadLocal::new(),
             builder,
+            pool,
             options,
             sender,
             cluster,
@@ -92,6 +100,11 @@ impl Lanes {
         entries: usize,
     ) -> Result<Reply, BackendError> {
         let lane = self.lanes.get_or_try(|| self.open())?;
+        if !lane.client.is_connected() {
+            // Its connection is being opened (the thread's first call) or reopened: the
+            // shared pool has one already, or fails at once as this one would.
+            return self.alone(slot, &call, entries).await;
+        }
         let (reply, answer) = oneshot::channel();
         let job = Job {
             slot,
@@ -119,6 +132,23 @@ impl Lanes {
         }
     }
 
+    /// `call` on its own through the shared pool.
+    async fn alone(
+        &self,
+        slot: u16,
+        call: &ScriptCall,
+        entries: usize,
+    ) -> Result<Reply, BackendError> {
+        metrics::BATCH_SIZE.observe(1.0);
+        let value = self
+            .sender
+            .eval(&self.pool, slot, script::batch_arguments(&[call]))
+            .await?;
+        let mut replies = script::split_batch_reply(value, 1).map_err(BackendError::Reply)?;
+        let value = replies.pop().unwrap_or(Value::Null);
+        script::parse_reply(value, entries).map_err(BackendError::Reply)
+    }
+
     /// This thread's lane: a client of its own, its connection tasks spawned on this
     /// thread's runtime.
     fn open(&self) -> Result<Arc<Lane>, BackendError> {
@@ -127,7 +157,6 @@ impl Lanes {
         drop(client.connect());
         Ok(Arc::new(Lane {
             client: client.with_options(&self.options),
-            ready: AtomicBool::new(false),
             queue: Mutex::new(Queue::default()),
             sender: self.sender.clone(),
             cluster: self.cluster,
@@ -165,13 +194,6 @@ impl Lane {
             lane: &self,
             armed: true,
         };
-        if !self.ready.load(Ordering::Relaxed) {
-            // The first round waits (within the deadline) for the connection that was
-            // opened with the lane, rather than failing fast on it.
-            let _ =
-                tokio::time::timeout(self.sender.timeout(), self.client.wait_for_connect()).await;
-            self.ready.store(true, Ordering::Relaxed);
-        }
         let mut round = Vec::new();
         while self.take(&mut round) {
             // Calls that gave up waiting are never sent.

@@ -201,7 +201,13 @@ impl RedisBackend {
         let backend = RedisBackend {
             shared: Arc::new(Shared {
                 client,
-                lanes: Lanes::new(builder, options, sender.clone(), settings.cluster),
+                lanes: Lanes::new(
+                    builder,
+                    pool.with_options(&options),
+                    options,
+                    sender.clone(),
+                    settings.cluster,
+                ),
                 cluster: settings.cluster,
                 sender,
                 lease_ttl_ms: u64::try_from(settings.concurrency_lease_ttl.as_millis())
