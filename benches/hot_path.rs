@@ -1,5 +1,7 @@
 //! Micro-benchmarks of the per-request hot path: route matching, API-key verification
-//! (cache hit and miss), and JWT verification per algorithm. Run with `cargo bench`.
+//! (cache hit and miss), JWT verification per algorithm, and a Redis rate-limit decision
+//! (alone, and 64 at once, coalesced) against a `redis-server` the bench starts (skipped
+//! when there is none). Run with `cargo bench`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -202,5 +204,82 @@ fn jwt_verify(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, route_match, api_key, jwt_verify);
+/// A `redis-server` on a free loopback port, stopped when dropped.
+struct BenchRedis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl BenchRedis {
+    fn start() -> Option<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .ok()?
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let redis = BenchRedis { child, port };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(redis);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for BenchRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn redis_limit(c: &mut Criterion) {
+    use tollgate::limit::{FailureMode, Policy, RateLimiter, RedisSettings, Subject, Window};
+    let Some(redis) = BenchRedis::start() else {
+        eprintln!("redis_limit: no redis-server, skipped");
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let limiter = rt
+        .block_on(RateLimiter::connect(&RedisSettings::single(format!(
+            "redis://127.0.0.1:{}",
+            redis.port
+        ))))
+        .expect("limiter");
+    // A quota that never refuses: every decision counts.
+    let policy = Policy::new(
+        "bench",
+        tollgate::limit::Algorithm::FixedWindow,
+        vec![Window::new(1 << 50, std::time::Duration::from_secs(3600))],
+    );
+    let subjects = [Subject::new("c:bench", &policy)];
+    let acquire = || async {
+        limiter
+            .acquire(&subjects, 1, &FailureMode::Closed)
+            .await
+            .is_ok_and(|d| d.allowed)
+    };
+    assert!(rt.block_on(acquire()), "Redis decides");
+    let mut group = c.benchmark_group("redis_limit");
+    group.bench_function("acquire_alone", |b| b.to_async(&rt).iter(acquire));
+    // 64 requests waiting at once on one worker: one round trip per batch.
+    group.throughput(criterion::Throughput::Elements(64));
+    group.bench_function("acquire_64_at_once", |b| {
+        b.to_async(&rt)
+            .iter(|| futures::future::join_all((0..64).map(|_| acquire())))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, route_match, api_key, jwt_verify, redis_limit);
 criterion_main!(benches);

@@ -42,6 +42,17 @@ pub static REDIS_DURATION: LazyLock<Histogram> = metric!(register_histogram!(
     REDIS_BUCKETS.to_vec()
 ));
 
+/// Script calls coalesced into one `EVALSHA` (1: a lone call), bounded by the batch size.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+
+/// Calls decided by each rate-limit script call: above 1, requests waiting on one worker
+/// at the same moment went to Redis together (see `limit::batch`).
+pub static BATCH_SIZE: LazyLock<Histogram> = metric!(register_histogram!(
+    "tollgate_ratelimit_batch_size",
+    "Rate-limit decisions made by each script call to Redis (requests coalesced into one EVALSHA).",
+    BATCH_BUCKETS.to_vec()
+));
+
 /// Kinds of Redis failure, the values of the `kind` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -84,4 +95,5 @@ pub fn init() {
     }
     LazyLock::force(&FALLBACK_ACTIVE);
     LazyLock::force(&REDIS_DURATION);
+    LazyLock::force(&BATCH_SIZE);
 }

@@ -19,6 +19,7 @@
 
 #![warn(missing_docs)]
 
+mod batch;
 mod breaker;
 pub mod decision;
 pub mod headers;
@@ -48,8 +49,8 @@ pub(crate) use redis::client_config as redis_client_config;
 /// 50 ms only ever cuts off a sick one, and bounds what limiting adds to a request.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
 
-/// Connections to Redis (per node on a Cluster): calls are pipelined, so a couple of
-/// connections carry many thousands of requests per second.
+/// Shared connections to Redis (per node on a Cluster) for releases, resets and Cluster
+/// undos, which are pipelined; request decisions use each thread's own connection.
 pub const DEFAULT_POOL_SIZE: usize = 2;
 
 /// Consecutive failures that open the breaker: enough that one lost packet does not
@@ -75,7 +76,7 @@ pub struct RedisSettings {
     pub cluster: bool,
     /// Deadline of each call (see [`DEFAULT_TIMEOUT`]).
     pub timeout: Duration,
-    /// Connections (per node on a Cluster).
+    /// Shared connections (per node on a Cluster), see [`DEFAULT_POOL_SIZE`].
     pub pool_size: usize,
     /// Consecutive failures (errors or timeouts) that open the breaker.
     pub breaker_failures: u32,

@@ -81,6 +81,9 @@ pub struct Policy {
     /// Once a subject exceeds this policy (one of its windows or its cap refuses a
     /// request), every request of it is refused for this long.
     pub block_for: Option<Duration>,
+    /// Its script arguments, built on the first Redis call that uses it (a clone starts
+    /// empty, so a clone changed before use builds its own).
+    pub(crate) script_args: super::script::PolicyArgs,
 }
 
 /// Why a policy (or a cost) cannot be used.
@@ -135,18 +138,21 @@ impl Policy {
             windows,
             concurrency: None,
             block_for: None,
+            script_args: super::script::PolicyArgs::default(),
         }
     }
 
     /// The same policy with at most `cap` requests in flight per subject.
     pub fn with_concurrency(mut self, cap: u64) -> Self {
         self.concurrency = Some(cap);
+        self.script_args = super::script::PolicyArgs::default();
         self
     }
 
     /// The same policy, blocking a subject for `block_for` once it exceeds it.
     pub fn with_block_for(mut self, block_for: Duration) -> Self {
         self.block_for = Some(block_for);
+        self.script_args = super::script::PolicyArgs::default();
         self
     }
 

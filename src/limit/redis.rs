@@ -3,8 +3,9 @@
 //! `SCRIPT FLUSH` fails no request), and a deadline on every call.
 //!
 //! Commands are sent as fred custom commands routed to a slot computed here once per
-//! subject (`ClusterHash::Custom`), so no fred command-family feature is needed; fred
-//! pipelines them on its connections like any non-blocking command.
+//! subject (`ClusterHash::Custom`), so no fred command-family feature is needed. Acquires
+//! and peeks go through each thread's own client, coalesced with the calls waiting on that
+//! thread (`batch`); releases, resets and undos through a shared pool.
 //!
 //! On a Cluster, subjects are grouped by hash slot and each group is one script call;
 //! the groups run concurrently (one round trip of latency). A script is atomic only
@@ -27,9 +28,10 @@ use fred::types::config::{
 use fred::types::{Builder, ClusterHash, CustomCommand, Value};
 use futures::future::join_all;
 
+use super::batch::Lanes;
 use super::metrics::{self, ErrorKind};
 use super::policy::Subject;
-use super::script::{self, Call, Mode, Reply, SubjectKeys};
+use super::script::{self, Call, Mode, ScriptCall, SubjectKeys};
 use super::window::Outcome;
 use super::{LimitError, RedisSettings};
 
@@ -58,7 +60,7 @@ const MAX_REDIRECTIONS: u32 = 3;
 const RELEASE_ATTEMPTS: u32 = 3;
 
 /// Why a Redis call failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub(crate) enum BackendError {
     /// No answer before the deadline.
     #[error("no answer within {0:?}")]
@@ -109,19 +111,28 @@ pub(crate) struct RedisBackend {
 }
 
 struct Shared {
+    /// For what does not decide a request: releases, undos, resets.
     client: WithOptions<Pool>,
+    /// Acquires and peeks: each thread's own client, its calls coalesced.
+    lanes: Lanes,
     cluster: bool,
-    timeout: Duration,
+    sender: Sender,
     lease_ttl_ms: u64,
+}
+
+/// Sends commands within the call deadline and counts them. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Sender {
+    timeout: Duration,
     /// Commands sent to Redis, for tests and diagnostics.
-    commands: AtomicU64,
+    commands: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisBackend")
             .field("cluster", &self.shared.cluster)
-            .field("timeout", &self.shared.timeout)
+            .field("timeout", &self.shared.sender.timeout)
             .finish_non_exhaustive()
     }
 }
@@ -139,7 +150,8 @@ impl RedisBackend {
     /// answered within [`INITIAL_CONNECT_WAIT`]; it keeps reconnecting either way.
     pub(crate) async fn connect(settings: &RedisSettings) -> Result<(Self, bool), LimitError> {
         let config = client_config(settings)?;
-        let pool = Builder::from_config(config)
+        let mut builder = Builder::from_config(config);
+        builder
             .with_connection_config(|c| {
                 c.connection_timeout = CONNECT_TIMEOUT;
                 c.internal_command_timeout = CONNECT_TIMEOUT;
@@ -162,7 +174,8 @@ impl RedisBackend {
                 RECONNECT_MIN_MS,
                 RECONNECT_MAX_MS,
                 2,
-            ))
+            ));
+        let pool = builder
             .build_pool(settings.pool_size.max(1))
             .map_err(|e| LimitError::InvalidSettings(e.to_string()))?;
         // The connection tasks run on the current runtime for as long as the pool
@@ -172,22 +185,33 @@ impl RedisBackend {
             tokio::time::timeout(INITIAL_CONNECT_WAIT, pool.wait_for_connect()).await,
             Ok(Ok(()))
         );
-        let client = pool.with_options(&Options {
+        let options = Options {
             timeout: Some(settings.timeout),
             // Not connected: fail at once rather than queue until the deadline.
             fail_fast: true,
             max_attempts: Some(1),
             max_redirections: Some(MAX_REDIRECTIONS),
             ..Options::default()
-        });
+        };
+        let client = pool.with_options(&options);
+        let sender = Sender {
+            timeout: settings.timeout,
+            commands: Arc::new(AtomicU64::new(0)),
+        };
         let backend = RedisBackend {
             shared: Arc::new(Shared {
                 client,
+                lanes: Lanes::new(
+                    builder,
+                    pool.with_options(&options),
+                    options,
+                    sender.clone(),
+                    settings.cluster,
+                ),
                 cluster: settings.cluster,
-                timeout: settings.timeout,
+                sender,
                 lease_ttl_ms: u64::try_from(settings.concurrency_lease_ttl.as_millis())
                     .unwrap_or(u64::MAX),
-                commands: AtomicU64::new(0),
             }),
         };
         Ok((backend, connected))
@@ -195,7 +219,7 @@ impl RedisBackend {
 
     /// Commands sent to Redis so far.
     pub(crate) fn commands(&self) -> u64 {
-        self.shared.commands.load(Ordering::Relaxed)
+        self.shared.sender.commands.load(Ordering::Relaxed)
     }
 
     /// Runs an acquire (`cost` > 0 or not) or a peek for `subjects`, whose keys are
@@ -220,8 +244,12 @@ impl RedisBackend {
         if let [group] = groups.as_slice() {
             let key_refs: Vec<&SubjectKeys> = keys.iter().collect();
             let entries = subjects.iter().map(Subject::entries).sum();
-            let args = script::arguments(&call, subjects, &key_refs, &[]);
-            let reply = self.script(group.slot, args, entries).await?;
+            let script_call = ScriptCall::new(&call, subjects, &key_refs, &[]);
+            let reply = self
+                .shared
+                .lanes
+                .run(group.slot, script_call, entries)
+                .await?;
             return Ok(reply.outcomes);
         }
 
@@ -233,8 +261,8 @@ impl RedisBackend {
         let calls = groups.iter().zip(&group_subjects).map(|(group, members)| {
             let key_refs: Vec<&SubjectKeys> = group.members.iter().map(|&i| &keys[i]).collect();
             let entries = members.iter().map(Subject::entries).sum();
-            let args = script::arguments(&call, members, &key_refs, &[]);
-            self.script(group.slot, args, entries)
+            let script_call = ScriptCall::new(&call, members, &key_refs, &[]);
+            self.shared.lanes.run(group.slot, script_call, entries)
         });
         let replies = join_all(calls).await;
 
@@ -290,7 +318,7 @@ impl RedisBackend {
                     return;
                 }
                 if attempt < RELEASE_ATTEMPTS {
-                    tokio::time::sleep(backend.shared.timeout).await;
+                    tokio::time::sleep(backend.shared.sender.timeout).await;
                 }
             }
             log::debug!("rate limiting: lease {id} not released; it expires after its ttl");
@@ -308,7 +336,9 @@ impl RedisBackend {
         let removals = keys.iter().map(|key| {
             let slot = fred::util::redis_keyslot(key.as_bytes());
             let args = vec![Value::from(key.as_str()), Value::from(id)];
-            self.command("ZREM", slot, args)
+            self.shared
+                .sender
+                .command(&self.shared.client, "ZREM", slot, args)
         });
         let outcomes = futures::future::join_all(removals).await;
         keys.into_iter()
@@ -328,7 +358,11 @@ impl RedisBackend {
             Value::from(keys.windows.as_str()),
             Value::from(keys.leases.as_str()),
         ];
-        self.command("DEL", keys.slot, args).await.map(drop)
+        self.shared
+            .sender
+            .command(&self.shared.client, "DEL", keys.slot, args)
+            .await
+            .map(drop)
     }
 
     /// The script calls needed for `keys`: one on a single Redis; one per distinct slot
@@ -375,74 +409,84 @@ impl RedisBackend {
         };
         let key_refs: Vec<&SubjectKeys> = group.members.iter().map(|&i| &keys[i]).collect();
         let tags = script::window_tags(members, outcomes);
-        let args = script::arguments(&undo, members, &key_refs, &tags);
+        let script_call = ScriptCall::new(&undo, members, &key_refs, &tags);
+        let args = script::batch_arguments(&[&script_call]);
         let (backend, slot) = (self.clone(), group.slot);
         runtime.spawn(async move {
-            if let Err(e) = backend.eval(slot, args).await {
+            let shared = &backend.shared;
+            if let Err(e) = shared.sender.eval(&shared.client, slot, args).await {
                 metrics::backend_error(e.kind());
                 log::warn!("rate limiting: undoing a partly counted request failed: {e}");
             }
         });
     }
+}
 
-    /// Runs the script in `slot` and reads its reply of `entries` entries.
-    async fn script(
-        &self,
-        slot: u16,
-        args: Vec<Value>,
-        entries: usize,
-    ) -> Result<Reply, BackendError> {
-        let value = self.eval(slot, args).await?;
-        script::parse_reply(value, entries).map_err(BackendError::Reply)
+impl Sender {
+    /// The deadline of each call.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// `EVALSHA`, and `EVAL` if Redis no longer has the script, within one deadline.
-    async fn eval(&self, slot: u16, args: Vec<Value>) -> Result<Value, BackendError> {
+    /// `args` are [`script::batch_arguments`]: their first (a placeholder) becomes the
+    /// script's SHA-1 or source.
+    pub(crate) async fn eval<C: ClientLike>(
+        &self,
+        client: &C,
+        slot: u16,
+        mut args: Vec<Value>,
+    ) -> Result<Value, BackendError> {
         let started = Instant::now();
         let attempt = async {
-            let mut with_sha = Vec::with_capacity(args.len() + 1);
-            with_sha.push(Value::String(script::SHA1.clone()));
-            with_sha.extend(args.iter().cloned());
-            match self.send("EVALSHA", slot, with_sha).await {
+            let source = args.clone();
+            if let Some(first) = args.first_mut() {
+                *first = Value::String(script::SHA1.clone());
+            }
+            match self.send(client, "EVALSHA", slot, args).await {
                 Err(e) if e.details().starts_with("NOSCRIPT") => {
                     // Restarted or flushed: EVAL runs the script and caches it again.
-                    let mut with_source = args;
-                    with_source.insert(0, Value::String(script::SOURCE_ARG.clone()));
-                    self.send("EVAL", slot, with_source).await
+                    let mut with_source = source;
+                    if let Some(first) = with_source.first_mut() {
+                        *first = Value::String(script::SOURCE_ARG.clone());
+                    }
+                    self.send(client, "EVAL", slot, with_source).await
                 }
                 result => result,
             }
         };
-        let result = tokio::time::timeout(self.shared.timeout, attempt).await;
+        let result = tokio::time::timeout(self.timeout, attempt).await;
         metrics::REDIS_DURATION.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(result) => result.map_err(BackendError::Redis),
-            Err(_) => Err(BackendError::Timeout(self.shared.timeout)),
+            Err(_) => Err(BackendError::Timeout(self.timeout)),
         }
     }
 
     /// Any other command, within the deadline.
-    async fn command(
+    async fn command<C: ClientLike>(
         &self,
+        client: &C,
         name: &'static str,
         slot: u16,
         args: Vec<Value>,
     ) -> Result<Value, BackendError> {
-        match tokio::time::timeout(self.shared.timeout, self.send(name, slot, args)).await {
+        match tokio::time::timeout(self.timeout, self.send(client, name, slot, args)).await {
             Ok(result) => result.map_err(BackendError::Redis),
-            Err(_) => Err(BackendError::Timeout(self.shared.timeout)),
+            Err(_) => Err(BackendError::Timeout(self.timeout)),
         }
     }
 
-    async fn send(
+    async fn send<C: ClientLike>(
         &self,
+        client: &C,
         name: &'static str,
         slot: u16,
         args: Vec<Value>,
     ) -> Result<Value, FredError> {
-        self.shared.commands.fetch_add(1, Ordering::Relaxed);
+        self.commands.fetch_add(1, Ordering::Relaxed);
         let command = CustomCommand::new_static(name, ClusterHash::Custom(slot), false);
-        self.shared.client.custom(command, args).await
+        client.custom(command, args).await
     }
 }
 

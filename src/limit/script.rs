@@ -12,12 +12,12 @@
 //! The `{K}` hash tag puts both keys of a subject in one Redis Cluster slot. Both
 //! names are known from `K` alone, so an operator reset is one `DEL`.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, OnceLock};
 
 use fred::bytes_utils::Str;
 use fred::types::Value;
 
-use super::policy::Subject;
+use super::policy::{Policy, Subject};
 use super::window::Outcome;
 
 /// The whole script: the three algorithms, then the entry point.
@@ -114,50 +114,142 @@ pub(crate) struct Call<'a> {
     pub lease_ttl_ms: u64,
 }
 
-/// The arguments after the script's SHA-1 (or source): `numkeys`, KEYS, ARGV, for the
-/// subjects `subjects` whose keys are `keys`. `tags` has one tag per rate window, in
-/// order (undo only; ignored otherwise).
-pub(crate) fn arguments(
-    call: &Call<'_>,
-    subjects: &[Subject<'_>],
-    keys: &[&SubjectKeys],
-    tags: &[u64],
-) -> Vec<Value> {
-    let windows: usize = subjects.iter().map(|s| s.policy.windows.len()).sum();
-    let mut args =
-        Vec::with_capacity(1 + 2 * subjects.len() + 5 + 5 * subjects.len() + 3 * windows);
-    args.push(int(2 * subjects.len() as u64));
-    for k in keys {
-        args.push(Value::from(k.windows.as_str()));
-        args.push(Value::from(k.leases.as_str()));
-    }
-    args.push(Value::from(call.mode.code()));
-    args.push(int(call.cost));
-    args.push(Value::from(call.lease_id));
-    args.push(int(call.lease_ttl_ms));
-    args.push(int(subjects.len() as u64));
-    let mut tags = tags.iter();
-    for subject in subjects {
-        let policy = subject.policy;
-        args.push(Value::from(policy.algorithm.code()));
-        args.push(Value::String(Str::from(&*policy.name)));
-        args.push(match policy.concurrency {
-            Some(cap) => int(cap),
-            None => Value::Integer(-1),
+/// A policy's script arguments for an acquire or a peek (every tag 0), built on first use
+/// and kept with the policy, so a request copies them instead of building them.
+#[derive(Default)]
+pub(crate) struct PolicyArgs(OnceLock<Arc<[Value]>>);
+
+impl PolicyArgs {
+    /// The arguments of `policy`, whose cache this is.
+    fn get(&self, policy: &Policy) -> &[Value] {
+        let args = self.0.get_or_init(|| {
+            let mut args = Vec::with_capacity(5 + 3 * policy.windows.len());
+            push_policy(policy, &mut std::iter::empty(), &mut args);
+            args.into()
         });
-        args.push(int(policy.block_ms()));
-        args.push(int(policy.windows.len() as u64));
-        for window in &policy.windows {
-            args.push(int(window.limit));
-            args.push(int(window.period_ms()));
-            let tag = match call.mode {
-                Mode::Undo => tags.next().copied().unwrap_or(0),
-                Mode::Acquire | Mode::Peek => 0,
-            };
-            args.push(int(tag));
+        // Policy fields are public: one changed after its first use would leave this stale.
+        debug_assert!({
+            let mut fresh = Vec::new();
+            push_policy(policy, &mut std::iter::empty(), &mut fresh);
+            *fresh == **args
+        });
+        args
+    }
+}
+
+impl Clone for PolicyArgs {
+    /// Empty: the clone builds its own (it may be changed before its first use).
+    fn clone(&self) -> Self {
+        PolicyArgs::default()
+    }
+}
+
+impl PartialEq for PolicyArgs {
+    /// A cache never makes two policies differ.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for PolicyArgs {}
+
+impl std::fmt::Debug for PolicyArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PolicyArgs")
+    }
+}
+
+/// Appends `policy`'s arguments: algorithm, name, cap, block, window count, then per
+/// window its limit, period and the next of `tags` (0 once they run out).
+fn push_policy(policy: &Policy, tags: &mut dyn Iterator<Item = u64>, args: &mut Vec<Value>) {
+    args.push(Value::String(Str::from_static(policy.algorithm.code())));
+    args.push(Value::String(Str::from(&*policy.name)));
+    args.push(match policy.concurrency {
+        Some(cap) => int(cap),
+        None => Value::Integer(-1),
+    });
+    args.push(int(policy.block_ms()));
+    args.push(int(policy.windows.len() as u64));
+    for window in &policy.windows {
+        args.push(int(window.limit));
+        args.push(int(window.period_ms()));
+        args.push(int(tags.next().unwrap_or(0)));
+    }
+}
+
+/// One decision for the script to make: its KEYS and its ARGV. Several go to Redis as
+/// one script call (see [`batch_arguments`]), decided in turn.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ScriptCall {
+    /// Both keys of each subject.
+    pub keys: Vec<Value>,
+    /// Mode, cost, lease id, lease ttl, subject count, then each subject's policy.
+    pub args: Vec<Value>,
+}
+
+impl ScriptCall {
+    /// The call `call` for the subjects `subjects` whose keys are `keys`. `tags` has one
+    /// tag per rate window, in order (undo only; ignored otherwise).
+    pub(crate) fn new(
+        call: &Call<'_>,
+        subjects: &[Subject<'_>],
+        keys: &[&SubjectKeys],
+        tags: &[u64],
+    ) -> Self {
+        let mut key_args = Vec::with_capacity(2 * keys.len());
+        for k in keys {
+            key_args.push(Value::from(k.windows.as_str()));
+            key_args.push(Value::from(k.leases.as_str()));
+        }
+        let windows: usize = subjects.iter().map(|s| s.policy.windows.len()).sum();
+        let mut args = Vec::with_capacity(5 + 5 * subjects.len() + 3 * windows);
+        args.push(Value::String(Str::from_static(call.mode.code())));
+        args.push(int(call.cost));
+        args.push(Value::from(call.lease_id));
+        args.push(int(call.lease_ttl_ms));
+        args.push(int(subjects.len() as u64));
+        let mut tags = tags.iter().copied();
+        for subject in subjects {
+            match call.mode {
+                Mode::Undo => push_policy(subject.policy, &mut tags, &mut args),
+                Mode::Acquire | Mode::Peek => {
+                    args.extend_from_slice(subject.policy.script_args.get(subject.policy))
+                }
+            }
+        }
+        ScriptCall {
+            keys: key_args,
+            args,
         }
     }
-    args
+}
+
+/// The arguments of one script call deciding `calls` in turn: a placeholder for the
+/// script's SHA-1 (or source), `numkeys`, every call's KEYS, the number of calls, then
+/// every call's ARGV.
+pub(crate) fn batch_arguments(calls: &[&ScriptCall]) -> Vec<Value> {
+    let keys: usize = calls.iter().map(|c| c.keys.len()).sum();
+    let args: usize = calls.iter().map(|c| c.args.len()).sum();
+    let mut out = Vec::with_capacity(3 + keys + args);
+    out.push(Value::Null);
+    out.push(int(keys as u64));
+    for call in calls {
+        out.extend_from_slice(&call.keys);
+    }
+    out.push(int(calls.len() as u64));
+    for call in calls {
+        out.extend_from_slice(&call.args);
+    }
+    out
+}
+
+/// Splits the reply of a script call deciding `calls` calls into one reply per call.
+pub(crate) fn split_batch_reply(value: Value, calls: usize) -> Result<Vec<Value>, String> {
+    match value {
+        Value::Array(replies) if replies.len() == calls => Ok(replies),
+        Value::Array(replies) => Err(format!("expected {calls} replies, got {}", replies.len())),
+        other => Err(format!("expected an array of replies, got {other:?}")),
+    }
 }
 
 /// A Redis integer argument. Every number passed is at most 2^53 (validated limits,
@@ -268,7 +360,7 @@ mod tests {
     }
 
     #[test]
-    fn arguments_follow_the_script_layout() {
+    fn a_batch_of_calls_follows_the_script_layout() {
         let gold = Policy::new(
             "gold",
             Algorithm::SlidingWindow,
@@ -292,19 +384,35 @@ mod tests {
             lease_id: "req-1",
             lease_ttl_ms: 60_000,
         };
-        let args = arguments(&call, &subjects, &[&keys[0], &keys[1]], &[7, 8, 9]);
-        let text: Vec<String> = args
-            .iter()
-            .map(|v| v.as_str().map(|s| s.to_string()).unwrap_or_default())
-            .collect();
+        let undo = ScriptCall::new(&call, &subjects, &[&keys[0], &keys[1]], &[7, 8, 9]);
+        let acquire = ScriptCall::new(
+            &Call {
+                mode: Mode::Acquire,
+                cost: 1,
+                lease_id: "req-2",
+                ..call
+            },
+            &subjects[1..],
+            &[&keys[1]],
+            &[],
+        );
+        let text = |args: &[Value]| -> Vec<String> {
+            args.iter()
+                .map(|v| v.as_str().map(|s| s.to_string()).unwrap_or_default())
+                .collect()
+        };
         assert_eq!(
-            text,
+            text(&batch_arguments(&[&undo, &acquire])),
             [
-                "4",
+                "",
+                "6",
                 "tg:{c:a}:w",
                 "tg:{c:a}:l",
                 "tg:{r:x}:w",
                 "tg:{r:x}:l",
+                "tg:{r:x}:w",
+                "tg:{r:x}:l",
+                "2",
                 "u",
                 "2",
                 "req-1",
@@ -329,8 +437,42 @@ mod tests {
                 "100",
                 "60000",
                 "9",
+                "a",
+                "1",
+                "req-2",
+                "60000",
+                "1",
+                "t",
+                "route",
+                "-1",
+                "0",
+                "1",
+                "100",
+                "60000",
+                "0",
             ]
         );
+        // Built once per policy: the second call copies the first's.
+        let again = ScriptCall::new(
+            &Call {
+                mode: Mode::Peek,
+                ..call
+            },
+            &subjects[1..],
+            &[&keys[1]],
+            &[],
+        );
+        assert_eq!(again.args[5..], acquire.args[5..]);
+        assert!(route.script_args.0.get().is_some());
+        assert!(route.clone().script_args.0.get().is_none());
+    }
+
+    #[test]
+    fn a_batch_reply_has_one_reply_per_call() {
+        let two = Value::Array(vec![Value::Integer(0), Value::Array(vec![])]);
+        assert_eq!(split_batch_reply(two.clone(), 2).map(|r| r.len()), Ok(2));
+        assert!(split_batch_reply(two, 3).is_err());
+        assert!(split_batch_reply(Value::Integer(0), 1).is_err());
     }
 
     #[test]
