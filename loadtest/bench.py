@@ -559,6 +559,11 @@ DEFAULT_CASES = ",".join(CASES)
 PROFILE_CASES = ("c", "d")
 
 
+def profile_dir(profile: str) -> str:
+    """Where cargo puts a profile's binaries (the dev profile's are in target/debug)."""
+    return "debug" if profile in ("dev", "debug") else profile
+
+
 class Target:
     """A server under test: started once, then measured once per round and concurrency."""
 
@@ -581,9 +586,9 @@ class Bench:
         self.load = Load(h, args)
         self.run_dir = h.run_dir
         build = Path(args.target_dir).resolve()
-        self.binary = build / args.profile / "tollgate"
-        self.bare_binary = build / args.profile / "examples" / "bare_pingora"
-        self.profile_binaries = {p: build / p / "tollgate" for p in args.compare_profiles}
+        self.binary = build / profile_dir(args.profile) / "tollgate"
+        self.bare_binary = build / profile_dir(args.profile) / "examples" / "bare_pingora"
+        self.profile_binaries = {p: build / profile_dir(p) / "tollgate" for p in args.compare_profiles}
         self.pepper = "bench-pepper-" + os.urandom(12).hex()
         self.rng = random.Random(6)
         self.key = api_key(self.rng)
