@@ -73,6 +73,8 @@ ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 JWT_ISSUER = "https://bench.tollgate.invalid/"
 # More than this share of the machine used by other processes makes a run "busy".
 BUSY_SHARE = 0.05
+# tollgate's connection caps in the benchmark: above the largest idle-connection count.
+BENCH_MAX_CONNECTIONS = 100_000
 # A quota that never refuses during a benchmark.
 NEVER_LIMIT = 1_000_000_000
 
@@ -482,6 +484,10 @@ def tollgate_yaml(run_dir: Path, name: str, port: int, upstream_port: int, *, au
         "server:",
         f"  threads: {threads}",
         f"  access_log: {'true' if access_log else 'false'}",
+        # Every benchmark client is 127.0.0.1: the per-address cap (default 256) would refuse the
+        # c256 runs' and the idle test's connections.
+        f"  max_connections: {BENCH_MAX_CONNECTIONS}",
+        f"  max_connections_per_ip: {BENCH_MAX_CONNECTIONS}",
         "  log_level: warn",
         "  watch_config: false",
         "  grace_period: 0s",
@@ -555,6 +561,9 @@ CASES = {
     "n2": ("report", "nginx reverse proxy, 2 workers, nothing pinned"),
 }
 DEFAULT_CASES = ",".join(CASES)
+# What fails one case (a server that would not start or answer, a load generator that failed)
+# without stopping the others.
+CASE_ERRORS = (BenchError, OSError, http.client.HTTPException, subprocess.SubprocessError)
 # The cases run again for every --compare-profiles profile.
 PROFILE_CASES = ("c", "d")
 
@@ -779,7 +788,7 @@ class Bench:
         log(f"starting case {key}")
         try:
             self.targets.append(fn())
-        except BenchError as e:
+        except CASE_ERRORS as e:
             log(f"case {key} FAILED: {e}")
             self.failures.append(f"case {key}: {e}")
 
@@ -803,7 +812,7 @@ class Bench:
     def live(self) -> list[Target]:
         return [t for t in self.targets if not t.failed]
 
-    def fail(self, t: Target, e: BenchError) -> None:
+    def fail(self, t: Target, e: Exception) -> None:
         log(f"case {t.key} FAILED: {e}")
         t.failed = str(e)
         self.failures.append(f"case {t.key}: {e}")
@@ -815,7 +824,7 @@ class Bench:
             for t in self.live():
                 try:
                     self.wrk_once(t, max(a.connections), a.warmup, f"wrk warm-up (case {t.key})")
-                except BenchError as e:
+                except CASE_ERRORS as e:
                     self.fail(t, e)
         for rnd in range(a.rounds):
             for conns in a.connections:
@@ -823,7 +832,7 @@ class Bench:
                 for t in self.live():
                     try:
                         r = self.wrk_once(t, conns, a.duration, f"wrk, every round (case {t.key}, c{conns})")
-                    except BenchError as e:
+                    except CASE_ERRORS as e:
                         self.fail(t, e)
                         continue
                     r["round"] = rnd
@@ -871,7 +880,7 @@ class Bench:
             try:
                 r = self.load.oha(t.port, t.path, t.headers, self.open_loop_rate, a.open_loop_seconds,
                                   a.open_loop_connections, f"oha, open loop (case {t.key})")
-            except BenchError as e:
+            except CASE_ERRORS as e:
                 self.failures.append(f"open loop {t.key}: {e}")
                 continue
             r["key"], r["label"] = t.key, t.label
