@@ -38,7 +38,7 @@ check: deps
 ## Benchmarks (not part of `make test`): tollgate against a bare Pingora proxy (the
 ## reference), nginx and the upstream, pinned to CPUs, interleaved rounds at 64 and 256
 ## connections, an open-loop case (oha), idle-connection memory, 1,000 routes / 100,000 keys,
-## then the criterion micro-benchmarks (cargo bench --bench hot_path). Everything is built with
+## then the criterion micro-benchmarks (cargo bench --profile dist --bench hot_path). Everything is built with
 ## the dist profile (fat LTO: the fastest code, the slowest build). Results:
 ## loadtest/RESULTS.md. About 20 minutes; options via BENCH_ARGS, e.g.
 ## make bench BENCH_ARGS="--quick --no-criterion" (see python3 loadtest/bench.py --help).

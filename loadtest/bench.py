@@ -23,7 +23,7 @@ of the per-round ratios to p (p measured in the same round at the same concurren
 Open loop: oha at a fixed arrival rate (--open-loop-share of p's c64 median req/s, latency
 corrected for coordinated omission) against p and e.
 Memory: tollgate's RSS with 1,000 and 10,000 idle keep-alive client connections.
-Then the criterion micro-benchmarks (cargo bench --bench hot_path, the bench profile).
+Then the criterion micro-benchmarks (cargo bench --profile PROFILE --bench hot_path).
 
 Load: wrk, 1 thread, keep-alive connections. Every proxy runs on CPU 0; wrk, oha, the
 upstream and Redis on CPU 1 (taskset). tollgate: server.threads 1 (t2: 2), access log off
@@ -928,8 +928,9 @@ class Bench:
         self.criterion_cmd = None
         if not self.args.criterion:
             return
-        argv = ["cargo", "bench", "--bench", "hot_path", "--", "--warm-up-time", str(self.args.criterion_warmup),
-                "--measurement-time", str(self.args.criterion_time)]
+        # The profile of the binaries under test: its dependencies are built already.
+        argv = ["cargo", "bench", "--profile", self.args.profile, "--bench", "hot_path", "--",
+                "--warm-up-time", str(self.args.criterion_warmup), "--measurement-time", str(self.args.criterion_time)]
         self.criterion_cmd = shlex.join(argv)
         self.h.record("criterion micro-benchmarks", argv)
         log(f"criterion: {self.criterion_cmd}")
