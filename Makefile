@@ -4,7 +4,7 @@
 CARGO ?= cargo
 CONFIG ?= conf/tollgate.yaml
 
-.PHONY: run test bench build check lint deps test-deps bench-deps
+.PHONY: run test bench bench-profiles build check lint deps test-deps bench-deps
 
 deps:
 	@scripts/ensure-deps.sh build
@@ -15,6 +15,7 @@ test-deps:
 bench-deps:
 	@scripts/ensure-deps.sh bench
 
+## The release profile: a few minutes cold, still fast (README, "Build profiles").
 build: deps
 	$(CARGO) build --release
 
@@ -34,15 +35,26 @@ test: test-deps
 check: deps
 	$(CARGO) run --release -- check -c $(CONFIG)
 
-## Benchmarks (not part of `make test`): tollgate against nginx with wrk, pinned to CPUs, idle-
-## connection memory, 1,000 routes / 100,000 keys, then the criterion micro-benchmarks
-## (cargo bench --bench hot_path). Results: loadtest/RESULTS.md. About 8 minutes; options via
-## BENCH_ARGS, e.g. make bench BENCH_ARGS="--quick --no-criterion" (see loadtest/bench.py --help).
+## Benchmarks (not part of `make test`): tollgate against a bare Pingora proxy (the
+## reference), nginx and the upstream, pinned to CPUs, interleaved rounds at 64 and 256
+## connections, an open-loop case (oha), idle-connection memory, 1,000 routes / 100,000 keys,
+## then the criterion micro-benchmarks (cargo bench --profile dist --bench hot_path). Everything is built with
+## the dist profile (fat LTO: the fastest code, the slowest build). Results:
+## loadtest/RESULTS.md. About 20 minutes; options via BENCH_ARGS, e.g.
+## make bench BENCH_ARGS="--quick --no-criterion" (see python3 loadtest/bench.py --help).
 BENCH_ARGS ?=
 bench: bench-deps
 	@command -v python3 >/dev/null || { echo "make bench needs python3 (apt-get install python3)" >&2; exit 1; }
-	$(CARGO) build --release
-	python3 loadtest/bench.py $(BENCH_ARGS)
+	$(CARGO) build --profile dist --bin tollgate --example bare_pingora
+	python3 loadtest/bench.py --profile dist $(BENCH_ARGS)
+
+## The release and dist profiles side by side (plain and API-key cases, --quick): the
+## throughput figures of README "Build profiles".
+bench-profiles: bench-deps
+	$(CARGO) build --release --bin tollgate
+	$(CARGO) build --profile dist --bin tollgate --example bare_pingora
+	python3 loadtest/bench.py --quick --profile dist --compare-profiles release --cases p,c,d \
+	  --idle '' --no-criterion --out loadtest/RESULTS-profiles.md $(BENCH_ARGS)
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -1,24 +1,37 @@
 #!/usr/bin/env python3
-"""`make bench`: tollgate against nginx on this machine, in one run.
+"""`make bench`: tollgate against a bare Pingora proxy, nginx and the upstream, in one run.
 
-Cases (each: a warm-up, then REPEATS measured wrk runs of DURATION; median and spread):
-  a  the upstream directly (nginx, 1 worker, 2-byte body)
-  b  nginx as a reverse proxy (1 worker, keep-alive to the upstream)
-  c  tollgate, plain proxy
-  c* tollgate, plain proxy, nothing pinned (reference)
-  d  tollgate + API-key auth
-  e  tollgate + API key + Redis rate limiting (a quota that never refuses)
-  f  tollgate + JWT RS256 + Redis rate limiting
-  g  tollgate + JWT ES256 + Redis rate limiting
-  h  tollgate + API key, with 1,000 routes and 100,000 keys configured
-plus tollgate's memory with 1,000 and 10,000 idle keep-alive client connections, and the
-criterion micro-benchmarks (cargo bench --bench hot_path) at the end.
+Cases (--cases; every server is started once, then measured in interleaved rounds):
+  a   the upstream directly (nginx, 1 worker, 2-byte body)                 context
+  b   nginx reverse proxy (1 worker, keep-alive upstream)                 context
+  p   bare Pingora 0.9 (examples/bare_pingora.rs: one fixed peer, 1 thread,
+      keep-alive pool 512, built with the same profile as tollgate)       THE REFERENCE
+  c   tollgate, plain proxy, access log off
+  l   tollgate, plain proxy, access log on (stdout to a file)
+  d   tollgate + API key
+  f   tollgate + JWT RS256 (verified-token cache)
+  g   tollgate + JWT ES256 (verified-token cache)
+  e   tollgate + API key + Redis fixed window (a quota that never refuses)
+  h   tollgate + API key, 1,000 routes and 100,000 keys configured
+  t2  tollgate plain, 2 worker threads, nothing pinned                    report only
+  n2  nginx reverse proxy, 2 workers, nothing pinned                      report only
+With --compare-profiles P: c and d again with tollgate built with profile P (rows c@P, d@P).
 
-Load: wrk, 1 thread, 64 keep-alive connections. The proxy under test runs on CPU 0; wrk,
-the upstream and Redis on CPU 1 (taskset). tollgate: server.threads 1, no access log.
-Results go to loadtest/RESULTS.md (or --out) with the machine and the exact commands.
+Rounds: every case once at each concurrency (--connections, 64 and 256), then every case
+again, --rounds times (3). Per case and concurrency: median req/s, spread, p99, and the median
+of the per-round ratios to p (p measured in the same round at the same concurrency).
+Open loop: oha at a fixed arrival rate (--open-loop-share of p's c64 median req/s, latency
+corrected for coordinated omission) against p and e.
+Memory: tollgate's RSS with 1,000 and 10,000 idle keep-alive client connections.
+Then the criterion micro-benchmarks (cargo bench --profile PROFILE --bench hot_path).
 
-Needs: target/release/tollgate (built by `make bench`), wrk, nginx, redis-server, redis-cli,
+Load: wrk, 1 thread, keep-alive connections. Every proxy runs on CPU 0; wrk, oha, the
+upstream and Redis on CPU 1 (taskset). tollgate: server.threads 1 (t2: 2), access log off
+(l: on). Results go to loadtest/RESULTS.md (or --out) with the machine and the exact commands.
+
+Needs: TARGET/PROFILE/tollgate and TARGET/PROFILE/examples/bare_pingora (TARGET: --target-dir,
+default $CARGO_TARGET_DIR or ./target; PROFILE: --profile, default dist; `make bench` builds
+both), wrk, oha (open loop; skipped with a note when missing), nginx, redis-server, redis-cli,
 openssl, taskset, cargo (for criterion) and Python 3.9+ (standard library only). Every process
 it starts is stopped on exit, also on Ctrl-C / SIGTERM / SIGHUP; if this script is killed
 outright, its children get SIGKILL (PR_SET_PDEATHSIG) and the nginx workers that outlive their
@@ -60,6 +73,8 @@ ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 JWT_ISSUER = "https://bench.tollgate.invalid/"
 # More than this share of the machine used by other processes makes a run "busy".
 BUSY_SHARE = 0.05
+# tollgate's connection caps in the benchmark: above the largest idle-connection count.
+BENCH_MAX_CONNECTIONS = 100_000
 # A quota that never refuses during a benchmark.
 NEVER_LIMIT = 1_000_000_000
 
@@ -302,7 +317,8 @@ def expect(cond: bool, what: str, status: int, hdrs: dict[str, str], body: bytes
         raise BenchError(f"sanity check failed: {what} (got {status}, headers {hdrs}, body {body[:200]!r})")
 
 
-# ----------------------------------------------------------------------------- wrk
+
+# ----------------------------------------------------------------------------- load generators
 
 UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
 
@@ -328,43 +344,65 @@ def parse_wrk(text: str) -> dict:
     }
 
 
+# oha's summary percentiles (seconds) reported for the open-loop case.
+OHA_PERCENTILES = ("p50", "p90", "p99", "p99.9", "p99.99")
+
+
+def parse_oha(text: str) -> dict:
+    """oha --output-format json: achieved rate, latency percentiles (ms), errors. Requests cut
+    off by the end of the run ("aborted due to deadline") are not errors."""
+    try:
+        doc = json.loads(text)
+        summary, pct = doc["summary"], doc["latencyPercentiles"]
+        statuses = {int(k): v for k, v in doc.get("statusCodeDistribution", {}).items()}
+        errors = {k: v for k, v in doc.get("errorDistribution", {}).items() if "deadline" not in k}
+    except (ValueError, KeyError, TypeError) as e:
+        raise BenchError(f"cannot parse oha output ({e}):\n{text[:2000]}")
+    return {
+        "rps": float(summary["requestsPerSec"]),
+        "requests": sum(statuses.values()),
+        "latency_ms": {p: (pct[p] * 1000 if pct.get(p) is not None else None) for p in OHA_PERCENTILES},
+        "max_ms": summary["slowest"] * 1000 if summary.get("slowest") is not None else None,
+        "non2xx": sum(v for k, v in statuses.items() if not 200 <= k < 400),
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
+    }
+
+
 class Load:
     def __init__(self, harness: Harness, args: argparse.Namespace):
         self.h = harness
         self.args = args
 
-    def wrk_argv(self, port: int, path: str, headers: dict[str, str], seconds: float) -> list[str]:
-        argv = ["wrk", "-t", "1", "-c", str(self.args.connections), "-d", f"{seconds:g}s", "--timeout", "5s", "--latency"]
+    def wrk_argv(self, port: int, path: str, headers: dict[str, str], seconds: float, connections: int) -> list[str]:
+        argv = ["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds:g}s", "--timeout", "5s", "--latency"]
         for k, v in headers.items():
             argv += ["-H", f"{k}: {v}"]
         return argv + [f"http://127.0.0.1:{port}{path}"]
 
-    def run(self, port: int, path: str, headers: dict[str, str], seconds: float, pinned: bool, what: str) -> dict:
-        argv = self.wrk_argv(port, path, headers, seconds)
-        argv = self.h.pinned(argv, LOAD_CPU if pinned else None)
+    def wrk(self, port: int, path: str, headers: dict[str, str], seconds: float, connections: int,
+            pinned: bool, what: str) -> dict:
+        argv = self.h.pinned(self.wrk_argv(port, path, headers, seconds, connections), LOAD_CPU if pinned else None)
         self.h.record(what, argv)
         r = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, preexec_fn=_child_setup)
         if r.returncode != 0:
             raise BenchError(f"wrk failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
         return parse_wrk(r.stdout)
 
-    def measure(self, port: int, path: str, headers: dict[str, str], pinned: bool, label: str,
-                proxy_pid: int | None) -> list[dict]:
-        """Warm-up, then the measured runs; each run also gets the CPU seconds the proxy's
-        processes used during it."""
-        a = self.args
-        if a.warmup > 0:
-            self.run(port, path, headers, a.warmup, pinned, f"wrk warm-up ({label})")
-        runs = []
-        for i in range(a.repeats):
-            cpu0 = tree_cpu_seconds(proxy_pid) if proxy_pid else None
-            r = self.run(port, path, headers, a.duration, pinned, f"wrk, measured x{a.repeats} ({label})")
-            r["proxy_cpu_s"] = tree_cpu_seconds(proxy_pid) - cpu0 if proxy_pid else None
-            cpu = f", proxy CPU {r['proxy_cpu_s'] / a.duration:.0%}" if proxy_pid else ""
-            log(f"  {label} run {i + 1}/{a.repeats}: {r['rps']:.0f} req/s, p50 {fmt_ms(r['p50'])}, "
-                f"p99 {fmt_ms(r['p99'])}, non-2xx {r['non2xx']}, socket errors {r['socket_errors']}{cpu}")
-            runs.append(r)
-        return runs
+    def oha(self, port: int, path: str, headers: dict[str, str], rate: int, seconds: float, connections: int,
+            what: str) -> dict:
+        """Open loop: requests leave at a fixed rate whether or not earlier ones were answered,
+        and each latency is counted from when its request was due (--latency-correction)."""
+        argv = ["oha", "--no-tui", "--output-format", "json", "-z", f"{seconds:g}s", "-q", str(rate),
+                "--latency-correction", "-c", str(connections), "-t", "5s"]
+        for k, v in headers.items():
+            argv += ["-H", f"{k}: {v}"]
+        argv = self.h.pinned(argv + [f"http://127.0.0.1:{port}{path}"], LOAD_CPU)
+        self.h.record(what, argv)
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, preexec_fn=_child_setup)
+        if r.returncode != 0:
+            raise BenchError(f"oha failed ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+        return parse_oha(r.stdout)
 
 
 def fmt_ms(v: float | None) -> str:
@@ -434,17 +472,22 @@ def make_jwt(alg: str, run_dir: Path, h: Harness) -> tuple[Path, str]:
     return pub, f"{signing_input}.{b64url(sig)}"
 
 
+
 # ----------------------------------------------------------------------------- configs
 
 def tollgate_yaml(run_dir: Path, name: str, port: int, upstream_port: int, *, auth: str | None = None,
                   key_hash_hex: str | None = None, redis_port: int | None = None,
                   jwt: tuple[str, Path] | None = None, routes: list[str] | None = None,
-                  consumers_yaml: str = "") -> str:
+                  consumers_yaml: str = "", threads: int = 1, access_log: bool = False) -> str:
     y = [
         "# Generated by loadtest/bench.py",
         "server:",
-        "  threads: 1",
-        "  access_log: false",
+        f"  threads: {threads}",
+        f"  access_log: {'true' if access_log else 'false'}",
+        # Every benchmark client is 127.0.0.1: the per-address cap (default 256) would refuse the
+        # c256 runs' and the idle test's connections.
+        f"  max_connections: {BENCH_MAX_CONNECTIONS}",
+        f"  max_connections_per_ip: {BENCH_MAX_CONNECTIONS}",
         "  log_level: warn",
         "  watch_config: false",
         "  grace_period: 0s",
@@ -471,7 +514,7 @@ def tollgate_yaml(run_dir: Path, name: str, port: int, upstream_port: int, *, au
               # A Redis problem shows up as 503s (counted as errors), never as a silent
               # fallback to the in-process limiter.
               "  failure_mode: closed", "  default_plan: bench"]
-    elif key_hash_hex:
+    elif key_hash_hex or jwt:
         y += ["plans:", "  - name: bench"]
     if key_hash_hex:
         y += ["consumers:", "  - id: bench", "    plan: bench", "    keys:",
@@ -498,7 +541,52 @@ def many_keys_yaml(pepper: str, n_keys: int, rng: random.Random) -> tuple[str, l
     return "\n".join(lines) + "\n", sample
 
 
+
 # ----------------------------------------------------------------------------- cases
+
+# Table order; the kind decides how a row is read: "context" and "report" rows are not
+# targets, "reference" is what every ratio is to.
+CASES = {
+    "a": ("context", "upstream directly (nginx, 2-byte body)"),
+    "b": ("context", "nginx reverse proxy (1 worker, keep-alive upstream)"),
+    "p": ("reference", "bare Pingora 0.9 (one fixed peer, keep-alive pool 512)"),
+    "c": ("tollgate", "tollgate plain, access log off"),
+    "l": ("tollgate", "tollgate plain, access log on (to a file)"),
+    "d": ("tollgate", "tollgate + API key"),
+    "f": ("tollgate", "tollgate + JWT RS256 (cached)"),
+    "g": ("tollgate", "tollgate + JWT ES256 (cached)"),
+    "e": ("tollgate", "tollgate + API key + Redis fixed window"),
+    "h": ("tollgate", "tollgate + API key, {routes:,} routes and {keys:,} keys"),
+    "t2": ("report", "tollgate plain, 2 worker threads, nothing pinned"),
+    "n2": ("report", "nginx reverse proxy, 2 workers, nothing pinned"),
+}
+DEFAULT_CASES = ",".join(CASES)
+# What fails one case (a server that would not start or answer, a load generator that failed)
+# without stopping the others.
+CASE_ERRORS = (BenchError, OSError, http.client.HTTPException, subprocess.SubprocessError)
+# The cases run again for every --compare-profiles profile.
+PROFILE_CASES = ("c", "d")
+
+
+def profile_dir(profile: str) -> str:
+    """Where cargo puts a profile's binaries (the dev profile's are in target/debug)."""
+    return "debug" if profile in ("dev", "debug") else profile
+
+
+class Target:
+    """A server under test: started once, then measured once per round and concurrency."""
+
+    def __init__(self, key: str, label: str, kind: str, port: int, *, path: str = "/",
+                 headers: dict[str, str] | None = None, proxy: Proc | None = None, pinned: bool = True):
+        self.key, self.label, self.kind = key, label, kind
+        self.port, self.path, self.headers = port, path, headers or {}
+        self.proxy = proxy  # None: the upstream itself (nothing of ours in between)
+        self.pinned = pinned
+        self.extra_procs: list[Proc] = []  # Redis
+        self.runs: dict[int, list[dict]] = {}  # connections -> one result per round ("round" in it)
+        self.failed: str | None = None
+        self.info: dict = {}
+
 
 class Bench:
     def __init__(self, args: argparse.Namespace, h: Harness):
@@ -506,12 +594,17 @@ class Bench:
         self.h = h
         self.load = Load(h, args)
         self.run_dir = h.run_dir
-        self.binary = Path(args.binary).resolve()
+        build = Path(args.target_dir).resolve()
+        self.binary = build / profile_dir(args.profile) / "tollgate"
+        self.bare_binary = build / profile_dir(args.profile) / "examples" / "bare_pingora"
+        self.profile_binaries = {p: build / profile_dir(p) / "tollgate" for p in args.compare_profiles}
         self.pepper = "bench-pepper-" + os.urandom(12).hex()
         self.rng = random.Random(6)
         self.key = api_key(self.rng)
         h.masks[self.key] = "$API_KEY"
-        self.results: dict[str, dict] = {}
+        self.targets: list[Target] = []
+        self.open_loop: list[dict] = []
+        self.open_loop_rate: int | None = None
         self.failures: list[str] = []
         self.notes: list[str] = []
         self.upstream_port = free_port()
@@ -520,19 +613,19 @@ class Bench:
     # --- servers
     def render(self, template: str, out_name: str, **vars) -> Path:
         text = (HERE / template).read_text()
-        for k, v in dict(vars, RUN_DIR=str(self.run_dir)).items():
+        name = Path(out_name).stem
+        for k, v in dict(vars, RUN_DIR=str(self.run_dir), NAME=name).items():
             text = text.replace("{{" + k + "}}", str(v))
         if "{{" in text:
             raise BenchError(f"{template}: unreplaced placeholder")
         out = self.run_dir / out_name
         out.write_text(text)
-        for tmp in ("nginx-upstream-tmp", "nginx-proxy-tmp"):
-            (self.run_dir / tmp).mkdir(exist_ok=True)
+        (self.run_dir / f"{name}-tmp").mkdir(exist_ok=True)
         return out
 
-    def start_nginx(self, name: str, conf: Path, port: int, cpu: int) -> Proc:
+    def start_nginx(self, name: str, conf: Path, port: int, cpu: int | None) -> Proc:
         proc = self.h.start(name, ["nginx", "-e", str(self.run_dir / f"{name}.error.log"), "-c", str(conf)], cpu,
-                            what=f"{name} (config rendered from loadtest/{conf.name})")
+                            what=f"{name} (config rendered from loadtest/{conf.name.split('.')[0].rstrip('-0123456789')}.conf)")
         wait_port(port, proc)
         return proc
 
@@ -552,12 +645,12 @@ class Bench:
         wait_port(port, proc)
         return proc, port
 
-    def start_tollgate(self, name: str, yaml: str, port: int, cpu: int | None) -> Proc:
+    def start_tollgate(self, name: str, yaml: str, port: int, cpu: int | None, binary: Path | None = None) -> Proc:
         conf = self.run_dir / f"{name}.yaml"
         conf.write_text(yaml)
         env = {PEPPER_ENV: self.pepper}
         shown_env = {PEPPER_ENV: "$PEPPER"}
-        argv = [str(self.binary), "-c", str(conf)]
+        argv = [str(binary or self.binary), "-c", str(conf)]
         check = subprocess.run(argv[:1] + ["check"] + argv[1:], capture_output=True, text=True,
                                env=dict(os.environ, **env), timeout=300)
         if check.returncode != 0:
@@ -568,50 +661,49 @@ class Bench:
         proc.startup_seconds = time.monotonic() - started  # type: ignore[attr-defined]
         return proc
 
-    # --- one case
-    def case(self, key: str, label: str, port: int, path: str, headers: dict[str, str], proxy: Proc | None,
-             pinned: bool = True) -> None:
-        log(f"case {key}: {label}")
-        runs = self.load.measure(port, path, headers, pinned, f"case {key}", proxy.pid if proxy else None)
-        res = {"label": label, "runs": runs,
-               "hwm_kib": tree_kib(proxy.pid, "VmHWM") if proxy else None,
-               "processes": len(process_tree(proxy.pid)) if proxy else 0,
-               "errors": sum(r["non2xx"] + r["socket_errors"] for r in runs)}
-        if res["errors"]:
-            self.notes.append(f"case {key}: {res['errors']} non-2xx responses or socket errors during the measured runs")
-        self.results[key] = res
+    def stop_target(self, t: Target) -> None:
+        if t.proxy:
+            # tollgate and Pingora stop at once on SIGINT; nginx on SIGTERM.
+            self.h.stop(t.proxy, signal.SIGTERM if t.proxy.name.startswith("nginx") else signal.SIGINT)
+        for p in t.extra_procs:
+            self.h.stop(p)
 
-    def guarded(self, key: str, fn) -> None:
-        try:
-            fn()
-        except BenchError as e:
-            log(f"case {key} FAILED: {e}")
-            self.failures.append(f"case {key}: {e}")
+    # --- the cases (each starts its server, checks it, and returns it)
+    def setup_direct(self) -> Target:
+        return Target("a", CASES["a"][1], "context", self.upstream_port)
 
-    # --- the cases
-    def case_direct(self) -> None:
-        self.case("a", "upstream directly (nginx, 2-byte body)", self.upstream_port, "/", {}, None)
-
-    def case_nginx_proxy(self) -> None:
+    def setup_nginx(self, key: str, workers: int, pinned: bool) -> Target:
         port = free_port()
-        conf = self.render("nginx-proxy.conf", "nginx-proxy.conf", PROXY_PORT=port, UPSTREAM_PORT=self.upstream_port)
-        proxy = self.start_nginx("nginx-proxy", conf, port, PROXY_CPU)
-        try:
-            status, hdrs, body = probe(port)
-            expect(status == 200 and body == b"ok", "nginx proxy answers 200 \"ok\"", status, hdrs, body)
-            self.case("b", "nginx reverse proxy (1 worker, keep-alive upstream)", port, "/", {}, proxy)
-        finally:
-            self.h.stop(proxy)
+        name = "nginx-proxy" if workers == 1 else f"nginx-proxy-{workers}"
+        conf = self.render("nginx-proxy.conf", f"{name}.conf", PROXY_PORT=port, UPSTREAM_PORT=self.upstream_port,
+                           WORKERS=workers)
+        proxy = self.start_nginx(name, conf, port, PROXY_CPU if pinned else None)
+        status, hdrs, body = probe(port)
+        expect(status == 200 and body == b"ok", f"{name} answers 200 \"ok\"", status, hdrs, body)
+        return Target(key, CASES[key][1], CASES[key][0], port, proxy=proxy, pinned=pinned)
 
-    def tollgate_case(self, key: str, label: str, yaml_fn, headers: dict[str, str], *, path: str = "/",
-                      pinned: bool = True, anonymous_status: int = 200, limited: bool = False, redis: bool = False,
-                      name: str | None = None) -> None:
+    def setup_bare(self) -> Target:
+        port = free_port()
+        argv = [str(self.bare_binary), f"127.0.0.1:{port}", f"127.0.0.1:{self.upstream_port}"]
+        proxy = self.h.start("bare-pingora", argv, PROXY_CPU, what="bare Pingora (examples/bare_pingora.rs)")
+        wait_port(port, proxy)
+        status, hdrs, body = probe(port)
+        expect(status == 200 and body == b"ok", "bare Pingora answers 200 \"ok\"", status, hdrs, body)
+        return Target("p", CASES["p"][1], "reference", port, proxy=proxy)
+
+    def setup_tollgate(self, key: str, label: str, yaml_fn, headers: dict[str, str], *, kind: str = "tollgate",
+                       path: str = "/", pinned: bool = True, anonymous_status: int = 200, limited: bool = False,
+                       redis: bool = False, binary: Path | None = None) -> Target:
         redis_proc, redis_port = (self.start_redis() if redis else (None, None))
         port = free_port()
-        name = name or f"tollgate-{key}"
-        proxy = None
+        name = f"tollgate-{key.replace('@', '-')}"
+        t = Target(key, label, kind, port, path=path, headers=headers, pinned=pinned)
+        if redis_proc:
+            t.extra_procs.append(redis_proc)
+            t.info["redis_port"] = redis_port
         try:
-            proxy = self.start_tollgate(name, yaml_fn(port, redis_port), port, PROXY_CPU if pinned else None)
+            t.proxy = self.start_tollgate(name, yaml_fn(name, port, redis_port), port, PROXY_CPU if pinned else None,
+                                          binary)
             status, hdrs, body = probe(port, path, headers)
             expect(status == 200 and body == b"ok", f"{label}: 200 \"ok\" with the credential", status, hdrs, body)
             expect("x-request-id" in hdrs, f"{label}: X-Request-Id returned", status, hdrs, body)
@@ -619,70 +711,63 @@ class Bench:
                 expect("ratelimit" in hdrs and "ratelimit-policy" in hdrs, f"{label}: RateLimit headers", status, hdrs, body)
             status, hdrs, body = probe(port, path)
             expect(status == anonymous_status, f"{label}: {anonymous_status} without a credential", status, hdrs, body)
-            widen = not pinned and self.h.pin
-            if widen:
-                set_affinity_tree(self.upstream.pid, set(range(os.cpu_count() or 1)))
-            try:
-                self.case(key, label, port, path, headers, proxy, pinned=pinned)
-            finally:
-                if widen:
-                    set_affinity_tree(self.upstream.pid, {LOAD_CPU})
-            self.results[key]["startup_s"] = getattr(proxy, "startup_seconds", None)
-            if redis_port:
-                stats = run_text(["redis-cli", "-p", str(redis_port), "info", "commandstats"])
-                calls = sum(int(m) for m in re.findall(r"cmdstat_(?:evalsha|eval):calls=(\d+)", stats))
-                served = sum(r["requests"] for r in self.results[key]["runs"])
-                self.results[key]["redis_calls"] = calls
-                if calls < served:
-                    self.notes.append(f"case {key}: Redis saw {calls} script calls for {served}+ requests")
-        finally:
-            if proxy:
-                self.h.stop(proxy, signal.SIGINT)
-            if redis_proc:
-                self.h.stop(redis_proc)
+        except BaseException:
+            self.stop_target(t)
+            raise
+        t.info["startup_s"] = getattr(t.proxy, "startup_seconds", None)
+        return t
 
-    def run_cases(self) -> None:
+    def setup_all(self) -> None:
         a = self.args
         up = self.upstream_port
         key_hdr = {"x-api-key": self.key}
         khash = key_hash(self.pepper, self.key)
-        want = set(a.cases)
 
-        if "a" in want:
-            self.guarded("a", self.case_direct)
-        if "b" in want:
-            self.guarded("b", self.case_nginx_proxy)
-        if "c" in want:
-            self.guarded("c", lambda: self.tollgate_case(
-                "c", "tollgate, plain proxy", lambda p, r: tollgate_yaml(self.run_dir, "tollgate-c", p, up), {}))
-            self.guarded("c*", lambda: self.tollgate_case(
-                "c*", "tollgate, plain proxy, unpinned (reference)",
-                lambda p, r: tollgate_yaml(self.run_dir, "tollgate-c-unpinned", p, up), {}, pinned=False,
-                name="tollgate-c-unpinned"))
-        if "d" in want:
-            self.guarded("d", lambda: self.tollgate_case(
-                "d", "tollgate + API key", lambda p, r: tollgate_yaml(
-                    self.run_dir, "tollgate-d", p, up, auth="api_key", key_hash_hex=khash), key_hdr,
-                anonymous_status=401))
-        if "e" in want:
-            self.guarded("e", lambda: self.tollgate_case(
-                "e", "tollgate + API key + Redis limit", lambda p, r: tollgate_yaml(
-                    self.run_dir, "tollgate-e", p, up, auth="api_key", key_hash_hex=khash, redis_port=r), key_hdr,
-                anonymous_status=401, limited=True, redis=True))
-        for key, alg in (("f", "RS256"), ("g", "ES256")):
-            if key in want:
-                def jwt_case(key=key, alg=alg):
-                    pub, token = make_jwt(alg, self.run_dir, self.h)
-                    self.h.masks[token] = f"$JWT_{alg}"
-                    self.tollgate_case(
-                        key, f"tollgate + JWT {alg} + Redis limit", lambda p, r: tollgate_yaml(
-                            self.run_dir, f"tollgate-{key}", p, up, auth="jwt", redis_port=r, jwt=(alg, pub)),
-                        {"Authorization": f"Bearer {token}"}, anonymous_status=401, limited=True, redis=True)
-                self.guarded(key, jwt_case)
-        if "h" in want:
-            self.guarded("h", self.case_many)
+        def plain(**kw):
+            return lambda name, p, r: tollgate_yaml(self.run_dir, name, p, up, **kw)
 
-    def case_many(self) -> None:
+        def with_key(**kw):
+            return lambda name, p, r: tollgate_yaml(self.run_dir, name, p, up, auth="api_key", key_hash_hex=khash,
+                                                    **kw)
+
+        def jwt(key: str, alg: str) -> Target:
+            pub, token = make_jwt(alg, self.run_dir, self.h)
+            self.h.masks[token] = f"$JWT_{alg}"
+            return self.setup_tollgate(
+                key, CASES[key][1],
+                lambda name, p, r: tollgate_yaml(self.run_dir, name, p, up, auth="jwt", jwt=(alg, pub)),
+                {"Authorization": f"Bearer {token}"}, anonymous_status=401)
+
+        setups = {
+            "a": self.setup_direct,
+            "b": lambda: self.setup_nginx("b", 1, True),
+            "p": self.setup_bare,
+            "c": lambda: self.setup_tollgate("c", CASES["c"][1], plain(), {}),
+            "l": lambda: self.setup_tollgate("l", CASES["l"][1], plain(access_log=True), {}),
+            "d": lambda: self.setup_tollgate("d", CASES["d"][1], with_key(), key_hdr, anonymous_status=401),
+            "f": lambda: jwt("f", "RS256"),
+            "g": lambda: jwt("g", "ES256"),
+            "e": lambda: self.setup_tollgate(
+                "e", CASES["e"][1], lambda name, p, r: tollgate_yaml(
+                    self.run_dir, name, p, up, auth="api_key", key_hash_hex=khash, redis_port=r),
+                key_hdr, anonymous_status=401, limited=True, redis=True),
+            "h": self.setup_many,
+            "t2": lambda: self.setup_tollgate("t2", CASES["t2"][1], plain(threads=2), {}, kind="report",
+                                              pinned=False),
+            "n2": lambda: self.setup_nginx("n2", 2, False),
+        }
+        for key in CASES:
+            if key in a.cases:
+                self.guarded(key, setups[key])
+        for prof, binary in self.profile_binaries.items():
+            for key in PROFILE_CASES:
+                if key in a.cases:
+                    self.guarded(f"{key}@{prof}", lambda key=key, prof=prof, binary=binary: self.setup_tollgate(
+                        f"{key}@{prof}", f"{CASES[key][1]}, profile {prof}",
+                        plain() if key == "c" else with_key(), {} if key == "c" else key_hdr,
+                        kind="profile", anonymous_status=200 if key == "c" else 401, binary=binary))
+
+    def setup_many(self) -> Target:
         a = self.args
         t0 = time.monotonic()
         consumers, sample = many_keys_yaml(self.pepper, a.keys, random.Random(7))
@@ -691,13 +776,122 @@ class Bench:
         key = sample[len(sample) // 2]
         self.h.masks[key] = "$API_KEY_H"
         log(f"case h: generated {a.routes} routes and {a.keys} keys in {time.monotonic() - t0:.1f}s")
-        self.tollgate_case(
-            "h", f"tollgate + API key, {a.routes:,} routes and {a.keys:,} keys configured",
-            lambda p, r: tollgate_yaml(self.run_dir, "tollgate-h", p, self.upstream_port, auth="api_key",
-                                       routes=routes, consumers_yaml=consumers),
+        t = self.setup_tollgate(
+            "h", CASES["h"][1].format(routes=a.routes, keys=a.keys),
+            lambda name, p, r: tollgate_yaml(self.run_dir, name, p, self.upstream_port, auth="api_key",
+                                             routes=routes, consumers_yaml=consumers),
             {"x-api-key": key}, path=path, anonymous_status=401)
-        size = (self.run_dir / "tollgate-h.yaml").stat().st_size
-        self.results["h"]["config_mib"] = size / 2**20
+        t.info["config_mib"] = (self.run_dir / "tollgate-h.yaml").stat().st_size / 2**20
+        return t
+
+    def guarded(self, key: str, fn) -> None:
+        log(f"starting case {key}")
+        try:
+            self.targets.append(fn())
+        except CASE_ERRORS as e:
+            log(f"case {key} FAILED: {e}")
+            self.failures.append(f"case {key}: {e}")
+
+    # --- measuring
+    def wrk_once(self, t: Target, connections: int, seconds: float, what: str) -> dict:
+        """One wrk run against t; an unpinned case gets the upstream on every CPU meanwhile."""
+        if t.proxy and not t.proxy.alive():
+            raise BenchError(f"{t.proxy.name} exited (status {t.proxy.popen.returncode}):\n{t.proxy.log_tail()}")
+        widen = not t.pinned and self.h.pin
+        if widen:
+            set_affinity_tree(self.upstream.pid, set(range(os.cpu_count() or 1)))
+        try:
+            cpu0 = tree_cpu_seconds(t.proxy.pid) if t.proxy else None
+            r = self.load.wrk(t.port, t.path, t.headers, seconds, connections, t.pinned, what)
+            r["proxy_cpu_s"] = tree_cpu_seconds(t.proxy.pid) - cpu0 if t.proxy else None
+            return r
+        finally:
+            if widen:
+                set_affinity_tree(self.upstream.pid, {LOAD_CPU})
+
+    def live(self) -> list[Target]:
+        return [t for t in self.targets if not t.failed]
+
+    def fail(self, t: Target, e: Exception) -> None:
+        log(f"case {t.key} FAILED: {e}")
+        t.failed = str(e)
+        self.failures.append(f"case {t.key}: {e}")
+        self.stop_target(t)
+
+    def run_rounds(self) -> None:
+        a = self.args
+        if a.warmup > 0:
+            for t in self.live():
+                try:
+                    self.wrk_once(t, max(a.connections), a.warmup, f"wrk warm-up (case {t.key})")
+                except CASE_ERRORS as e:
+                    self.fail(t, e)
+        for rnd in range(a.rounds):
+            for conns in a.connections:
+                log(f"round {rnd + 1}/{a.rounds}, {conns} connections")
+                for t in self.live():
+                    try:
+                        r = self.wrk_once(t, conns, a.duration, f"wrk, every round (case {t.key}, c{conns})")
+                    except CASE_ERRORS as e:
+                        self.fail(t, e)
+                        continue
+                    r["round"] = rnd
+                    t.runs.setdefault(conns, []).append(r)
+                    cpu = f", proxy CPU {r['proxy_cpu_s'] / a.duration:.0%}" if r["proxy_cpu_s"] is not None else ""
+                    log(f"  {t.key:5} {r['rps']:9,.0f} req/s, p50 {fmt_ms(r['p50'])}, p99 {fmt_ms(r['p99'])}, "
+                        f"non-2xx {r['non2xx']}, socket errors {r['socket_errors']}{cpu}")
+        for t in self.live():
+            runs = [r for rs in t.runs.values() for r in rs]
+            t.info["errors"] = sum(r["non2xx"] + r["socket_errors"] for r in runs)
+            if t.info["errors"]:
+                self.notes.append(f"case {t.key}: {t.info['errors']} non-2xx responses or socket errors in the rounds")
+            if t.proxy:
+                t.info["hwm_kib"] = tree_kib(t.proxy.pid, "VmHWM")
+                t.info["processes"] = len(process_tree(t.proxy.pid))
+            if "redis_port" in t.info:
+                stats = run_text(["redis-cli", "-p", str(t.info["redis_port"]), "info", "commandstats"])
+                t.info["redis_calls"] = sum(int(m) for m in re.findall(r"cmdstat_(?:evalsha|eval):calls=(\d+)", stats))
+                served = sum(r["requests"] for r in runs)
+                if t.info["redis_calls"] < served:
+                    self.notes.append(f"case {t.key}: Redis saw {t.info['redis_calls']} script calls for {served}+ requests")
+
+    def target(self, key: str) -> Target | None:
+        return next((t for t in self.live() if t.key == key), None)
+
+    def run_open_loop(self) -> None:
+        """oha at one fixed rate against bare Pingora and tollgate + API key + Redis."""
+        a = self.args
+        if a.open_loop_seconds <= 0:
+            return
+        wanted = [t for t in (self.target("p"), self.target("e")) if t]
+        if not wanted:
+            return
+        if not shutil.which("oha"):
+            self.notes.append("open loop skipped: oha is not on PATH (`scripts/ensure-deps.sh bench` installs it)")
+            return
+        ref = self.target("p")
+        base_conns = min(a.connections)
+        if not ref or not ref.runs.get(base_conns):
+            self.notes.append("open loop skipped: it needs case p's closed-loop rate")
+            return
+        self.open_loop_rate = max(1, int(a.open_loop_share * statistics.median(r["rps"] for r in ref.runs[base_conns])))
+        for t in wanted:
+            log(f"open loop: {t.key} at {self.open_loop_rate:,} req/s for {a.open_loop_seconds:g} s")
+            try:
+                r = self.load.oha(t.port, t.path, t.headers, self.open_loop_rate, a.open_loop_seconds,
+                                  a.open_loop_connections, f"oha, open loop (case {t.key})")
+            except CASE_ERRORS as e:
+                self.failures.append(f"open loop {t.key}: {e}")
+                continue
+            r["key"], r["label"] = t.key, t.label
+            lat = r["latency_ms"]
+            log(f"  {t.key}: {r['rps']:,.0f} req/s, p50 {fmt_ms(lat['p50'])}, p99 {fmt_ms(lat['p99'])}, "
+                f"p99.9 {fmt_ms(lat['p99.9'])}, non-2xx {r['non2xx']}, errors {r['errors']}")
+            self.open_loop.append(r)
+
+    def stop_targets(self) -> None:
+        for t in self.targets:
+            self.stop_target(t)
 
     # --- idle connections
     def idle_connections(self) -> None:
@@ -734,13 +928,15 @@ class Bench:
         self.criterion_cmd = None
         if not self.args.criterion:
             return
-        argv = ["cargo", "bench", "--bench", "hot_path", "--", "--warm-up-time", str(self.args.criterion_warmup),
-                "--measurement-time", str(self.args.criterion_time)]
+        # The profile of the binaries under test: its dependencies are built already.
+        argv = ["cargo", "bench", "--profile", self.args.profile, "--bench", "hot_path", "--",
+                "--warm-up-time", str(self.args.criterion_warmup), "--measurement-time", str(self.args.criterion_time)]
         self.criterion_cmd = shlex.join(argv)
         self.h.record("criterion micro-benchmarks", argv)
         log(f"criterion: {self.criterion_cmd}")
         # stderr (compilation, criterion's progress) goes to the terminal; results are on stdout.
-        r = subprocess.run(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True, timeout=3600)
+        r = subprocess.run(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True, timeout=3600,
+                           env=dict(os.environ, CARGO_TARGET_DIR=self.args.target_dir))
         (self.run_dir / "criterion.log").write_text(r.stdout)
         if r.returncode != 0:
             self.failures.append(f"cargo bench failed ({r.returncode}):\n{r.stdout[-2000:]}")
@@ -754,6 +950,7 @@ class Bench:
                 if not line.startswith(" "):
                     name = line.split()[0]
                 self.criterion_rows.append((name or "?", f"{t.group(2)} ({t.group(1)} – {t.group(3)})"))
+
 
 
 async def hold_connections(port: int, n: int, pid: int) -> tuple[int, int, int, int, int]:
@@ -806,6 +1003,7 @@ def machine() -> dict[str, str]:
         "memory": f"{proc_meminfo_gib():.1f} GiB",
         "commit": commit + (" (with uncommitted changes)" if dirty else ""),
         "wrk": run_text(["wrk", "-v"]).splitlines()[0] if shutil.which("wrk") else "?",
+        "oha": run_text(["oha", "--version"]) if shutil.which("oha") else "oha: not installed",
         "nginx": run_text(["nginx", "-v"]),
         "redis": run_text(["redis-server", "--version"]),
         "rustc": run_text(["rustc", "--version"]),
@@ -858,37 +1056,56 @@ def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
+
+
+def median_of(runs: list[dict], field: str) -> float | None:
+    vals = [r[field] for r in runs if r.get(field) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def per_round_ratio(num: list[dict], den: list[dict]) -> float | None:
+    """Median over the rounds of num's req/s over den's in the same round."""
+    by_round = {r["round"]: r["rps"] for r in den}
+    vals = [r["rps"] / by_round[r["round"]] for r in num if by_round.get(r["round"])]
+    return statistics.median(vals) if vals else None
+
+
+def fmt_ratio(v: float | None) -> str:
+    return f"{v:.2f}" if v is not None else "—"
+
+
 def report(b: Bench, args: argparse.Namespace, mach: dict[str, str], load_before: str, load_after: str,
            started: float, idle_share: float, other: tuple[float, float] | None) -> str:
-    res = b.results
-
-    def med(key: str, field: str) -> float | None:
-        vals = [r[field] for r in res.get(key, {}).get("runs", []) if r[field] is not None]
-        return statistics.median(vals) if vals else None
-
-    ref_b, ref_a = med("b", "rps"), med("a", "rps")
-    order = ["a", "b", "c", "c*", "d", "e", "f", "g", "h"]
+    conns = args.connections
+    ref = next((t for t in b.targets if t.key == "p" and t.runs), None)
     rows = []
-    for key in order:
-        if key not in res:
+    for t in b.targets:
+        if not t.runs:
             continue
-        r = res[key]
-        rps = [x["rps"] for x in r["runs"]]
-        m = statistics.median(rps)
-        spread = f"{min(rps):,.0f} – {max(rps):,.0f}" if len(rps) > 1 else "—"
-        ratio_b = f"{m / ref_b:.2f}" if ref_b else "—"
-        ratio_a = f"{m / ref_a:.2f}" if ref_a else "—"
-        rss = f"{r['hwm_kib'] / 1024:.1f} MiB" if r.get("hwm_kib") else "—"
-        if r.get("processes", 0) > 1:
-            rss += f" ({r['processes']} processes)"
-        cpu_s = sum(x["proxy_cpu_s"] or 0 for x in r["runs"])
-        served = sum(x["requests"] for x in r["runs"])
-        cpu = (f"{cpu_s / served * 1e6:.0f} µs ({cpu_s / (len(r['runs']) * args.duration):.0%})"
-               if r["runs"][0].get("proxy_cpu_s") is not None and served else "—")
-        rows.append(f"| {key} | {r['label']} | {m:,.0f} | {spread} | {fmt_ms(med(key, 'p50'))} | "
-                    f"{fmt_ms(med(key, 'p99'))} | {ratio_b} | {ratio_a} | {cpu} | {rss} | {r['errors']} |")
+        cells = [t.key, t.label]
+        for c in conns:
+            runs = t.runs.get(c, [])
+            rps = [r["rps"] for r in runs]
+            if not rps:
+                cells += ["—"] * 4
+                continue
+            m = statistics.median(rps)
+            spread = f"{(max(rps) - min(rps)) / m:.0%}" if len(rps) > 1 else "—"
+            ratio = per_round_ratio(runs, ref.runs.get(c, [])) if ref else None
+            cells += [f"{m:,.0f}", spread, fmt_ms(median_of(runs, "p99")), fmt_ratio(ratio)]
+        if len(conns) > 1:
+            cells.append(fmt_ratio(per_round_ratio(t.runs.get(conns[-1], []), t.runs.get(conns[0], []))))
+        first = t.runs.get(conns[0], [])
+        cpu_s = sum(r["proxy_cpu_s"] or 0 for r in first)
+        served = sum(r["requests"] for r in first)
+        cells.append(f"{cpu_s / served * 1e6:.0f} µs ({cpu_s / (len(first) * args.duration):.0%})"
+                     if t.proxy and first and served else "—")
+        rss = f"{t.info['hwm_kib'] / 1024:.1f} MiB" if t.info.get("hwm_kib") else "—"
+        if t.info.get("processes", 0) > 1:
+            rss += f" ({t.info['processes']} processes)"
+        cells += [rss, str(t.info.get("errors", "—"))]
+        rows.append("| " + " | ".join(cells) + " |")
 
-    # What ran beside the load tests decides; the sample before the start only when they did not finish.
     busy = other[1] > BUSY_SHARE if other is not None else idle_share > BUSY_SHARE
     noise = (f"other processes used {other[0]:.0f} CPU-seconds, {other[1]:.0%} of the machine, during the "
              "load tests" if other else "the load tests did not complete")
@@ -904,60 +1121,104 @@ def report(b: Bench, args: argparse.Namespace, mach: dict[str, str], load_before
     if busy:
         out += [f"> **The machine was busy** ({noise}; {idle_share:.0%} of the CPUs were busy before the start): "
                 "the numbers are noisy. Re-run `make bench` on a quiet machine for figures to keep.", ""]
+    profiles = f"`{args.profile}`" + "".join(f", `{p}` (rows @{p})" for p in args.compare_profiles)
     out += [
         "## Machine",
         "",
         f"- CPUs (`nproc`): {mach['nproc']}; model: {mach['cpu']}; memory: {mach['memory']}",
         f"- kernel: {mach['kernel']}",
         f"- tollgate commit: {mach['commit']}",
-        f"- {mach['rustc']}; {mach['nginx']}; {mach['wrk']}; {mach['redis'].split(' sha=')[0]}; Python {mach['python']}",
+        f"- build profile: {profiles}; tollgate and bare Pingora (`examples/bare_pingora.rs`) are built with the "
+        f"same profile (`{args.profile}`, see Cargo.toml)",
+        f"- {mach['rustc']}; {mach['nginx']}; {mach['wrk']}; {mach['oha']}; {mach['redis'].split(' sha=')[0]}; "
+        f"Python {mach['python']}",
         f"- other load: {idle_share:.0%} of the CPUs busy in a 2 s sample before the run; {noise}; "
         f"load average (1, 5, 15 min) {load_before} at the start, {load_after} at the end",
         "",
-        "## Throughput and latency",
+        "## Throughput and latency (closed loop)",
         "",
-        f"wrk, 1 thread, {args.connections} keep-alive connections, GET of a 2-byte body; each case: "
-        f"{args.warmup:g} s warm-up, then {args.repeats} × {args.duration:g} s. req/s is the median of the runs "
-        "(spread: min – max); p50/p99 are wrk's latency percentiles (median over the runs). "
-        + ("The proxy runs on CPU 0; wrk, the upstream and Redis on CPU 1 (`taskset`), except in c*, where "
-           "nothing is pinned. " if b.h.pin else "**Nothing was pinned** (fewer than 2 CPUs). ")
-        + "tollgate: `server.threads: 1`, `access_log: false`. Ratios are median req/s over that of b "
-        "(nginx reverse proxy) and of a (upstream directly; with the upstream sharing CPU 1 with wrk, a is "
-        "the ceiling of the load side). Peak RSS is VmHWM of the proxy's processes (nginx: master + worker). "
-        "Proxy CPU: CPU time (user + system) the proxy's processes used per request during the measured "
-        "runs, and as a share of one core (100% = the proxy was the bottleneck); it is less sensitive than "
-        "req/s to other load on the machine. "
-        "Errors: non-2xx responses plus socket errors in the measured runs (must be 0).",
+        f"wrk, 1 thread, keep-alive connections ({' and '.join(f'c{c}' for c in conns)}), GET of a 2-byte body. "
+        f"Every server is started once; after a {args.warmup:g} s warm-up each, the cases run in "
+        f"{args.rounds} interleaved rounds (every case once at each concurrency, then every case again), "
+        f"{args.duration:g} s per run. req/s is the median over the rounds; spread is (max − min) / median; "
+        "p99 is wrk's (median over the rounds). **× bare Pingora** is the median of the per-round ratios to "
+        "case p in the same round at the same concurrency"
+        + (f"; c{conns[-1]} / c{conns[0]} likewise compares a case with itself" if len(conns) > 1 else "") + ". "
+        + ("Every proxy runs on CPU 0; wrk, the upstream and Redis on CPU 1 (`taskset`), except in t2 and n2, "
+           "where nothing is pinned (report only: compare t2 with n2). " if b.h.pin
+           else "**Nothing was pinned** (fewer than 2 CPUs). ")
+        + "tollgate: `server.threads: 1` (t2: 2), `access_log: false` (l: on, stdout to a file). "
+        f"Proxy CPU (at c{conns[0]}): CPU time (user + system) of the proxy's processes per request, and as a "
+        "share of one core (100% = the proxy was the bottleneck); less sensitive than req/s to other load on "
+        "the machine. Peak RSS is VmHWM (nginx: master + workers). Errors: non-2xx responses plus socket "
+        "errors in all rounds (must be 0).",
         "",
-        "| case | what | req/s (median) | spread | p50 | p99 | vs nginx proxy | vs direct | proxy CPU / req | peak RSS | errors |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| case | what | " + " | ".join(f"c{c} req/s | spread | p99 | × bare Pingora" for c in conns)
+        + (f" | c{conns[-1]} / c{conns[0]}" if len(conns) > 1 else "") + " | proxy CPU / req | peak RSS | errors |",
+        "| --- | --- | " + " | ".join("---: | ---: | ---: | ---:" for _ in conns)
+        + (" | ---:" if len(conns) > 1 else "") + " | ---: | ---: | ---: |",
         *rows,
         "",
     ]
     details = []
-    for key in ("e", "f", "g"):
-        if res.get(key, {}).get("redis_calls") is not None:
-            details.append(f"- {key}: Redis script calls {res[key]['redis_calls']:,} (one per request, "
+    by_key = {t.key: t for t in b.targets if t.runs}
+    if "t2" in by_key and "n2" in by_key:
+        details.append("- t2 / n2 (tollgate with 2 threads over nginx with 2 workers, nothing pinned), per-round: "
+                       + ", ".join(f"c{c} {fmt_ratio(per_round_ratio(by_key['t2'].runs.get(c, []), by_key['n2'].runs.get(c, [])))}"
+                                   for c in conns))
+    for prof in args.compare_profiles:
+        for key in PROFILE_CASES:
+            if f"{key}@{prof}" in by_key and key in by_key:
+                details.append(f"- {key}@{prof} / {key} (profile `{prof}` over `{args.profile}`), per-round: "
+                               + ", ".join(f"c{c} {fmt_ratio(per_round_ratio(by_key[key + '@' + prof].runs.get(c, []), by_key[key].runs.get(c, [])))}"
+                                           for c in conns))
+    for t in b.targets:
+        if t.info.get("redis_calls") is not None:
+            details.append(f"- {t.key}: Redis script calls {t.info['redis_calls']:,} (one per request, "
                            "warm-up and probes included)")
-    if "h" in res:
-        h = res["h"]
-        details.append(f"- h: config file {h.get('config_mib', 0):.1f} MiB; tollgate started (listening) "
-                       f"{h.get('startup_s', 0):.1f} s after launch; the request goes to a route in the middle "
+    if "h" in by_key:
+        h = by_key["h"]
+        details.append(f"- h: config file {h.info.get('config_mib', 0):.1f} MiB; tollgate started (listening) "
+                       f"{h.info.get('startup_s') or 0:.1f} s after launch; the request goes to a route in the middle "
                        "of the list with one of the keys (cached after the first request), like d.")
     details += [
         "- d–h verify the credential on every request (API key: HMAC-SHA-256 then the credential cache; JWT: "
         "the verified-token cache, so the signature itself is checked once — see the criterion figures for its "
-        "cost). e–g make one Redis round trip per request (`failure_mode: closed`, so a Redis problem would "
+        "cost). e makes one Redis round trip per request (`failure_mode: closed`, so a Redis problem would "
         "show as errors, not as a silent fallback).",
     ]
     out += ["Notes:", "", *details, ""]
-    out += ["<details><summary>Every measured run</summary>", "", "| case | run | req/s | p50 | p99 | requests | non-2xx | socket errors |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for key in order:
-        for i, r in enumerate(res.get(key, {}).get("runs", []), 1):
-            out.append(f"| {key} | {i} | {r['rps']:,.0f} | {fmt_ms(r['p50'])} | {fmt_ms(r['p99'])} | {r['requests']:,} | "
-                       f"{r['non2xx']} | {r['socket_errors']} |")
+    out += ["<details><summary>Every measured run</summary>", "",
+            "| case | connections | round | req/s | p50 | p99 | requests | non-2xx | socket errors | proxy CPU / req |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for t in b.targets:
+        for c in conns:
+            for r in t.runs.get(c, []):
+                cpu = (f"{r['proxy_cpu_s'] / r['requests'] * 1e6:.0f} µs"
+                       if r.get("proxy_cpu_s") is not None and r["requests"] else "—")
+                out.append(f"| {t.key} | {c} | {r['round'] + 1} | {r['rps']:,.0f} | {fmt_ms(r['p50'])} | "
+                           f"{fmt_ms(r['p99'])} | {r['requests']:,} | {r['non2xx']} | {r['socket_errors']} | {cpu} |")
     out += ["", "</details>", ""]
+
+    if b.open_loop:
+        out += [
+            "## Open loop (fixed arrival rate)",
+            "",
+            f"oha, {args.open_loop_connections} keep-alive connections, {args.open_loop_seconds:g} s per case, "
+            f"requests sent at a fixed {b.open_loop_rate:,} req/s ({args.open_loop_share:.0%} of case p's c{conns[0]} "
+            "median above) whether or not earlier ones were answered; `--latency-correction` counts each "
+            "latency from when its request was due, so a stall shows in the percentiles instead of being "
+            "hidden by coordinated omission. The server under test on CPU 0, oha on CPU 1.",
+            "",
+            "| case | what | rate asked | rate achieved | p50 | p90 | p99 | p99.9 | p99.99 | max | non-2xx | errors |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for r in b.open_loop:
+            lat = r["latency_ms"]
+            out.append(f"| {r['key']} | {r['label']} | {b.open_loop_rate:,} | {r['rps']:,.0f} | "
+                       + " | ".join(fmt_ms(lat[p]) for p in OHA_PERCENTILES)
+                       + f" | {fmt_ms(r['max_ms'])} | {r['non2xx']} | {r['errors']} |")
+        out.append("")
 
     if getattr(b, "idle", None):
         out += [
@@ -992,8 +1253,13 @@ def report(b: Bench, args: argparse.Namespace, mach: dict[str, str], load_before
                                                    if len(f.splitlines()) > 1 else "") for f in b.failures]
         out.append("")
 
-    out += ["## Commands", "", "Placeholders: `$RUN` is the run's temp dir; `$PEPPER` the random pepper; `$API_KEY`, `$API_KEY_H`, `$JWT_RS256`, `$JWT_ES256` are the throw-away credentials the run generated; ports were free loopback ports.", "", "```sh",
+    builds = [f"cargo build --profile {args.profile} --bin tollgate --example bare_pingora"]
+    builds += [f"cargo build --profile {p} --bin tollgate" for p in args.compare_profiles]
+    out += ["## Commands", "", "Placeholders: `$RUN` is the run's temp dir; `$PEPPER` the random pepper; `$API_KEY`, "
+            "`$API_KEY_H`, `$JWT_RS256`, `$JWT_ES256` are the throw-away credentials the run generated; ports were "
+            "free loopback ports.", "", "```sh",
             f"# this run: {shlex.join(['python3', 'loadtest/bench.py'] + sys.argv[1:])}",
+            "# the binaries it measured (`make bench` builds them):", *builds,
             f"ulimit -n $(ulimit -Hn)   # {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}"]
     for what, line in b.h.commands:
         out.append(f"# {what}")
@@ -1005,46 +1271,73 @@ def report(b: Bench, args: argparse.Namespace, mach: dict[str, str], load_before
 
 # ----------------------------------------------------------------------------- main
 
+def int_list(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--duration", type=float, default=10, help="seconds per measured run (10)")
-    p.add_argument("--repeats", type=int, default=3, help="measured runs per case (3)")
-    p.add_argument("--warmup", type=float, default=3, help="warm-up seconds per case (3)")
-    p.add_argument("--connections", type=int, default=64, help="wrk connections (64)")
-    p.add_argument("--cases", default="a,b,c,d,e,f,g,h", help="which cases (a,b,c,d,e,f,g,h; c includes c*)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds: every case once per round (3)")
+    p.add_argument("--warmup", type=float, default=3, help="warm-up seconds per case, before the first round (3)")
+    p.add_argument("--connections", type=int_list, default=[64, 256],
+                   help="wrk connection counts, each measured in every round (64,256)")
+    p.add_argument("--cases", default=DEFAULT_CASES, help=f"which cases ({DEFAULT_CASES})")
     p.add_argument("--routes", type=int, default=1000, help="routes in case h (1000)")
     p.add_argument("--keys", type=int, default=100_000, help="API keys in case h (100000)")
-    p.add_argument("--idle", default="1000,10000", help="idle-connection counts to measure ('' to skip)")
+    p.add_argument("--idle", type=int_list, default=[1000, 10000],
+                   help="idle-connection counts to measure ('' to skip) (1000,10000)")
+    p.add_argument("--open-loop-share", type=float, default=0.5,
+                   help="open-loop rate as a share of case p's closed-loop req/s at the first --connections (0.5)")
+    p.add_argument("--open-loop-seconds", type=float, default=30, help="open-loop run per case; 0 skips it (30)")
+    p.add_argument("--open-loop-connections", type=int, default=64, help="oha connections in the open loop (64)")
+    p.add_argument("--profile", default="dist",
+                   help="cargo profile tollgate and bare Pingora were built with (dist: `make bench` builds it)")
+    p.add_argument("--compare-profiles", default="",
+                   help="more profiles (e.g. release) whose tollgate runs cases c and d too, built beforehand "
+                   "with `cargo build --profile P` ('')")
+    p.add_argument("--target-dir", default=os.environ.get("CARGO_TARGET_DIR") or str(ROOT / "target"),
+                   help="cargo's target dir ($CARGO_TARGET_DIR, else ./target)")
     p.add_argument("--no-criterion", dest="criterion", action="store_false", help="skip cargo bench --bench hot_path")
     p.add_argument("--criterion-warmup", type=int, default=1, help="criterion --warm-up-time seconds (1)")
     p.add_argument("--criterion-time", type=int, default=3, help="criterion --measurement-time seconds (3)")
-    p.add_argument("--quick", action="store_true", help="a short trial: 1 s warm-up, 2 × 3 s runs, shorter criterion")
-    p.add_argument("--binary", default=str(ROOT / "target/release/tollgate"))
+    p.add_argument("--quick", action="store_true",
+                   help="a short trial: 1 s warm-up, 2 rounds of 3 s runs, 5 s open loop, shorter criterion")
     p.add_argument("--out", default=str(HERE / "RESULTS.md"))
     p.add_argument("--keep", action="store_true", help="keep the run's temp dir (configs, logs)")
     a = p.parse_args()
     if a.quick:
-        a.duration, a.repeats, a.warmup = 3, 2, 1
+        a.duration, a.rounds, a.warmup, a.open_loop_seconds = 3, 2, 1, min(a.open_loop_seconds, 5)
         a.criterion_warmup, a.criterion_time = 1, 1
     a.cases = [c.strip() for c in a.cases.split(",") if c.strip()]
-    a.idle = [int(x) for x in a.idle.split(",") if x.strip()]
+    unknown = [c for c in a.cases if c not in CASES]
+    if unknown:
+        p.error(f"unknown case(s) {', '.join(unknown)}; known: {DEFAULT_CASES}")
+    a.compare_profiles = [x.strip() for x in a.compare_profiles.split(",") if x.strip() and x.strip() != a.profile]
+    if not a.connections or a.rounds < 1:
+        p.error("--connections needs at least one count and --rounds at least 1")
     return a
 
 
-def preflight(args: argparse.Namespace) -> None:
+def preflight(args: argparse.Namespace, b: Bench) -> None:
     missing = [t for t in ("wrk", "nginx", "redis-server", "redis-cli", "openssl", "taskset") if not shutil.which(t)]
     if missing:
         raise BenchError(f"missing tools: {', '.join(missing)} (run scripts/ensure-deps.sh bench)")
     if args.criterion and not shutil.which("cargo"):
         raise BenchError("cargo is not on PATH (or pass --no-criterion)")
-    if not Path(args.binary).is_file():
-        raise BenchError(f"{args.binary} does not exist: run `cargo build --release` first (make bench does)")
+    needed = [(b.binary, f"cargo build --profile {args.profile} --bin tollgate")]
+    if "p" in args.cases:
+        needed.append((b.bare_binary, f"cargo build --profile {args.profile} --example bare_pingora"))
+    needed += [(path, f"cargo build --profile {p} --bin tollgate") for p, path in b.profile_binaries.items()]
+    for path, build in needed:
+        if not path.is_file():
+            raise BenchError(f"{path} does not exist: run `{build}` first (`make bench` builds the {args.profile} ones)")
 
 
 def main() -> int:
     args = parse_args()
     started = time.monotonic()
-    preflight(args)
     # Many connections: raise the soft open-file limit to the hard one (inherited by every child).
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -1059,6 +1352,13 @@ def main() -> int:
     os.chmod(run_dir, 0o755)  # nginx workers may run as another user
     (run_dir / "harness.pid").write_text(str(os.getpid()))
     h = Harness(run_dir, pin)
+    bench = Bench(args, h)
+    try:
+        preflight(args, bench)
+    except BenchError as e:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        log(str(e))
+        return 1
 
     def on_signal(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")
@@ -1073,14 +1373,16 @@ def main() -> int:
         log(f"warning: the machine is busy ({idle_share:.0%} of the CPUs in use before starting); "
             "the numbers will be noisy")
     log(f"run dir {run_dir}; results to {args.out}")
-    bench = Bench(args, h)
     account = CpuAccount()
     other = None
     code = 0
     try:
         account.start()
         bench.start_upstream()
-        bench.run_cases()
+        bench.setup_all()
+        bench.run_rounds()
+        bench.run_open_loop()
+        bench.stop_targets()
         bench.idle_connections()
         h.stop_all()
         other = account.stop()

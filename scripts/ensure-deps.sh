@@ -2,7 +2,8 @@
 # Installs what building or testing tollgate needs and this machine lacks (Debian/Ubuntu).
 #   scripts/ensure-deps.sh build   cmake, pkg-config, libssl-dev (Pingora's build)
 #   scripts/ensure-deps.sh test    the above plus redis-server, PostgreSQL, promtool, openssl, node
-#   scripts/ensure-deps.sh bench   the above plus wrk and nginx
+#   scripts/ensure-deps.sh bench   the above plus wrk and nginx (apt), and oha (cargo install: the
+#                                  open-loop load generator; Debian has neither oha nor wrk2)
 # Nothing is installed when everything is present; installing needs root (or sudo).
 set -euo pipefail
 
@@ -34,15 +35,23 @@ if [[ "${1:-build}" == bench ]]; then
   need_cmd python3 python3
 fi
 
-[[ ${#want[@]} -eq 0 ]] && exit 0
-echo "installing: ${want[*]}"
-if [[ $(id -u) -eq 0 ]]; then SUDO=(); elif command -v sudo >/dev/null; then SUDO=(sudo); else
-  echo "missing packages and not root: install ${want[*]} yourself" >&2; exit 1
+if [[ ${#want[@]} -gt 0 ]]; then
+  echo "installing: ${want[*]}"
+  if [[ $(id -u) -eq 0 ]]; then SUDO=(); elif command -v sudo >/dev/null; then SUDO=(sudo); else
+    echo "missing packages and not root: install ${want[*]} yourself" >&2; exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  "${SUDO[@]}" apt-get update -qq
+  # The Debian packages start their services on install; tests start their own servers.
+  "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${want[@]}" >/dev/null
+  for svc in redis-server postgresql nginx prometheus; do
+    "${SUDO[@]}" service "$svc" stop >/dev/null 2>&1 || true
+  done
 fi
-export DEBIAN_FRONTEND=noninteractive
-"${SUDO[@]}" apt-get update -qq
-# The Debian packages start their services on install; tests start their own servers.
-"${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${want[@]}" >/dev/null
-for svc in redis-server postgresql nginx prometheus; do
-  "${SUDO[@]}" service "$svc" stop >/dev/null 2>&1 || true
-done
+
+# oha (crates.io) drives bench.py's open-loop case: a fixed arrival rate with latency corrected
+# for coordinated omission. One compile of a few minutes, into ~/.cargo/bin.
+if [[ "${1:-build}" == bench ]] && ! command -v oha >/dev/null 2>&1; then
+  echo "installing oha (cargo install oha --locked)"
+  (unset CARGO_TARGET_DIR; cargo install oha --locked --quiet)
+fi
