@@ -28,6 +28,10 @@ const LISTENER_READ_BUFFER: usize = 16 * 1024;
 /// Time left after the drain for the last usage write before Pingora stops every task.
 const SHUTDOWN_FLUSH_RESERVE: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// Idle keep-alive connections to upstreams kept per process (the bare Pingora reference in
+/// `make bench` keeps 512; a gateway instance may serve more clients at once).
+const UPSTREAM_KEEPALIVE_POOL: usize = 1024;
+
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -84,6 +88,10 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
         graceful_shutdown_timeout_seconds: Some(
             config.server.graceful_shutdown_timeout.as_secs_f64().ceil() as u64,
         ),
+        // Idle upstream connections kept for reuse: Pingora's default (128) is below the
+        // concurrency one instance serves, so busier moments would open and close upstream
+        // connections all the time.
+        upstream_keepalive_pool_size: UPSTREAM_KEEPALIVE_POOL,
         ..ServerConf::default()
     };
     // Pingora retries a request at most this often; our fail_to_connect allows one retry.
