@@ -464,7 +464,9 @@ struct Flood {
 
 /// Sends `per_second` distinct, well-formed random API keys per second for `seconds`,
 /// open loop (each 10 ms tick starts its requests whatever the earlier ones are doing, at
-/// most 512 in flight), and the known key `known` once per tick.
+/// most 128 in flight: below the gateway's 256 connections per client address, so a slow
+/// machine cannot turn the flood into connection refusals), and the known key `known` once
+/// per tick.
 async fn flood(gw: &Gateway, known: &str, per_second: u64, seconds: u64) -> Flood {
     use std::collections::BTreeMap;
     use std::sync::{Arc, Mutex};
@@ -472,7 +474,7 @@ async fn flood(gw: &Gateway, known: &str, per_second: u64, seconds: u64) -> Floo
     let client = gw.http().clone();
     let url = gw.url("/x");
     let per_tick = (per_second / 100).max(1);
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(512));
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(128));
     let statuses = Arc::new(Mutex::new(BTreeMap::new()));
     let known_key_statuses = Arc::new(Mutex::new(BTreeMap::new()));
     let started = Instant::now();
