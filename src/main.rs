@@ -5,19 +5,11 @@ use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-/// mimalloc (v3): per-thread free lists, so the proxy's many short-lived allocations cost
-/// little, and freed pages are returned to the OS after a short delay.
-#[cfg(all(feature = "mimalloc", not(feature = "tikv-jemallocator")))]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// jemalloc with a background thread that purges dirty pages.
-#[cfg(feature = "tikv-jemallocator")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's options: purge unused pages in the background after a second.
-#[cfg(feature = "tikv-jemallocator")]
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
 pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:1000\0";
