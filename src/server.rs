@@ -114,10 +114,11 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
         Gateway::new(Arc::clone(&live), access_log.clone(), Arc::clone(&limiter)),
     );
     // Connection caps and request-head bounds around Pingora's HTTP loop (src/connection).
-    let mut proxy = Service::new(
-        "tollgate proxy".to_string(),
-        Front::new(gateway, Arc::clone(&live), access_log.clone()),
-    );
+    let front = Front::new(gateway, Arc::clone(&live), access_log.clone());
+    let pre_tls = front.pre_tls();
+    let mut proxy = Service::new("tollgate proxy".to_string(), front);
+    // A TLS connection counts in the connection caps from before its handshake.
+    proxy.endpoints().set_pre_tls_callback(pre_tls);
     // Pingora reads each connection through a 64 KiB buffer by default, which an idle
     // keep-alive connection holds too; 16 KiB still fits any sane request head and keeps
     // 10,000 idle connections far cheaper.

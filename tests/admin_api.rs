@@ -257,11 +257,28 @@ async fn plans_crud_validation_and_conflicts() {
         "1-64 characters: letters, digits, '-', '_', '.'"
     );
     assert!(body["fields"]["concurrency"].is_string(), "{body}");
-    let body = admin
+    // No windows and no cap: an unlimited plan, as in the file (also after a change
+    // that removes them, and with a block that then never applies).
+    let created = admin
         .post("/admin/plans", json!({"name": "empty", "limits": []}))
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let changed = admin
+        .patch(
+            "/admin/plans/empty",
+            json!({"limits": [], "concurrency": null, "block_for_seconds": 60}),
+        )
+        .await;
+    assert_eq!(changed.status, 200, "{}", changed.text);
+    let body = admin
+        .post(
+            "/admin/plans",
+            json!({"name": "empty2", "limits": [], "block_for_seconds": 0}),
+        )
         .await
         .assert_error(400, "invalid_request");
-    assert!(body["fields"]["limits"].is_string());
+    assert!(body["fields"]["block_for_seconds"].is_string(), "{body}");
+    assert_eq!(admin.delete("/admin/plans/empty").await.status, 204);
 
     // Malformed JSON, unknown fields, wrong types and a wrong content type: same shape.
     let a = admin

@@ -1,7 +1,8 @@
 //! Bounded resources against the real binary: a total deadline on request heads (a
 //! slowloris attack of hundreds of connections is cut off while real clients are served),
 //! caps on client connections per process and per address, the same kinds of bounds on the
-//! admin listener, and HTTPS health checks that trust the upstream's `ca_file`.
+//! admin listener, TLS handshakes counted in those caps, and HTTPS health checks that trust
+//! the upstream's `ca_file`.
 
 mod support;
 
@@ -264,6 +265,81 @@ async fn connections_beyond_the_process_cap_are_refused() {
     assert!(connections_open(&gw, 0.0).await);
     let ok = gw.http().get(gw.url("/x")).send().await.unwrap();
     assert_eq!(ok.status(), 200);
+}
+
+/// A TLS connection holds its place in the caps from its first byte: a client cannot keep
+/// more handshakes open than `max_connections_per_ip` (Pingora alone would wait 60 s on
+/// each, however many), another address is still served, and a connection that gives up
+/// its handshake frees its place.
+#[tokio::test]
+async fn tls_handshakes_count_against_the_per_address_cap() {
+    let certs = Certs::new();
+    let leaf = certs.leaf("api", &["api.test"]);
+    let upstream = TestUpstream::start("a").await;
+    let cfg = GatewayConfig::new().with_tls(&leaf);
+    let yaml = cfg
+        .render(&format!(
+            "upstreams:\n  - {{name: a, targets: [{{address: \"{}\"}}]}}\n\
+             routes:\n  - {{name: r, path_prefix: /, upstream: a}}\n",
+            upstream.address()
+        ))
+        .replacen(
+            "  threads: 1\n",
+            "  threads: 1\n  max_connections_per_ip: 3\n",
+            1,
+        );
+    let gw = Gateway::start(cfg, &yaml).await;
+    let port = gw.config().tls_port().expect("a TLS listener");
+    let https = |from: [u8; 4]| {
+        gw.client_builder()
+            .local_address(std::net::IpAddr::from(from))
+            .resolve("api.test", ([127, 0, 0, 1], port).into())
+            .build()
+            .unwrap()
+    };
+    let url = format!("https://api.test:{port}/x");
+
+    // Three connections that never start their handshake hold the address's places.
+    let mut held = idle_connections(port, 3).await;
+    assert!(connections_open(&gw, 3.0).await, "{}", gw.logs());
+    let mut fourth = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), fourth.read_to_end(&mut answer)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the fourth is closed before any handshake: {read:?} {answer:?}"
+    );
+    assert!(
+        https([127, 0, 0, 1]).get(&url).send().await.is_err(),
+        "no handshake for this address while its places are held"
+    );
+    let other = https([127, 0, 0, 2]).get(&url).send().await.unwrap();
+    assert_eq!(other.status(), 200, "another address is served");
+
+    // One gives up (closes before its handshake): its place is free again.
+    held.pop();
+    let client = https([127, 0, 0, 1]);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            client
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        })
+        .await,
+        "{}",
+        gw.logs()
+    );
+    let text = gw.metrics_text().await;
+    assert!(
+        metric(
+            &text,
+            "tollgate_connections_refused_total{reason=\"max_connections_per_ip\"}"
+        )
+        .is_some_and(|n| n >= 2.0),
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -17,6 +17,7 @@ pub mod openapi;
 pub mod ops;
 pub mod plans;
 pub mod throttle;
+mod whole_numbers;
 
 use crate::account::password::Passwords;
 use crate::auth::revocation::RevocationBus;
@@ -303,36 +304,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     }
 }
 
-/// Parses a body that must be one JSON object. (Serde would read a struct from an array
-/// too: `[null, null]` would fill its first two fields.)
+/// Parses a body that must be one JSON object (serde would read a struct from an array
+/// too: `[null, null]` would fill its first two fields), whose whole numbers may be
+/// written `5.0` or `5e0`, as JSON Schema's `integer` allows ([`whole_numbers`]).
 pub(crate) fn json_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AdminError> {
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(AdminError::invalid("the body must be a JSON object"));
     }
     let malformed = |e: serde_json::Error| AdminError::invalid(format!("malformed JSON body: {e}"));
-    let mut value: serde_json::Value = serde_json::from_slice(bytes).map_err(malformed)?;
-    whole_numbers(&mut value);
-    serde_json::from_value(value).map_err(malformed)
-}
-
-/// Writes every integral number as an integer: JSON Schema's `integer` includes `5.0`,
-/// which serde would refuse for an integer field.
-fn whole_numbers(value: &mut serde_json::Value) {
-    match value {
-        serde_json::Value::Number(n) if !n.is_i64() && !n.is_u64() => {
-            if let Some(f) = n.as_f64().filter(|f| f.fract() == 0.0) {
-                // Exact: an f64 with no fraction below 2^64 (or above -2^63) is an integer.
-                if (0.0..18_446_744_073_709_551_616.0).contains(&f) {
-                    *n = serde_json::Number::from(f as u64);
-                } else if (-9_223_372_036_854_775_808.0..0.0).contains(&f) {
-                    *n = serde_json::Number::from(f as i64);
-                }
-            }
-        }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(whole_numbers),
-        serde_json::Value::Object(map) => map.values_mut().for_each(whole_numbers),
-        _ => {}
-    }
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(malformed)?;
+    serde_json::from_slice(&whole_numbers::normalise(bytes)).map_err(malformed)
 }
 
 /// A query string.
@@ -475,6 +456,14 @@ mod tests {
         );
         assert!(json_object::<Two>(br#"{"a": 5.5}"#).is_err());
         assert!(json_object::<Two>(br#"{"a": -1.0}"#).is_err());
+        // Decided from the text: its f64 (2^53) would look whole.
+        assert!(json_object::<Two>(br#"{"a": 9007199254740992.5}"#).is_err());
+        assert_eq!(
+            json_object::<Two>(br#"{"a": 9.007199254740993e15}"#)
+                .unwrap()
+                .a,
+            Some(9_007_199_254_740_993)
+        );
     }
 
     /// The document states the limiter's real maxima (`MAX_PERIOD`, `MAX_LIMIT`) for every

@@ -7,7 +7,7 @@
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::schema::{
-    AllOfBuilder, AnyOfBuilder, ArrayBuilder, ObjectBuilder, Schema, Type,
+    AllOfBuilder, AnyOfBuilder, ArrayBuilder, ObjectBuilder, Schema, SchemaType, Type,
 };
 use utoipa::openapi::{Content, OpenApi, PathItem, Ref, RefOr};
 use utoipa::PartialSchema;
@@ -83,45 +83,34 @@ impl utoipa::PartialSchema for MetadataValue {
 
 impl utoipa::ToSchema for MetadataValue {}
 
-/// States in `doc` the rules of a new plan that its fields alone do not say (the shared
-/// rules of `config::limits::check`): at least one window or a concurrency cap, and no
-/// two windows alike. (Two windows of one length but different counts, a token bucket's
-/// refill period, and a change that leaves a plan with neither windows nor a cap are
-/// rules JSON Schema cannot state: the server refuses them with a 400 naming the field.)
+/// States in `doc` the rule of a plan's windows that their fields alone do not say (the
+/// shared rules of `config::limits::check_plan`): no two windows alike. A plan without
+/// windows nor a cap is an unlimited plan. (Two windows of one length but different
+/// counts, and a token bucket's refill period, are rules JSON Schema cannot state: the
+/// server refuses them with a 400 naming the field.)
 pub fn document_plan_rules(doc: &mut OpenApi) {
     let Some(components) = doc.components.as_mut() else {
         return;
     };
-    let windows = || {
-        ArrayBuilder::new()
-            .items(RefOr::<Schema>::Ref(Ref::from_schema_name("LimitBody")))
-            .min_items(Some(1))
-            .unique_items(true)
+    let distinct_windows = || {
+        ObjectBuilder::new().property(
+            "limits",
+            // Typed array-or-null: this only adds uniqueness (a change's `limits: null`
+            // stays valid).
+            ArrayBuilder::new()
+                .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+                .items(RefOr::<Schema>::Ref(Ref::from_schema_name("LimitBody")))
+                .unique_items(true),
+        )
     };
-    let some_windows = || {
-        ObjectBuilder::new()
-            .property("limits", windows())
-            .required("limits")
-    };
-    let capped = || {
-        ObjectBuilder::new()
-            .property(
-                "concurrency",
-                ObjectBuilder::new().schema_type(Type::Integer),
-            )
-            .required("concurrency")
-    };
-    // A change's windows are checked with the stored plan (whether it keeps a cap), which
-    // no schema can say.
-    let rules = [(
-        "PlanCreate",
-        AnyOfBuilder::new().item(some_windows()).item(capped()),
-    )];
-    for (name, rule) in rules {
+    for name in ["PlanCreate", "PlanPatch"] {
         if let Some(schema) = components.schemas.remove(name) {
             components.schemas.insert(
                 name.into(),
-                AllOfBuilder::new().item(schema).item(rule).into(),
+                AllOfBuilder::new()
+                    .item(schema)
+                    .item(distinct_windows())
+                    .into(),
             );
         }
     }

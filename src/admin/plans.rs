@@ -79,7 +79,7 @@ pub struct PlanCreate {
     /// Default `fixed_window`.
     #[serde(default)]
     pub algorithm: Option<AlgorithmName>,
-    /// The windows; empty only with a `concurrency` cap.
+    /// The windows; none and no `concurrency` cap: an unlimited plan.
     pub limits: Vec<LimitBody>,
     /// Most requests in flight at once per consumer.
     #[serde(default)]
@@ -99,7 +99,7 @@ pub struct PlanPatch {
     /// A new algorithm.
     #[serde(default)]
     pub algorithm: Option<AlgorithmName>,
-    /// New windows (replacing all); empty only when the plan keeps a `concurrency` cap.
+    /// New windows (replacing all); none and no `concurrency` cap: an unlimited plan.
     #[serde(default)]
     pub limits: Option<Vec<LimitBody>>,
     /// `null` removes the concurrency cap.
@@ -156,7 +156,7 @@ impl From<Plan> for PlanOut {
 /// Checks a whole plan as the limiter will run it ([`plans::check_limits`]'s rules, every
 /// problem named by its field), then the `concurrency` column's range.
 fn check_plan(fields: &mut Fields, plan: PlanLimits<'_>) {
-    for problem in limits::check(&plans::limit_spec(plan)) {
+    for problem in limits::check_plan(&plans::limit_spec(plan)) {
         fields.push(plans::field_name(problem.field), problem.message);
     }
     if let Some(n) = plan.concurrency {

@@ -128,18 +128,33 @@ pub fn check(spec: &LimitSpec) -> Vec<LimitProblem> {
     if let Some(message) = spec.concurrency.and_then(count_problem) {
         push(LimitField::Concurrency, message);
     }
-    if let Some(block) = spec.block_for {
-        if block < Duration::from_secs(1) || block.subsec_nanos() != 0 || block > MAX_PERIOD {
-            push(
-                LimitField::BlockFor,
-                format!(
-                    "must be a whole number of seconds from 1 s to {} s (366 days)",
-                    MAX_PERIOD.as_secs()
-                ),
-            );
-        }
-    }
+    problems.extend(block_problem(spec));
     problems
+}
+
+/// Every problem of a plan's limits. A plan with neither windows nor a concurrency cap
+/// is an unlimited plan, as in the file: nothing is exceeded, so a `block_for` on it
+/// (range-checked still) never applies. Any other plan follows [`check`].
+pub fn check_plan(spec: &LimitSpec) -> Vec<LimitProblem> {
+    if spec.windows.is_empty() && spec.concurrency.is_none() {
+        block_problem(spec).into_iter().collect()
+    } else {
+        check(spec)
+    }
+}
+
+/// The problem of `block_for`, if any: whole seconds from 1 s to [`MAX_PERIOD`].
+fn block_problem(spec: &LimitSpec) -> Option<LimitProblem> {
+    let block = spec.block_for?;
+    (block < Duration::from_secs(1) || block.subsec_nanos() != 0 || block > MAX_PERIOD).then(|| {
+        LimitProblem {
+            field: LimitField::BlockFor,
+            message: format!(
+                "must be a whole number of seconds from 1 s to {} s (366 days)",
+                MAX_PERIOD.as_secs()
+            ),
+        }
+    })
 }
 
 /// What is wrong with a count (requests, burst, concurrency): zero, or beyond what the

@@ -8,6 +8,7 @@
 //! session answers pipelined requests in order and finishes its response when the client
 //! half-closes its side. HTTP/2 connections are counted, then handed to Pingora unchanged.
 
+pub mod handshakes;
 pub mod head;
 pub mod hyper_listener;
 pub mod limits;
@@ -18,13 +19,14 @@ use crate::proxy::error::ApiError;
 use crate::proxy::request_id;
 use crate::reload::LiveConfig;
 use async_trait::async_trait;
+use handshakes::Handshakes;
 use head::{GuardedStream, HeadLimits};
 use limits::{ConnectionCounts, Refusal};
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -41,6 +43,7 @@ pub struct Front<A> {
     app: Arc<A>,
     live: Arc<LiveConfig>,
     counts: Arc<ConnectionCounts>,
+    handshakes: Arc<Handshakes>,
     refused: Arc<Refused>,
 }
 
@@ -48,15 +51,23 @@ impl<A> Front<A> {
     /// Serves `app` on connections bounded by the current config of `live`; refusals are
     /// logged to `access_log`.
     pub fn new(app: A, live: Arc<LiveConfig>, access_log: AccessLog) -> Self {
+        let counts = Arc::new(ConnectionCounts::default());
         Front {
             app: Arc::new(app),
             refused: Arc::new(Refused {
                 live: Arc::clone(&live),
                 access_log,
             }),
+            handshakes: Arc::new(Handshakes::new(Arc::clone(&counts), Arc::clone(&live))),
             live,
-            counts: Arc::new(ConnectionCounts::default()),
+            counts,
         }
+    }
+
+    /// Pingora's pre-TLS hook for the TLS listeners: counts a connection in the caps
+    /// before its handshake ([`handshakes`]).
+    pub fn pre_tls(&self) -> Arc<Handshakes> {
+        Arc::clone(&self.handshakes)
     }
 }
 
@@ -70,7 +81,8 @@ where
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let peer = peer_ip(&stream);
+        let peer_addr = peer_socket(&stream);
+        let peer = peer_addr.map(|a| a.ip());
         let http2 = !matches!(stream.selected_alpn_proto(), None | Some(ALPN::H1));
         let (max, per_address, limits) = {
             let snapshot = self.live.current();
@@ -84,7 +96,10 @@ where
                 },
             )
         };
-        let _permit = match self.counts.acquire(peer, max, per_address) {
+        // A TLS connection took its place before its handshake.
+        let counted = peer_addr.and_then(|a| self.handshakes.take(a));
+        let _permit = match counted.map_or_else(|| self.counts.acquire(peer, max, per_address), Ok)
+        {
             Ok(permit) => permit,
             Err(refusal) => {
                 self.refuse_connection(stream, refusal, peer, http2).await;
@@ -235,8 +250,9 @@ fn status_label(status: u16) -> &'static str {
     }
 }
 
-fn peer_ip(stream: &Stream) -> Option<IpAddr> {
+/// The peer's inet address and port, if the socket has one.
+fn peer_socket(stream: &Stream) -> Option<SocketAddr> {
     stream
         .get_socket_digest()
-        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
+        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied())
 }

@@ -185,10 +185,11 @@ pub fn field_name(field: limits::LimitField) -> String {
     }
 }
 
-/// Refuses a plan the limiter would refuse (the rules of [`limits::check`]), naming the
-/// first field at fault as the admin API names it (`limits[0].per_seconds`).
+/// Refuses a plan the limiter would refuse (the rules of [`limits::check_plan`]: no
+/// limits at all is an unlimited plan), naming the first field at fault as the admin API
+/// names it (`limits[0].per_seconds`).
 pub fn check_limits(plan: PlanLimits<'_>) -> Result<(), DbError> {
-    match limits::check(&limit_spec(plan)).into_iter().next() {
+    match limits::check_plan(&limit_spec(plan)).into_iter().next() {
         Some(problem) => Err(DbError::Invalid(format!(
             "{}: {}",
             field_name(problem.field),

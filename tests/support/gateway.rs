@@ -23,8 +23,12 @@ use super::certs::LeafCert;
 use super::net::{free_port, http_client_builder, localhost, POLL_INTERVAL};
 use super::process::{log_file, read_log, run_command, ChildProcess, CommandOutput};
 
-/// The binary under test, built by cargo for integration tests.
-const TOLLGATE_BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+/// The binary under test: the one cargo built for integration tests, or
+/// `$TOLLGATE_BIN` (a measurement against an optimised build, e.g. the
+/// ignored `flood_measurement` with the `dist` binary).
+fn tollgate_bin() -> String {
+    std::env::var("TOLLGATE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tollgate").into())
+}
 
 /// How long the gateway may take to start accepting connections, or to
 /// fail, before the test gives up.
@@ -252,7 +256,7 @@ impl Gateway {
             .expect("cannot create a temp dir for `tollgate check`");
         let path = dir.path().join("tollgate.yaml");
         write_atomically(&path, yaml);
-        let mut cmd = Command::new(TOLLGATE_BIN);
+        let mut cmd = Command::new(tollgate_bin());
         cmd.arg("check")
             .arg("-c")
             .arg(&path)
@@ -402,7 +406,7 @@ impl Drop for Gateway {
 
 fn spawn_gateway(config: &GatewayConfig) -> ChildProcess {
     let dir = config.dir();
-    let mut cmd = Command::new(TOLLGATE_BIN);
+    let mut cmd = Command::new(tollgate_bin());
     cmd.arg("-c")
         .arg(config.config_path())
         .current_dir(dir)
@@ -411,7 +415,7 @@ fn spawn_gateway(config: &GatewayConfig) -> ChildProcess {
         .stdout(log_file(&dir.join("stdout.log")))
         .stderr(log_file(&dir.join("stderr.log")));
     ChildProcess::spawn(&mut cmd, "tollgate")
-        .unwrap_or_else(|e| panic!("cannot run {TOLLGATE_BIN}: {e}"))
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", tollgate_bin()))
 }
 
 /// The logs and config of a gateway that failed, for panic messages.
