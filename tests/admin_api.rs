@@ -1519,6 +1519,27 @@ async fn admin_bodies_must_be_json_objects() {
 /// PostgreSQL's `jsonb` cannot store U+0000: metadata holding it, in a key or a string at
 /// any depth, is a 400 naming the place (never a 500 or the database's message), on create
 /// and on change; the document says so (the metadata schema's strings exclude it).
+/// Metadata numbers at the edges of f64 are stored and read back (PostgreSQL prints
+/// `-1.7976931348623157e308` as 309 digits, which serde_json's default float parser read as
+/// out of range: a 500 that schemathesis found).
+#[tokio::test]
+async fn metadata_numbers_at_the_edges_of_f64_round_trip() {
+    let pg = Postgres::start().await;
+    let admin = Admin::start(Some(&pg)).await;
+    let metadata = json!({"min": f64::MIN, "max": f64::MAX, "tiny": 5e-324, "big": 1e300});
+    let created = admin
+        .post_ok(
+            "/admin/consumers",
+            json!({"id": "edges", "metadata": metadata}),
+            201,
+        )
+        .await;
+    assert_eq!(created["metadata"], metadata);
+    let read = admin.get("/admin/consumers/edges").await;
+    assert_eq!(read.status, 200, "{}", read.text);
+    assert_eq!(read.json()["metadata"], metadata);
+}
+
 #[tokio::test]
 async fn metadata_with_a_nul_character_is_refused_naming_the_field() {
     let pg = Postgres::start().await;

@@ -701,3 +701,23 @@ fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
 fn is_tls(session: &Session) -> bool {
     session.digest().is_some_and(|d| d.ssl_digest.is_some())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request whose task panics leaves `tollgate_requests_in_flight` as it found it
+    /// (before, a panic leaked one for good and every later graceful shutdown waited out
+    /// its whole grace period).
+    #[test]
+    fn a_panicking_request_leaves_the_in_flight_gauge_right() {
+        let before = metrics::IN_FLIGHT.get();
+        let result = std::panic::catch_unwind(|| {
+            let _in_flight = InFlight::start();
+            assert_eq!(metrics::IN_FLIGHT.get(), before + 1);
+            panic!("a bug in a phase");
+        });
+        assert!(result.is_err());
+        assert_eq!(metrics::IN_FLIGHT.get(), before);
+    }
+}
