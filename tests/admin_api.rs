@@ -1611,4 +1611,10 @@ async fn filters_holding_a_nul_character_match_nothing() {
     // Without the NUL the same filters find what is there.
     let audit = admin.get("/admin/audit?target_type=consumer").await.json();
     assert_eq!(audit[0]["target_id"], "acme", "{audit}");
+    // A paging cursor is read up to its NUL: the ids after `ab\0z` are the ids after `ab`.
+    let page = admin.get("/admin/consumers?after=ab%00z").await;
+    assert_eq!(page.status, 200, "{}", page.text);
+    assert_eq!(page.json()["items"][0]["id"], "acme", "{}", page.text);
+    let page = admin.get("/admin/consumers?after=acme%00").await.json();
+    assert_eq!(page["items"], json!([]), "{page}");
 }

@@ -118,7 +118,8 @@ pub struct ConsumerListQuery {
     pub plan: Option<String>,
     /// Only consumers with this status.
     pub status: Option<StatusName>,
-    /// Only ids after this one (the previous page's `next_after`).
+    /// Only ids after this one (the previous page's `next_after`; read up to a U+0000,
+    /// which no id holds).
     pub after: Option<String>,
     /// Page size, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
@@ -236,7 +237,11 @@ pub async fn list_consumers(
         &ConsumerFilter {
             plan: q.plan,
             status: q.status.map(Into::into),
-            after: q.after,
+            // No id holds U+0000, so ids after `a\0…` are the ids after `a`.
+            after: q.after.map(|mut after| {
+                after.truncate(after.find('\0').unwrap_or(after.len()));
+                after
+            }),
             limit: q.limit.unwrap_or(100),
         },
     )
