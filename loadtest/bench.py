@@ -20,8 +20,8 @@ With --compare-profiles P: c and d again with tollgate built with profile P (row
 Rounds: every case once at each concurrency (--connections, 64 and 256), then every case
 again, --rounds times (3). Per case and concurrency: median req/s, spread, p99, and the median
 of the per-round ratios to p (p measured in the same round at the same concurrency).
-Open loop: oha at a fixed arrival rate (--open-loop-share of p's c64 median req/s, latency
-corrected for coordinated omission) against p and e.
+Open loop: oha at one fixed arrival rate (--open-loop-share of the slower of p's and e's c64
+median req/s, latency corrected for coordinated omission) against p and e.
 Memory: tollgate's RSS with 1,000 and 10,000 idle keep-alive client connections.
 Then the criterion micro-benchmarks (cargo bench --profile PROFILE --bench hot_path).
 
@@ -867,12 +867,15 @@ class Bench:
         if not shutil.which("oha"):
             self.notes.append("open loop skipped: oha is not on PATH (`scripts/ensure-deps.sh bench` installs it)")
             return
-        ref = self.target("p")
+        # One rate for every case, below what the slowest of them serves closed loop, so each
+        # latency is measured short of saturation (half of p's rate would overload e).
         base_conns = min(a.connections)
-        if not ref or not ref.runs.get(base_conns):
-            self.notes.append("open loop skipped: it needs case p's closed-loop rate")
+        measured = [t for t in wanted if t.runs.get(base_conns)]
+        if len(measured) < len(wanted):
+            self.notes.append("open loop skipped: it needs the closed-loop rate of every open-loop case")
             return
-        self.open_loop_rate = max(1, int(a.open_loop_share * statistics.median(r["rps"] for r in ref.runs[base_conns])))
+        slowest = min(statistics.median(r["rps"] for r in t.runs[base_conns]) for t in measured)
+        self.open_loop_rate = max(1, int(a.open_loop_share * slowest))
         for t in wanted:
             log(f"open loop: {t.key} at {self.open_loop_rate:,} req/s for {a.open_loop_seconds:g} s")
             try:
@@ -1206,8 +1209,8 @@ def report(b: Bench, args: argparse.Namespace, mach: dict[str, str], load_before
             "## Open loop (fixed arrival rate)",
             "",
             f"oha, {args.open_loop_connections} keep-alive connections, {args.open_loop_seconds:g} s per case, "
-            f"requests sent at a fixed {b.open_loop_rate:,} req/s ({args.open_loop_share:.0%} of case p's c{conns[0]} "
-            "median above) whether or not earlier ones were answered; `--latency-correction` counts each "
+            f"requests sent at a fixed {b.open_loop_rate:,} req/s ({args.open_loop_share:.0%} of the slowest "
+            f"open-loop case's c{conns[0]} median above) whether or not earlier ones were answered; `--latency-correction` counts each "
             "latency from when its request was due, so a stall shows in the percentiles instead of being "
             "hidden by coordinated omission. The server under test on CPU 0, oha on CPU 1.",
             "",
@@ -1290,7 +1293,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--idle", type=int_list, default=[1000, 10000],
                    help="idle-connection counts to measure ('' to skip) (1000,10000)")
     p.add_argument("--open-loop-share", type=float, default=0.5,
-                   help="open-loop rate as a share of case p's closed-loop req/s at the first --connections (0.5)")
+                   help="open-loop rate as a share of the slowest open-loop case's closed-loop req/s at the first --connections (0.5)")
     p.add_argument("--open-loop-seconds", type=float, default=30, help="open-loop run per case; 0 skips it (30)")
     p.add_argument("--open-loop-connections", type=int, default=64, help="oha connections in the open loop (64)")
     p.add_argument("--profile", default="dist",
