@@ -96,8 +96,11 @@ where
                 },
             )
         };
-        // A TLS connection took its place before its handshake.
-        let counted = peer_addr.and_then(|a| self.handshakes.take(a));
+        // A TLS connection took its place before its handshake (a plain one never did,
+        // and skips the lock).
+        let counted = peer_addr
+            .filter(|_| stream.get_ssl().is_some())
+            .and_then(|a| self.handshakes.take(a));
         let _permit = match counted.map_or_else(|| self.counts.acquire(peer, max, per_address), Ok)
         {
             Ok(permit) => permit,
