@@ -209,6 +209,7 @@ mod tests {
             case_insensitive: false,
             keep_in_path: Default::default(),
             allow_override_headers: false,
+            features: Default::default(),
         }
     }
 

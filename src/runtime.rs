@@ -4,6 +4,7 @@
 use crate::auth::{AuthSetupError, Authenticator};
 use crate::config::{Config, RouteSpec};
 use crate::persistence::Persistence;
+use crate::pipeline::Pipeline;
 use crate::proxy::forward::Scrubber;
 use crate::proxy::rate_limit::{LimitPolicies, LimitSetupError, RoutePolicies};
 use crate::router::Router;
@@ -18,6 +19,8 @@ pub struct Route {
     pub limits: RoutePolicies,
     /// This route's metric series, resolved once per snapshot.
     pub metrics: crate::metrics::RouteMetrics,
+    /// The route's edge-feature steps (its own sections over `defaults:`).
+    pub pipeline: Pipeline,
 }
 
 /// One config generation, ready to serve.
@@ -33,6 +36,8 @@ pub struct Runtime {
     pub limits: LimitPolicies,
     /// Removes what clients must not send upstream.
     pub scrubber: Scrubber,
+    /// The `defaults:` steps, for answers made before a route matched (404, 400, health).
+    pub pipeline: Pipeline,
 }
 
 /// Why a config could not be compiled into a runtime.
@@ -78,6 +83,7 @@ impl Runtime {
                 pool,
                 limits: limits.for_route(spec, &config)?,
                 metrics: crate::metrics::RouteMetrics::new(&spec.name),
+                pipeline: crate::features::pipeline(&spec.features, &config.defaults),
             });
             routes.push((spec.clone(), route));
         }
@@ -91,6 +97,7 @@ impl Runtime {
         )?;
         Ok(Runtime {
             generation,
+            pipeline: crate::features::pipeline(&Default::default(), &config.defaults),
             scrubber: Scrubber::new(&config.auth),
             config,
             router,

@@ -55,6 +55,8 @@ pub struct Config {
     pub metrics_address: Option<SocketAddr>,
     pub upstreams: Vec<UpstreamSpec>,
     pub routes: Vec<RouteSpec>,
+    /// Server-wide defaults of the edge features (`defaults:`).
+    pub defaults: crate::features::FeatureSet,
     pub auth: AuthSettings,
     pub plans: Vec<PlanSpec>,
     pub consumers: Vec<ConsumerSpec>,
@@ -622,6 +624,8 @@ pub struct RouteSpec {
     pub keep_in_path: crate::canonical::PathQuirks,
     /// Method and URL override headers reach the upstream (stripped by default).
     pub allow_override_headers: bool,
+    /// The route's own edge-feature settings (`defaults:` fills what it leaves out).
+    pub features: crate::features::FeatureSet,
 }
 
 /// Upstream timeouts of a route.

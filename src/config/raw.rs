@@ -3,6 +3,7 @@
 //! Nothing here is validated beyond what serde checks (types and unknown fields); see
 //! [`super::validate`] for the conversion into the typed model used at run time.
 
+use crate::features::switch::Switch;
 use serde::Deserialize;
 
 /// The whole configuration file.
@@ -19,6 +20,9 @@ pub struct RawConfig {
     pub upstreams: Vec<RawUpstream>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    /// Server-wide defaults of the edge features; a route's own section replaces one.
+    #[serde(default)]
+    pub defaults: crate::features::RawFeatures,
     #[serde(default)]
     pub auth: RawAuth,
     #[serde(default)]
@@ -425,6 +429,8 @@ pub struct RawRoute {
     /// Let `X-HTTP-Method-Override`, `X-Original-URL` and their kin reach the upstream.
     #[serde(default)]
     pub allow_override_headers: bool,
+    // The edge features (`crate::features`), each its own section.
+    pub size_limits: Option<Switch<crate::features::size_limits::RawSizeLimits>>,
 }
 
 /// Per-route upstream timeouts.

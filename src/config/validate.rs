@@ -4,26 +4,14 @@
 
 use super::model::*;
 use super::raw::*;
+use crate::features::{FeatureSet, RawFeatures};
 use crate::auth::client_ip::DEFAULT_IPV6_PREFIX;
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Collects problems while converting; each one is `path: message`.
-#[derive(Default)]
-pub struct Problems(Vec<String>);
-
-impl Problems {
-    fn push(&mut self, place: impl std::fmt::Display, message: impl std::fmt::Display) {
-        self.0.push(format!("{place}: {message}"));
-    }
-
-    /// The collected messages, in file order.
-    pub fn into_vec(self) -> Vec<String> {
-        self.0
-    }
-}
+pub use crate::problems::Problems;
 
 /// Validates `raw`; relative file paths inside it are resolved against `base_dir`.
 pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<String>> {
@@ -81,13 +69,15 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<String>> 
     });
     let names: HashSet<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
     let routes = routes(raw.routes, &names, &auth, &mut p);
-    if p.0.is_empty() {
+    let defaults = FeatureSet::validate(raw.defaults, "defaults", &mut p);
+    if p.is_empty() {
         Ok(Config {
             server,
             listeners,
             metrics_address,
             upstreams,
             routes,
+            defaults,
             auth,
             plans,
             consumers,
@@ -580,6 +570,13 @@ fn routes(
             p,
         );
         let keep_in_path = keep_in_path(&r.keep_in_path, &format!("{place}.keep_in_path"), p);
+        let features = FeatureSet::validate(
+            RawFeatures {
+                size_limits: r.size_limits,
+            },
+            &place,
+            p,
+        );
         out.push(RouteSpec {
             name: r.name,
             hosts,
@@ -593,6 +590,7 @@ fn routes(
             case_insensitive: r.case_insensitive,
             keep_in_path,
             allow_override_headers: r.allow_override_headers,
+            features,
         });
     }
     out

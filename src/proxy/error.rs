@@ -3,10 +3,9 @@
 
 use crate::auth::jwt::JwtError;
 use crate::auth::{AuthError, AuthMethod};
+use crate::pipeline::Refusal;
 use bytes::Bytes;
 use http::{HeaderValue, Method};
-use pingora::http::ResponseHeader;
-use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType};
 
 /// A rejection or failure the gateway answers on behalf of the upstream.
@@ -48,6 +47,8 @@ pub enum ApiError {
     TooManyConnections,
     /// `CONNECT` (tunnelling) is not proxied.
     ConnectNotSupported,
+    /// A pipeline step refused the request (IP rules, size limits, CORS).
+    Refused(Refusal),
 }
 
 impl ApiError {
@@ -83,6 +84,7 @@ impl ApiError {
             },
             ApiError::RateLimited { .. } => 429,
             ApiError::LimiterUnavailable => 503,
+            ApiError::Refused(r) => r.status,
         }
     }
 
@@ -121,6 +123,7 @@ impl ApiError {
             ApiError::HeaderTimeout => "request_header_timeout",
             ApiError::TooManyConnections => "too_many_connections",
             ApiError::ConnectNotSupported => "method_not_allowed",
+            ApiError::Refused(r) => r.code,
         }
     }
 
@@ -180,11 +183,12 @@ impl ApiError {
             ApiError::HeaderTimeout => "the request head did not arrive in time".into(),
             ApiError::TooManyConnections => "too many connections are open; retry shortly".into(),
             ApiError::ConnectNotSupported => "CONNECT is not supported".into(),
+            ApiError::Refused(r) => r.message.clone(),
         }
     }
 
     /// Headers that belong with this answer (`Allow`, `WWW-Authenticate`).
-    fn extra_header(&self) -> Option<(http::HeaderName, String)> {
+    pub fn extra_header(&self) -> Option<(http::HeaderName, String)> {
         const REALM: &str = "Bearer realm=\"tollgate\"";
         match self {
             ApiError::MethodNotAllowed(ms) => Some((
@@ -266,44 +270,6 @@ impl ApiError {
         let mut bytes = head.into_bytes();
         bytes.extend_from_slice(&body);
         bytes
-    }
-
-    /// Writes the whole error response to the client.
-    pub async fn send(
-        &self,
-        session: &mut Session,
-        request_id: &HeaderValue,
-    ) -> pingora::Result<()> {
-        self.send_with(session, request_id, Vec::new()).await
-    }
-
-    /// Writes the error response with `headers` added (e.g. rate-limit headers).
-    pub async fn send_with(
-        &self,
-        session: &mut Session,
-        request_id: &HeaderValue,
-        headers: Vec<(http::HeaderName, HeaderValue)>,
-    ) -> pingora::Result<()> {
-        let body = self.body(request_id);
-        let mut resp = ResponseHeader::build(self.status(), Some(4))?;
-        resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-        resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-        resp.insert_header(super::request_id::HEADER, request_id)?;
-        resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
-        if let Some((name, value)) = self.extra_header() {
-            resp.insert_header(name, value)?;
-        }
-        for (name, value) in headers {
-            resp.insert_header(name, value)?;
-        }
-        let head_only = session.req_header().method == Method::HEAD;
-        session
-            .write_response_header(Box::new(resp), head_only)
-            .await?;
-        if !head_only {
-            session.write_response_body(Some(body), true).await?;
-        }
-        Ok(())
     }
 }
 

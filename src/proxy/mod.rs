@@ -12,6 +12,7 @@ pub mod health_endpoint;
 pub mod hygiene;
 pub mod rate_limit;
 pub mod request_id;
+pub mod respond;
 pub mod target;
 
 use crate::access_log::{AccessLog, AccessRecord};
@@ -19,6 +20,7 @@ use crate::auth::{AuthError, Identity};
 use crate::config::{AuthMode, RouteAuth};
 use crate::limit::{self, Decision, RateLimiter, RedisSettings};
 use crate::metrics::{self, LimitOutcome};
+use crate::pipeline::{Answer, Facts};
 use crate::reload::LiveConfig;
 use crate::router::{self, RouteMatch};
 use crate::runtime::{Route, Runtime};
@@ -32,6 +34,7 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType};
 use rate_limit::RequestSubjects;
+use respond::{respond, Reply};
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -125,6 +128,10 @@ pub struct RequestCtx {
     route: Option<Arc<Route>>,
     /// The client's address (forwarding headers believed only from trusted proxies).
     client_ip: Option<std::net::IpAddr>,
+    /// The client connection is TLS.
+    tls: bool,
+    /// Request-body bytes received so far (counted only when a step inspects the body).
+    body_received: u64,
     /// Who is calling, once verified.
     identity: Option<Identity>,
     /// The rate limiter's verdict, when the request was limited.
@@ -138,6 +145,17 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
+    /// What the pipeline's steps may read about this request.
+    fn facts(&self) -> Facts<'_> {
+        Facts {
+            request_id: &self.request_id,
+            client_ip: self.client_ip,
+            consumer: self.identity.as_ref().and_then(Identity::consumer_id),
+            route: self.route.as_ref().map_or("", |r| r.spec.name.as_str()),
+            tls: self.tls,
+        }
+    }
+
     fn deadline_passed(&self) -> bool {
         match (&self.route, self.upstream_started) {
             (Some(route), Some(started)) => route
@@ -164,6 +182,8 @@ impl ProxyHttp for Gateway {
             rewrite_target: false,
             route: None,
             client_ip: None,
+            tls: false,
+            body_received: 0,
             identity: None,
             limit: None,
             tried: Vec::new(),
@@ -331,7 +351,30 @@ impl ProxyHttp for Gateway {
         };
         forward::set_forwarded_headers(upstream, &downstream)?;
         upstream.insert_header(request_id::HEADER, ctx.request_id.clone())?;
-        forward::set_identity_headers(upstream, &settings.identity_headers, ctx.identity.as_ref())
+        forward::set_identity_headers(upstream, &settings.identity_headers, ctx.identity.as_ref())?;
+        route
+            .pipeline
+            .upstream_request(session.req_header(), upstream, &ctx.facts())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let Some(route) = ctx.route.as_ref().filter(|r| r.pipeline.inspects_request_body())
+        else {
+            return Ok(());
+        };
+        ctx.body_received += body.as_ref().map_or(0, |b| b.len() as u64);
+        if let Err(refusal) = route.pipeline.request_body(ctx.body_received, end_of_stream) {
+            let status = refusal.status;
+            ctx.error = Some(ApiError::Refused(refusal));
+            return Error::e_explain(ErrorType::HTTPStatus(status), "request body refused");
+        }
+        Ok(())
     }
 
     async fn upstream_response_filter(
@@ -347,12 +390,17 @@ impl ProxyHttp for Gateway {
                 .observe(started.elapsed().as_secs_f64());
         }
         forward::strip_hop_by_hop_response(upstream_response);
+        if let Some(route) = &ctx.route {
+            route
+                .pipeline
+                .upstream_response(upstream_response, &ctx.facts());
+        }
         Ok(())
     }
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
@@ -362,7 +410,12 @@ impl ProxyHttp for Gateway {
                 response.insert_header(name, value)?;
             }
         }
-        Ok(())
+        match &ctx.route {
+            Some(route) => route
+                .pipeline
+                .response(session, response, &ctx.facts(), false),
+            None => Ok(()),
+        }
     }
 
     fn upstream_response_body_filter(
@@ -395,7 +448,7 @@ impl ProxyHttp for Gateway {
                     .as_ref()
                     .map(limit::rate_limit_headers)
                     .unwrap_or_default();
-                if let Err(write_err) = err.send_with(session, &ctx.request_id, headers).await {
+                if let Err(write_err) = respond(session, ctx, Reply::Error(err, headers)).await {
                     log::debug!("cannot send error response: {write_err}");
                 }
                 err.status()
@@ -492,6 +545,7 @@ impl Gateway {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
         ctx.request_id = request_id::assign(&session.req_header().headers);
+        ctx.tls = is_tls(session);
         let req = session.req_header();
         ctx.client_ip = client_ip(session).map(|peer| ctx.runtime.auth.client_ip(peer, req));
         let target = match target::parse(req) {
@@ -527,8 +581,13 @@ impl Gateway {
             Ok(route) => route,
             Err(e) => return reject(session, ctx, e).await,
         };
-        let verified = identify(session, ctx, &route.spec.auth).await;
         ctx.route = Some(Arc::clone(&route));
+        // The route's steps that may answer first (IP rules, size limits, CORS preflight,
+        // redirects): before identification, so they cost no credential check or quota.
+        if let Err(answer) = route.pipeline.request(session, &ctx.facts()) {
+            return answer_with(session, ctx, answer).await;
+        }
+        let verified = identify(session, ctx, &route.spec.auth).await;
         let identity = match verified {
             Ok(identity) => identity,
             Err(e) => return reject(session, ctx, ApiError::Auth(e)).await,
@@ -541,7 +600,7 @@ impl Gateway {
                 Ok(false)
             }
             Err((e, headers)) => {
-                e.send_with(session, &ctx.request_id, headers).await?;
+                respond(session, ctx, Reply::Error(&e, headers)).await?;
                 ctx.error = Some(e);
                 Ok(true)
             }
@@ -628,7 +687,7 @@ impl Gateway {
         };
         let mut body = serde_json::to_vec(&standing).unwrap_or_default();
         body.push(b'\n');
-        send_json(session, 200, Bytes::from(body), &ctx.request_id).await?;
+        respond(session, ctx, Reply::Json(200, Bytes::from(body))).await?;
         ctx.identity = Some(identity);
         Ok(true)
     }
@@ -654,41 +713,29 @@ async fn reject(
     ctx: &mut RequestCtx,
     err: ApiError,
 ) -> pingora::Result<bool> {
-    err.send(session, &ctx.request_id).await?;
+    respond(session, ctx, Reply::Error(&err, Vec::new())).await?;
     ctx.error = Some(err);
     Ok(true)
 }
 
-async fn respond_health(session: &mut Session, ctx: &RequestCtx) -> pingora::Result<()> {
-    send_json(
-        session,
-        200,
-        health_endpoint::body(&ctx.runtime),
-        &ctx.request_id,
-    )
-    .await
+/// Answers with a pipeline step's `answer` and ends the request.
+async fn answer_with(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    answer: Answer,
+) -> pingora::Result<bool> {
+    match answer {
+        Answer::Refuse(refusal) => reject(session, ctx, ApiError::Refused(refusal)).await,
+        _ => {
+            respond(session, ctx, Reply::Step(&answer)).await?;
+            Ok(true)
+        }
+    }
 }
 
-/// Writes a whole JSON response that the gateway answers itself.
-async fn send_json(
-    session: &mut Session,
-    status: u16,
-    body: Bytes,
-    request_id: &HeaderValue,
-) -> pingora::Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(4))?;
-    resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-    resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
-    resp.insert_header(request_id::HEADER, request_id.clone())?;
-    let head_only = session.req_header().method == Method::HEAD;
-    session
-        .write_response_header(Box::new(resp), head_only)
-        .await?;
-    if !head_only {
-        session.write_response_body(Some(body), true).await?;
-    }
-    Ok(())
+async fn respond_health(session: &mut Session, ctx: &RequestCtx) -> pingora::Result<()> {
+    let body = health_endpoint::body(&ctx.runtime);
+    respond(session, ctx, Reply::Json(200, body)).await
 }
 
 fn client_ip(session: &Session) -> Option<std::net::IpAddr> {

@@ -1,0 +1,105 @@
+//! Edge features, one module each: every module owns its YAML section (serde surface), its
+//! validation (each problem with its place) and its [`Step`].
+//!
+//! A feature is set per route and as a server-wide default (`defaults:`); a route's own
+//! section replaces the default one (as a route-level plugin does in Kong), and `false`
+//! switches the default off for that route. [`pipeline`] compiles a route's steps, in the
+//! order of the phase chart, once per config snapshot.
+//!
+//! Adding a feature: its module here; its field in [`RawFeatures`], [`FeatureSet`], the
+//! route's raw section (`crate::config::raw::RawRoute`) and [`pipeline`]; README and tests.
+
+pub mod size_limits;
+pub mod switch;
+
+use crate::pipeline::{Pipeline, Step};
+use crate::problems::Problems;
+use serde::Deserialize;
+use std::sync::Arc;
+use switch::Switch;
+
+/// The feature sections of `defaults:` (a route carries the same keys).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFeatures {
+    pub size_limits: Option<Switch<size_limits::RawSizeLimits>>,
+}
+
+/// A feature's validated setting on a route, or in `defaults:`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Setting<T> {
+    /// Not set here: a route takes the server-wide default.
+    Inherit,
+    /// Switched off (`false`).
+    Off,
+    /// Configured here.
+    On(Arc<T>),
+}
+
+impl<T> Default for Setting<T> {
+    fn default() -> Self {
+        Setting::Inherit
+    }
+}
+
+impl<T> Setting<T> {
+    /// What applies on a route whose own setting is `self`, given the default.
+    fn over<'a>(&'a self, default: &'a Setting<T>) -> Option<&'a Arc<T>> {
+        match self {
+            Setting::Inherit => match default {
+                Setting::On(feature) => Some(feature),
+                _ => None,
+            },
+            Setting::Off => None,
+            Setting::On(feature) => Some(feature),
+        }
+    }
+
+    /// The validated setting of a section as written at `place`.
+    fn validate<R>(
+        raw: Option<Switch<R>>,
+        place: String,
+        p: &mut Problems,
+        validate: impl FnOnce(R, &str, &mut Problems) -> Option<T>,
+    ) -> Self {
+        match raw {
+            None => Setting::Inherit,
+            Some(Switch::Off) => Setting::Off,
+            Some(Switch::On(raw)) => {
+                validate(raw, &place, p).map_or(Setting::Off, |f| Setting::On(Arc::new(f)))
+            }
+        }
+    }
+}
+
+/// Every feature's validated setting on one route (or in `defaults:`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FeatureSet {
+    pub size_limits: Setting<size_limits::SizeLimits>,
+}
+
+impl FeatureSet {
+    /// Validates the sections of `raw`; `place` is where they sit (`routes[3]`, `defaults`).
+    pub fn validate(raw: RawFeatures, place: &str, p: &mut Problems) -> FeatureSet {
+        FeatureSet {
+            size_limits: Setting::validate(
+                raw.size_limits,
+                format!("{place}.size_limits"),
+                p,
+                size_limits::validate,
+            ),
+        }
+    }
+}
+
+/// The steps of a route whose features are `route`, with the server-wide `defaults`, in
+/// the order they run (the README's phase chart).
+pub fn pipeline(route: &FeatureSet, defaults: &FeatureSet) -> Pipeline {
+    let mut steps: Vec<Arc<dyn Step>> = Vec::new();
+    let mut add = |step: Option<Arc<dyn Step>>| steps.extend(step);
+    add(route
+        .size_limits
+        .over(&defaults.size_limits)
+        .map(|f| Arc::clone(f) as Arc<dyn Step>));
+    Pipeline::new(steps)
+}
