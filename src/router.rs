@@ -191,7 +191,7 @@ mod tests {
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
             path_prefix: prefix.into(),
             methods: methods.map(|ms| ms.iter().map(|m| m.parse().unwrap()).collect()),
-            upstream: "u".into(),
+            upstream: Some("u".into()),
             strip_prefix: false,
             timeouts: RouteTimeouts {
                 connect: Duration::from_secs(1),

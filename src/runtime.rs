@@ -15,7 +15,8 @@ use std::sync::Arc;
 /// A route compiled for serving: its spec, the pool it sends to, its own limits.
 pub struct Route {
     pub spec: RouteSpec,
-    pub pool: Arc<Pool>,
+    /// `None` on a route that only redirects (its pipeline answers every request).
+    pub pool: Option<Arc<Pool>>,
     pub limits: RoutePolicies,
     /// This route's metric series, resolved once per snapshot.
     pub metrics: crate::metrics::RouteMetrics,
@@ -76,8 +77,8 @@ impl Runtime {
         let limits = LimitPolicies::from_config(&config, &stored_plans)?;
         let mut routes = Vec::with_capacity(config.routes.len());
         for spec in &config.routes {
-            // Validation guarantees that every route names an existing upstream.
-            let pool = Arc::clone(by_name[spec.upstream.as_str()]);
+            // Validation guarantees that a route's upstream exists.
+            let pool = spec.upstream.as_deref().map(|name| Arc::clone(by_name[name]));
             let route = Arc::new(Route {
                 spec: spec.clone(),
                 pool,

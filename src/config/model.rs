@@ -613,7 +613,8 @@ pub struct RouteSpec {
     pub path_prefix: String,
     /// Upper-case method names; `None`: every method.
     pub methods: Option<Vec<http::Method>>,
-    pub upstream: String,
+    /// The upstream pool; `None` on a route that only redirects (`features.redirect`).
+    pub upstream: Option<String>,
     pub strip_prefix: bool,
     pub timeouts: RouteTimeouts,
     pub auth: RouteAuth,

@@ -408,7 +408,8 @@ pub struct RawRoute {
     pub hosts: Vec<String>,
     pub path_prefix: String,
     pub methods: Option<Vec<String>>,
-    pub upstream: String,
+    /// The upstream pool; absent on a route that answers with `redirect.location`.
+    pub upstream: Option<String>,
     #[serde(default)]
     pub strip_prefix: bool,
     pub timeouts: Option<RawTimeouts>,
@@ -431,6 +432,11 @@ pub struct RawRoute {
     pub allow_override_headers: bool,
     // The edge features (`crate::features`), each its own section.
     pub size_limits: Option<Switch<crate::features::size_limits::RawSizeLimits>>,
+    pub ip_rules: Option<Switch<crate::features::ip_rules::RawIpRules>>,
+    pub rewrite: Option<Switch<crate::features::rewrite::RawRewrite>>,
+    /// Per route only (not in `defaults:`): a redirect instead of, or (`https: true`)
+    /// besides, the upstream.
+    pub redirect: Option<crate::features::redirect::RawRedirect>,
 }
 
 /// Per-route upstream timeouts.

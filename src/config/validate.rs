@@ -4,11 +4,12 @@
 
 use super::model::*;
 use super::raw::*;
-use crate::features::{FeatureSet, RawFeatures};
+use crate::features::{redirect, FeatureSet, RawFeatures};
 use crate::auth::client_ip::DEFAULT_IPV6_PREFIX;
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use crate::problems::Problems;
@@ -464,11 +465,14 @@ fn routes(
                 format!("duplicate route name {:?}", r.name),
             );
         }
-        if !upstreams.contains(r.upstream.as_str()) {
-            p.push(
+        match (&r.upstream, &r.redirect) {
+            (Some(upstream), _) if !upstreams.contains(upstream.as_str()) => p.push(
                 format!("{place}.upstream"),
-                format!("no upstream named {:?}", r.upstream),
-            );
+                format!("no upstream named {upstream:?}"),
+            ),
+            (None, None) => p.push(&place, "set upstream (or redirect)"),
+            (None, Some(_)) => redirect_only(&r, &place, p),
+            (Some(_), _) => {}
         }
         let path_prefix = path_prefix(&r.path_prefix, &format!("{place}.path_prefix"), p);
         let hosts: Vec<String> = r
@@ -570,13 +574,19 @@ fn routes(
             p,
         );
         let keep_in_path = keep_in_path(&r.keep_in_path, &format!("{place}.keep_in_path"), p);
-        let features = FeatureSet::validate(
+        let mut features = FeatureSet::validate(
             RawFeatures {
                 size_limits: r.size_limits,
+                ip_rules: r.ip_rules,
+                rewrite: r.rewrite,
             },
             &place,
             p,
         );
+        features.redirect = r.redirect.and_then(|raw| {
+            let place = format!("{place}.redirect");
+            redirect::validate(raw, r.upstream.is_some(), &place, p).map(Arc::new)
+        });
         out.push(RouteSpec {
             name: r.name,
             hosts,
@@ -594,6 +604,29 @@ fn routes(
         });
     }
     out
+}
+
+/// Refuses what a route without an upstream would ignore: its requests are answered with
+/// a redirect before identification, and never sent anywhere.
+fn redirect_only(r: &RawRoute, place: &str, p: &mut Problems) {
+    for (set, key) in [
+        (r.strip_prefix, "strip_prefix"),
+        (r.timeouts.is_some(), "timeouts"),
+        (r.auth.is_some(), "auth"),
+        (r.auth_methods.is_some(), "auth_methods"),
+        (!r.scopes.is_empty(), "scopes"),
+        (r.forward_credential, "forward_credential"),
+        (r.rate_limit.is_some(), "rate_limit"),
+        (r.allow_override_headers, "allow_override_headers"),
+        (r.rewrite.is_some(), "rewrite"),
+    ] {
+        if set {
+            p.push(
+                format!("{place}.{key}"),
+                "has no effect on a route without an upstream (it answers with a redirect)",
+            );
+        }
+    }
 }
 
 /// The path characters a route keeps for its upstream.

@@ -9,6 +9,10 @@
 //! Adding a feature: its module here; its field in [`RawFeatures`], [`FeatureSet`], the
 //! route's raw section (`crate::config::raw::RawRoute`) and [`pipeline`]; README and tests.
 
+pub mod ip_rules;
+pub mod path_template;
+pub mod redirect;
+pub mod rewrite;
 pub mod size_limits;
 pub mod switch;
 
@@ -23,6 +27,8 @@ use switch::Switch;
 #[serde(deny_unknown_fields)]
 pub struct RawFeatures {
     pub size_limits: Option<Switch<size_limits::RawSizeLimits>>,
+    pub ip_rules: Option<Switch<ip_rules::RawIpRules>>,
+    pub rewrite: Option<Switch<rewrite::RawRewrite>>,
 }
 
 /// A feature's validated setting on a route, or in `defaults:`.
@@ -76,6 +82,11 @@ impl<T> Setting<T> {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct FeatureSet {
     pub size_limits: Setting<size_limits::SizeLimits>,
+    pub ip_rules: Setting<ip_rules::IpRules>,
+    pub rewrite: Setting<rewrite::Rewrite>,
+    /// A route's redirect: per route only, never in `defaults:` (it stands for the route's
+    /// upstream), so it is not in [`RawFeatures`]; the route's validation sets it.
+    pub redirect: Option<Arc<redirect::Redirect>>,
 }
 
 impl FeatureSet {
@@ -88,6 +99,19 @@ impl FeatureSet {
                 p,
                 size_limits::validate,
             ),
+            ip_rules: Setting::validate(
+                raw.ip_rules,
+                format!("{place}.ip_rules"),
+                p,
+                ip_rules::validate,
+            ),
+            rewrite: Setting::validate(
+                raw.rewrite,
+                format!("{place}.rewrite"),
+                p,
+                rewrite::validate,
+            ),
+            redirect: None,
         }
     }
 }
@@ -98,8 +122,20 @@ pub fn pipeline(route: &FeatureSet, defaults: &FeatureSet) -> Pipeline {
     let mut steps: Vec<Arc<dyn Step>> = Vec::new();
     let mut add = |step: Option<Arc<dyn Step>>| steps.extend(step);
     add(route
+        .ip_rules
+        .over(&defaults.ip_rules)
+        .map(|f| Arc::clone(f) as Arc<dyn Step>));
+    add(route
         .size_limits
         .over(&defaults.size_limits)
+        .map(|f| Arc::clone(f) as Arc<dyn Step>));
+    add(route
+        .redirect
+        .as_ref()
+        .map(|f| Arc::clone(f) as Arc<dyn Step>));
+    add(route
+        .rewrite
+        .over(&defaults.rewrite)
         .map(|f| Arc::clone(f) as Arc<dyn Step>));
     Pipeline::new(steps)
 }

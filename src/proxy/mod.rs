@@ -243,17 +243,21 @@ impl ProxyHttp for Gateway {
             // request_filter answers every request that has no route.
             return Error::e_explain(ErrorType::InternalError, "no route chosen");
         };
-        let Some(target) = route.pool.select(&ctx.tried) else {
+        let Some(pool) = route.pool.as_ref() else {
+            // A route without an upstream answers every request in its request hook.
+            return Error::e_explain(ErrorType::InternalError, "route has no upstream");
+        };
+        let Some(target) = pool.select(&ctx.tried) else {
             ctx.error = Some(ApiError::NoHealthyTarget);
             return Error::e_explain(
                 ErrorType::HTTPStatus(503),
-                format!("no healthy target in upstream {}", route.pool.name()),
+                format!("no healthy target in upstream {}", pool.name()),
             );
         };
         ctx.tried.push(target);
         let started = *ctx.upstream_started.get_or_insert_with(Instant::now);
         let timeouts = &route.spec.timeouts;
-        let mut peer = route.pool.peer(target);
+        let mut peer = pool.peer(target);
         // A total timeout also bounds the wait for each read, so a silent upstream cannot
         // outlast it; response_body_filter enforces it between body chunks.
         let read = match timeouts.total {
@@ -283,7 +287,8 @@ impl ProxyHttp for Gateway {
             && ctx
                 .route
                 .as_ref()
-                .is_some_and(|r| r.pool.target_count() > ctx.tried.len());
+                .and_then(|r| r.pool.as_ref())
+                .is_some_and(|pool| pool.target_count() > ctx.tried.len());
         e.set_retry(can_retry);
         e
     }
@@ -383,10 +388,9 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        if let (Some(route), Some(started)) = (&ctx.route, ctx.upstream_started) {
-            route
-                .pool
-                .upstream_duration()
+        let pool = ctx.route.as_ref().and_then(|r| r.pool.as_ref());
+        if let (Some(pool), Some(started)) = (pool, ctx.upstream_started) {
+            pool.upstream_duration()
                 .observe(started.elapsed().as_secs_f64());
         }
         forward::strip_hop_by_hop_response(upstream_response);
