@@ -111,7 +111,8 @@ pub fn validate(
                 p.push(format!("{place}.https_port"), "applies to https: true only");
             }
             let pattern = raw.pattern.as_deref().unwrap_or("^.*$");
-            location_target(pattern, &location, place, p).filter(|_| !upstream)
+            location_target(pattern, &location, place, p)
+                .filter(|_| !upstream && raw.https_port.is_none())
         }
         (None, true) => {
             if raw.pattern.is_some() {
@@ -350,8 +351,11 @@ mod tests {
         // A group starting with '/' does not make a network-path reference (//host).
         assert_eq!(location(&r, "/old//evil.test/x", false).unwrap().unwrap(), "/evil.test/x");
         assert_eq!(location(&r, "/old/evil.test", false).unwrap().unwrap(), "/evil.test");
-        let quoted = location(&r, "/old/\"a\"{b}?q=\"", false).unwrap().unwrap();
-        assert_eq!(quoted, "/%22a%22%7Bb%7D?q=%22");
+        // What a valid request-target may still hold that a Location should not.
+        let quoted = location(&r, "/old/\"a\"{b}|\u{e9}?q=a|b\\c^", false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(quoted, "/%22a%22%7Bb%7D%7C%C3%A9?q=a%7Cb%5Cc%5E");
         assert!(http::HeaderValue::from_str(&quoted).is_ok());
     }
 
