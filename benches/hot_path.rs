@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the per-request hot path: route matching, API-key verification
 //! (cache hit and miss), JWT verification per algorithm, and a Redis rate-limit decision
 //! (alone, and 64 at once, coalesced) against a `redis-server` the bench starts (skipped
-//! when there is none). Run with `cargo bench`.
+//! when there is none), and an `ip_rules` lookup among 10,000 prefixes. Run with
+//! `cargo bench`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -47,6 +48,51 @@ fn route_match(c: &mut Criterion) {
                 .find("/nothing/here/at/all", Some("h7.example.com"), &get)
         })
     });
+}
+
+/// A deny list of 10,000 IPv4 /24s and 10,000 IPv6 /48s, none touching another (so none
+/// merge): the lookup is a binary search over 10,000 ranges per family.
+fn ip_rules(c: &mut Criterion) {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let v4 = |i: u32| Ipv4Addr::from_bits(0x0B00_0000 + (i << 10));
+    let v6 = |i: u128| Ipv6Addr::from_bits((0x2001_0db8 << 96) + (i << 81));
+    let mut deny: Vec<String> = (0..10_000).map(|i| format!("{}/24", v4(i))).collect();
+    deny.extend((0..10_000).map(|i| format!("{}/48", v6(i))));
+    let raw = tollgate::features::ip_rules::RawIpRules {
+        allow: Vec::new(),
+        deny,
+    };
+    let mut problems = tollgate::problems::Problems::default();
+    let rules = tollgate::features::ip_rules::validate(raw, "bench", &mut problems)
+        .expect("benchmark rules are valid");
+    let cases: [(&str, IpAddr, bool); 4] = [
+        (
+            "10000_v4_hit",
+            IpAddr::V4(Ipv4Addr::from_bits(v4(6_789).to_bits() + 77)),
+            false,
+        ),
+        (
+            "10000_v4_miss",
+            IpAddr::V4(Ipv4Addr::from_bits(v4(6_789).to_bits() + 777)),
+            true,
+        ),
+        (
+            "10000_v6_hit",
+            IpAddr::V6(Ipv6Addr::from_bits(v6(6_789).to_bits() + 77)),
+            false,
+        ),
+        (
+            "10000_v6_miss",
+            IpAddr::V6(Ipv6Addr::from_bits(v6(6_789).to_bits() + (1 << 80))),
+            true,
+        ),
+    ];
+    let mut group = c.benchmark_group("ip_rules");
+    for (name, ip, admitted) in cases {
+        assert_eq!(rules.admits(ip), admitted, "{name}");
+        group.bench_function(name, |b| b.iter(|| rules.admits(std::hint::black_box(ip))));
+    }
+    group.finish();
 }
 
 const PEPPER_ENV: &str = "TOLLGATE_BENCH_PEPPER";
@@ -281,5 +327,12 @@ fn redis_limit(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, route_match, api_key, jwt_verify, redis_limit);
+criterion_group!(
+    benches,
+    route_match,
+    ip_rules,
+    api_key,
+    jwt_verify,
+    redis_limit
+);
 criterion_main!(benches);

@@ -78,7 +78,10 @@ impl Runtime {
         let mut routes = Vec::with_capacity(config.routes.len());
         for spec in &config.routes {
             // Validation guarantees that a route's upstream exists.
-            let pool = spec.upstream.as_deref().map(|name| Arc::clone(by_name[name]));
+            let pool = spec
+                .upstream
+                .as_deref()
+                .map(|name| Arc::clone(by_name[name]));
             let route = Arc::new(Route {
                 spec: spec.clone(),
                 pool,

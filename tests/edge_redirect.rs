@@ -84,7 +84,9 @@ async fn fixed_locations_with_captures_query_and_head() {
     // ip_rules come before the redirect.
     get(&gw, "/walled").await.assert_error(403, "ip_denied");
     // Routes with an upstream are untouched.
-    get(&gw, "/api/x").await.assert_error(401, "missing_credentials");
+    get(&gw, "/api/x")
+        .await
+        .assert_error(401, "missing_credentials");
 }
 
 #[tokio::test]
@@ -112,7 +114,13 @@ async fn https_upgrade_on_the_plain_listener_and_proxying_on_tls() {
     .await;
     let location = format!("https://api.test:{tls_port}/app/a/b?q=1&r");
     assert_redirect(&a, 308, &location);
-    let head = send(&gw, reqwest::Method::HEAD, &gw.url("/app"), Some(&plain_host)).await;
+    let head = send(
+        &gw,
+        reqwest::Method::HEAD,
+        &gw.url("/app"),
+        Some(&plain_host),
+    )
+    .await;
     assert_redirect(&head, 308, &format!("https://api.test:{tls_port}/app"));
     // Following it: on TLS the route proxies to its upstream.
     let followed = send(&gw, reqwest::Method::GET, &location, None).await;
@@ -122,7 +130,13 @@ async fn https_upgrade_on_the_plain_listener_and_proxying_on_tls() {
     // Without https_port the URL names no port (443); without an upstream, a TLS request
     // has nowhere to go.
     assert_redirect(
-        &send(&gw, reqwest::Method::GET, &gw.url("/x?y"), Some(&plain_host)).await,
+        &send(
+            &gw,
+            reqwest::Method::GET,
+            &gw.url("/x?y"),
+            Some(&plain_host),
+        )
+        .await,
         301,
         "https://api.test/x?y",
     );
@@ -137,7 +151,8 @@ async fn a_route_becomes_a_redirect_and_back_with_a_live_reload() {
     let cfg = GatewayConfig::new();
     let header = cfg.header();
     let ups = upstreams(&up);
-    let with = |target: &str| format!("{header}{ups}routes:\n  - {{name: r, path_prefix: /, {target}}}\n");
+    let with =
+        |target: &str| format!("{header}{ups}routes:\n  - {{name: r, path_prefix: /, {target}}}\n");
     let proxied = "upstream: up";
     let gw = Gateway::start(cfg, &with(proxied)).await;
     let eventually = |status: u16| {
@@ -158,7 +173,11 @@ async fn a_route_becomes_a_redirect_and_back_with_a_live_reload() {
     gw.rewrite_config(&with(
         "redirect: {location: 'https://elsewhere.test/moved$0', status: 301}",
     ));
-    assert_redirect(&eventually(301).await, 301, "https://elsewhere.test/moved/p?q");
+    assert_redirect(
+        &eventually(301).await,
+        301,
+        "https://elsewhere.test/moved/p?q",
+    );
     gw.rewrite_config(&with(proxied));
     eventually(200).await;
 }

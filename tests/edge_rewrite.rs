@@ -23,7 +23,14 @@ async fn start(rest: &str) -> (Gateway, TestUpstream) {
 }
 
 async fn get(gw: &Gateway, path: &str) -> Answer {
-    Answer::read(gw.http().get(gw.url(path)).send().await.expect("request failed")).await
+    Answer::read(
+        gw.http()
+            .get(gw.url(path))
+            .send()
+            .await
+            .expect("request failed"),
+    )
+    .await
 }
 
 /// The path and query the upstream received for GET `path`.
@@ -81,7 +88,10 @@ routes:
 "#,
     )
     .await;
-    assert_eq!(upstream_path(&gw, "/inherits/a?q").await, "/default/inherits/a?q");
+    assert_eq!(
+        upstream_path(&gw, "/inherits/a?q").await,
+        "/default/inherits/a?q"
+    );
     assert_eq!(upstream_path(&gw, "/own/a?q").await, "/mine/a?q");
     assert_eq!(upstream_path(&gw, "/off/a?q").await, "/off/a?q");
 }
@@ -112,7 +122,9 @@ async fn a_rewrite_turns_on_and_off_with_a_live_reload() {
             }
         }
     };
-    gw.rewrite_config(&with(r#", rewrite: {pattern: "^/old/(.*)$", replace: "/new/$1"}"#));
+    gw.rewrite_config(&with(
+        r#", rewrite: {pattern: "^/old/(.*)$", replace: "/new/$1"}"#,
+    ));
     eventually("/new/x?k=v").await;
     gw.rewrite_config(&with(""));
     eventually("/old/x?k=v").await;

@@ -4,8 +4,8 @@
 
 use super::model::*;
 use super::raw::*;
-use crate::features::{redirect, FeatureSet, RawFeatures};
 use crate::auth::client_ip::DEFAULT_IPV6_PREFIX;
+use crate::features::{redirect, FeatureSet, RawFeatures};
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};

@@ -235,7 +235,10 @@ mod tests {
         );
         // 10.0.0.0/24 and 10.0.1.0/24 touch: one range; the /25 lies inside; 0.0.0.0/1
         // holds them all.
-        assert_eq!(r.deny.v4.as_ref(), &[(0, u32::MAX >> 1), (u32::MAX, u32::MAX)]);
+        assert_eq!(
+            r.deny.v4.as_ref(),
+            &[(0, u32::MAX >> 1), (u32::MAX, u32::MAX)]
+        );
         assert_eq!(r.deny.v6.as_ref(), &[(0, u128::MAX)]);
         assert!(!r.admits(ip("127.255.255.255")));
         assert!(r.admits(ip("128.0.0.0")));
@@ -269,7 +272,10 @@ mod tests {
         assert!(validate(raw, "routes[1].ip_rules", &mut p).is_none());
         let problems = p.into_vec();
         assert_eq!(problems.len(), 4, "{problems:#?}");
-        assert!(problems[0].starts_with("defaults.ip_rules: "), "{problems:?}");
+        assert!(
+            problems[0].starts_with("defaults.ip_rules: "),
+            "{problems:?}"
+        );
         assert!(
             problems[1].starts_with("routes[1].ip_rules.allow[1]: \"not an address\" is not"),
             "{problems:?}"
@@ -279,6 +285,9 @@ mod tests {
             "routes[1].ip_rules.deny[2]: \"10.0.0.1/8\" has host bits set: write 10.0.0.0/8 \
              (or a single address)"
         );
-        assert!(problems[3].starts_with("routes[1].ip_rules.deny[3]: "), "{problems:?}");
+        assert!(
+            problems[3].starts_with("routes[1].ip_rules.deny[3]: "),
+            "{problems:?}"
+        );
     }
 }

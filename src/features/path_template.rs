@@ -218,8 +218,14 @@ mod tests {
         let err = |p: &str, t: &str| PathTemplate::new(p, t).unwrap_err();
         assert!(matches!(err("^/(", "/"), TemplateError::Pattern(_)));
         assert_eq!(err("^/(a)$", "/$2"), TemplateError::NoSuchGroup("2".into()));
-        assert_eq!(err("^/(a)$", "/${x}"), TemplateError::NoSuchGroup("x".into()));
-        assert_eq!(err("^/(a)$", "/$1a"), TemplateError::NoSuchGroup("1a".into()));
+        assert_eq!(
+            err("^/(a)$", "/${x}"),
+            TemplateError::NoSuchGroup("x".into())
+        );
+        assert_eq!(
+            err("^/(a)$", "/$1a"),
+            TemplateError::NoSuchGroup("1a".into())
+        );
         assert_eq!(err("^/(a)$", "/$"), TemplateError::LoneDollar);
         assert_eq!(err("^/(a)$", "/${1"), TemplateError::Unclosed);
         assert_eq!(err("^/(a)$", "/a b"), TemplateError::NotUri(' '));

@@ -119,7 +119,10 @@ pub fn validate(
                 p.push(format!("{place}.pattern"), "applies to location only");
             }
             if raw.https_port == Some(0) {
-                p.push(format!("{place}.https_port"), "must be a port from 1 to 65535");
+                p.push(
+                    format!("{place}.https_port"),
+                    "must be a port from 1 to 65535",
+                );
             }
             (raw.pattern.is_none() && raw.https_port != Some(0)).then_some(To::Https {
                 port: raw.https_port.filter(|&port| port != 443),
@@ -212,7 +215,11 @@ fn refusal(err: ApiError) -> Answer {
 impl Redirect {
     /// Where the request `req` is sent, or the answer instead (a TLS request on an HTTPS
     /// upgrade: proxied when the route has an upstream, else not found). `Ok(None)`: proxy.
-    fn location(&self, req: &pingora::http::RequestHeader, tls: bool) -> Result<Option<String>, Answer> {
+    fn location(
+        &self,
+        req: &pingora::http::RequestHeader,
+        tls: bool,
+    ) -> Result<Option<String>, Answer> {
         if let To::Https { upstream, .. } = self.to {
             if tls {
                 return if upstream {
@@ -335,10 +342,16 @@ mod tests {
             location(&fixed, "/x?y=2", false).unwrap().unwrap(),
             "/new?from=old&y=2"
         );
-        let dropped = redirect(r#"{location: "https://a.test$0", keep_query: false}"#, false);
+        let dropped = redirect(
+            r#"{location: "https://a.test$0", keep_query: false}"#,
+            false,
+        );
         assert!(dropped.is_err(), "a group right after the host is refused");
-        let whole = redirect(r#"{location: "https://a.test/moved$0", keep_query: false}"#, false)
-            .unwrap();
+        let whole = redirect(
+            r#"{location: "https://a.test/moved$0", keep_query: false}"#,
+            false,
+        )
+        .unwrap();
         assert_eq!(
             location(&whole, "/p?q", false).unwrap().unwrap(),
             "https://a.test/moved/p"
@@ -349,8 +362,14 @@ mod tests {
     fn request_text_cannot_break_out_of_the_location() {
         let r = redirect(r#"{location: "/$1", pattern: "^/old(.*)$"}"#, false).unwrap();
         // A group starting with '/' does not make a network-path reference (//host).
-        assert_eq!(location(&r, "/old//evil.test/x", false).unwrap().unwrap(), "/evil.test/x");
-        assert_eq!(location(&r, "/old/evil.test", false).unwrap().unwrap(), "/evil.test");
+        assert_eq!(
+            location(&r, "/old//evil.test/x", false).unwrap().unwrap(),
+            "/evil.test/x"
+        );
+        assert_eq!(
+            location(&r, "/old/evil.test", false).unwrap().unwrap(),
+            "/evil.test"
+        );
         // What a valid request-target may still hold that a Location should not.
         let quoted = location(&r, "/old/\"a\"{b}|\u{e9}?q=a|b\\c^", false)
             .unwrap()
@@ -375,12 +394,18 @@ mod tests {
         );
         // Without an upstream there is nothing to serve on TLS.
         let on_tls = location(&default_port, "/a", true).unwrap_err();
-        assert!(matches!(on_tls, Answer::Refuse(Refusal { status: 404, .. })));
+        assert!(matches!(
+            on_tls,
+            Answer::Refuse(Refusal { status: 404, .. })
+        ));
         // An HTTP/1.0 request without Host has no host to send it to.
         let mut no_host = req("/a", None);
         no_host.set_version(http::Version::HTTP_10);
         let refused = default_port.location(&no_host, false).unwrap_err();
-        assert!(matches!(refused, Answer::Refuse(Refusal { status: 400, .. })));
+        assert!(matches!(
+            refused,
+            Answer::Refuse(Refusal { status: 400, .. })
+        ));
     }
 
     #[test]
@@ -388,21 +413,81 @@ mod tests {
         let problems = |yaml, upstream| redirect(yaml, upstream).unwrap_err();
         for (yaml, upstream, expected) in [
             ("{status: 302}", false, "routes[2].redirect: set location"),
-            ("{location: /a, https: true}", false, "routes[2].redirect: set location"),
-            ("{location: /a}", true, "routes[2].redirect.location: a route that redirects"),
-            ("{location: /a, status: 303}", false, "routes[2].redirect.status: must be"),
-            ("{location: /a, https_port: 8443}", false, "routes[2].redirect.https_port: "),
-            ("{https: true, pattern: ^/}", false, "routes[2].redirect.pattern: applies"),
-            ("{https: true, https_port: 0}", false, "routes[2].redirect.https_port: must"),
-            ("{location: /$2, pattern: ^/(a)$}", false, "routes[2].redirect.location: names"),
-            ("{location: /a, pattern: ^/(}", false, "routes[2].redirect.pattern: not a valid"),
-            ("{location: 'https://$1/', pattern: ^/(.*)$}", false, "routes[2].redirect.location: a group may only follow"),
-            ("{location: 'https://u@h.test/'}", false, "routes[2].redirect.location: \"u@h.test\" is not"),
-            ("{location: 'ftp://h.test/'}", false, "routes[2].redirect.location: must be"),
-            ("{location: '//h.test/'}", false, "routes[2].redirect.location: must be"),
-            ("{location: '$0'}", false, "routes[2].redirect.location: must be"),
-            ("{location: '/a#top'}", false, "routes[2].redirect.location: a fragment"),
-            ("{location: '/a\\b'}", false, "routes[2].redirect.location: '\\\\' cannot"),
+            (
+                "{location: /a, https: true}",
+                false,
+                "routes[2].redirect: set location",
+            ),
+            (
+                "{location: /a}",
+                true,
+                "routes[2].redirect.location: a route that redirects",
+            ),
+            (
+                "{location: /a, status: 303}",
+                false,
+                "routes[2].redirect.status: must be",
+            ),
+            (
+                "{location: /a, https_port: 8443}",
+                false,
+                "routes[2].redirect.https_port: ",
+            ),
+            (
+                "{https: true, pattern: ^/}",
+                false,
+                "routes[2].redirect.pattern: applies",
+            ),
+            (
+                "{https: true, https_port: 0}",
+                false,
+                "routes[2].redirect.https_port: must",
+            ),
+            (
+                "{location: /$2, pattern: ^/(a)$}",
+                false,
+                "routes[2].redirect.location: names",
+            ),
+            (
+                "{location: /a, pattern: ^/(}",
+                false,
+                "routes[2].redirect.pattern: not a valid",
+            ),
+            (
+                "{location: 'https://$1/', pattern: ^/(.*)$}",
+                false,
+                "routes[2].redirect.location: a group may only follow",
+            ),
+            (
+                "{location: 'https://u@h.test/'}",
+                false,
+                "routes[2].redirect.location: \"u@h.test\" is not",
+            ),
+            (
+                "{location: 'ftp://h.test/'}",
+                false,
+                "routes[2].redirect.location: must be",
+            ),
+            (
+                "{location: '//h.test/'}",
+                false,
+                "routes[2].redirect.location: must be",
+            ),
+            (
+                "{location: '$0'}",
+                false,
+                "routes[2].redirect.location: must be",
+            ),
+            (
+                "{location: '/a#top'}",
+                false,
+                "routes[2].redirect.location: a fragment",
+            ),
+            (
+                "{location: '/a\\b'}",
+                false,
+                "routes[2].redirect.location: '\\\\' cannot",
+            ),
         ] {
             let found = problems(yaml, upstream);
             assert!(

@@ -113,9 +113,8 @@ impl Step for Rewrite {
             return Ok(());
         };
         // The path and query came from a valid URI, the template's text was checked at load.
-        let uri = http::Uri::try_from(target).or_else(|e| {
-            Error::e_explain(ErrorType::InternalError, format!("rewrite: {e}"))
-        })?;
+        let uri = http::Uri::try_from(target)
+            .or_else(|e| Error::e_explain(ErrorType::InternalError, format!("rewrite: {e}")))?;
         upstream.set_uri(uri);
         Ok(())
     }
@@ -148,7 +147,10 @@ mod tests {
     #[test]
     fn a_matching_path_is_rewritten_and_its_query_kept() {
         let r = rewrite(r#"{pattern: "^/api/v1/(?P<rest>.*)$", replace: "/v2/${rest}"}"#).unwrap();
-        assert_eq!(upstream_target(&r, "/api/v1/users/7?x=1&y"), "/v2/users/7?x=1&y");
+        assert_eq!(
+            upstream_target(&r, "/api/v1/users/7?x=1&y"),
+            "/v2/users/7?x=1&y"
+        );
         assert_eq!(upstream_target(&r, "/api/v1/"), "/v2/");
         assert_eq!(upstream_target(&r, "/api/v2/users"), "/api/v2/users");
         let by_group = rewrite(r#"{pattern: "^/old(/.*)$", replace: "$1"}"#).unwrap();
