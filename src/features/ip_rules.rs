@@ -37,7 +37,7 @@ pub struct IpRules {
 }
 
 /// A set of addresses as ascending, disjoint inclusive ranges.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 struct Ranges {
     v4: Box<[(u32, u32)]>,
     v6: Box<[(u128, u128)]>,
@@ -152,7 +152,7 @@ impl IpRules {
     }
 
     /// Whether a request whose client address is unknown may pass: only when there is no
-    /// allow list (never the case on TCP listeners, where the peer is always known).
+    /// allow list. (On a TCP listener the peer's address is always known.)
     fn admits_unknown(&self) -> bool {
         self.allow.is_none()
     }
