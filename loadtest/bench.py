@@ -16,6 +16,8 @@ Cases (--cases; every server is started once, then measured in interleaved round
   t2  tollgate plain, 2 worker threads, nothing pinned                    report only
   n2  nginx reverse proxy, 2 workers, nothing pinned                      report only
 With --compare-profiles P: c and d again with tollgate built with profile P (rows c@P, d@P).
+With --compare-binaries L=PATH: c and d again with the tollgate binary at PATH (rows c@L, d@L),
+e.g. a build of an earlier commit, to measure a change side by side in one run.
 
 Rounds: every case once at each concurrency (--connections, 64 and 256), then every case
 again, --rounds times (3). Per case and concurrency: median req/s, spread, p99, and the median
@@ -598,6 +600,7 @@ class Bench:
         self.binary = build / profile_dir(args.profile) / "tollgate"
         self.bare_binary = build / profile_dir(args.profile) / "examples" / "bare_pingora"
         self.profile_binaries = {p: build / profile_dir(p) / "tollgate" for p in args.compare_profiles}
+        self.profile_binaries.update({label: Path(path).resolve() for label, path in args.compare_binaries})
         self.pepper = "bench-pepper-" + os.urandom(12).hex()
         self.rng = random.Random(6)
         self.key = api_key(self.rng)
@@ -763,7 +766,7 @@ class Bench:
             for key in PROFILE_CASES:
                 if key in a.cases:
                     self.guarded(f"{key}@{prof}", lambda key=key, prof=prof, binary=binary: self.setup_tollgate(
-                        f"{key}@{prof}", f"{CASES[key][1]}, profile {prof}",
+                        f"{key}@{prof}", f"{CASES[key][1]}, build {prof}",
                         plain() if key == "c" else with_key(), {} if key == "c" else key_hdr,
                         kind="profile", anonymous_status=200 if key == "c" else 401, binary=binary))
 
@@ -1123,6 +1126,7 @@ def report(b: Bench, args: argparse.Namespace, mach: dict[str, str], load_before
         out += [f"> **The machine was busy** ({noise}; {idle_share:.0%} of the CPUs were busy before the start): "
                 "the numbers are noisy. Re-run `make bench` on a quiet machine for figures to keep.", ""]
     profiles = f"`{args.profile}`" + "".join(f", `{p}` (rows @{p})" for p in args.compare_profiles)
+    profiles += "".join(f", the binary `{path}` (rows @{label})" for label, path in args.compare_binaries)
     out += [
         "## Machine",
         "",
@@ -1167,10 +1171,10 @@ def report(b: Bench, args: argparse.Namespace, mach: dict[str, str], load_before
         details.append("- t2 / n2 (tollgate with 2 threads over nginx with 2 workers, nothing pinned), per-round: "
                        + ", ".join(f"c{c} {fmt_ratio(per_round_ratio(by_key['t2'].runs.get(c, []), by_key['n2'].runs.get(c, [])))}"
                                    for c in conns))
-    for prof in args.compare_profiles:
+    for prof in args.compare_profiles + [label for label, _ in args.compare_binaries]:
         for key in PROFILE_CASES:
             if f"{key}@{prof}" in by_key and key in by_key:
-                details.append(f"- {key}@{prof} / {key} (profile `{prof}` over `{args.profile}`), per-round: "
+                details.append(f"- {key}@{prof} / {key} (`{prof}` over this build), per-round: "
                                + ", ".join(f"c{c} {fmt_ratio(per_round_ratio(by_key[key + '@' + prof].runs.get(c, []), by_key[key].runs.get(c, [])))}"
                                            for c in conns))
     for t in b.targets:
@@ -1259,6 +1263,7 @@ def report(b: Bench, args: argparse.Namespace, mach: dict[str, str], load_before
 
     builds = [f"cargo build --profile {args.profile} --bin tollgate --example bare_pingora"]
     builds += [f"cargo build --profile {p} --bin tollgate" for p in args.compare_profiles]
+    builds += [f"# @{label}: {path}, built beforehand" for label, path in args.compare_binaries]
     out += ["## Commands", "", "Placeholders: `$RUN` is the run's temp dir; `$PEPPER` the random pepper; `$API_KEY`, "
             "`$API_KEY_H`, `$JWT_RS256`, `$JWT_ES256` are the throw-away credentials the run generated; ports were "
             "free loopback ports.", "", "```sh",
@@ -1301,6 +1306,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--compare-profiles", default="",
                    help="more profiles (e.g. release) whose tollgate runs cases c and d too, built beforehand "
                    "with `cargo build --profile P` ('')")
+    p.add_argument("--compare-binaries", default="",
+                   help="LABEL=PATH,...: other tollgate binaries (e.g. an earlier commit's) that run cases c and d "
+                   "too, as rows c@LABEL, d@LABEL ('')")
     p.add_argument("--target-dir", default=os.environ.get("CARGO_TARGET_DIR") or str(ROOT / "target"),
                    help="cargo's target dir ($CARGO_TARGET_DIR, else ./target)")
     p.add_argument("--no-criterion", dest="criterion", action="store_false", help="skip cargo bench --bench hot_path")
@@ -1319,6 +1327,9 @@ def parse_args() -> argparse.Namespace:
     if unknown:
         p.error(f"unknown case(s) {', '.join(unknown)}; known: {DEFAULT_CASES}")
     a.compare_profiles = [x.strip() for x in a.compare_profiles.split(",") if x.strip() and x.strip() != a.profile]
+    a.compare_binaries = [tuple(x.strip().split("=", 1)) for x in a.compare_binaries.split(",") if x.strip()]
+    if any(len(x) != 2 or not x[0] or not x[1] for x in a.compare_binaries):
+        p.error("--compare-binaries takes LABEL=PATH pairs")
     if not a.connections or a.rounds < 1:
         p.error("--connections needs at least one count and --rounds at least 1")
     return a

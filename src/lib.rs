@@ -5,8 +5,8 @@
 //! [`proxy`] (the `ProxyHttp` phases) → [`router`] and [`upstream`].
 
 pub mod access_log;
-pub mod account;
 pub mod admin;
+pub mod api_error;
 pub mod auth;
 pub mod canonical;
 pub mod config;
@@ -14,16 +14,20 @@ pub mod connection;
 pub mod db;
 pub mod echo;
 pub mod features;
+pub mod forward;
 pub mod limit;
 pub mod metrics;
 pub mod persistence;
 pub mod pipeline;
 pub mod problems;
 pub mod proxy;
+pub mod rate_limit;
 pub mod reload;
+pub mod request_id;
 pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod tls;
 pub mod upstream;
 pub mod usage;
+pub mod vocab;

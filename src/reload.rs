@@ -164,7 +164,7 @@ pub struct Supervisor {
     pub live: Arc<LiveConfig>,
     pub access_log: AccessLog,
     /// Connected at start, so the first requests do not wait for Redis.
-    pub limiter: Arc<crate::proxy::Limiter>,
+    pub limiter: Arc<crate::limit::Limiter>,
 }
 
 #[async_trait]

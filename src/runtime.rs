@@ -3,10 +3,10 @@
 
 use crate::auth::{AuthSetupError, Authenticator};
 use crate::config::{Config, RouteSpec};
+use crate::forward::Scrubber;
 use crate::persistence::Persistence;
 use crate::pipeline::Pipeline;
-use crate::proxy::forward::Scrubber;
-use crate::proxy::rate_limit::{LimitPolicies, LimitSetupError, RoutePolicies};
+use crate::rate_limit::{LimitPolicies, LimitSetupError, RoutePolicies};
 use crate::router::Router;
 use crate::upstream::{Pool, PoolError};
 use std::collections::HashMap;
@@ -85,7 +85,7 @@ impl Runtime {
             let route = Arc::new(Route {
                 spec: spec.clone(),
                 pool,
-                limits: limits.for_route(spec, &config)?,
+                limits: limits.for_route(spec)?,
                 metrics: crate::metrics::RouteMetrics::new(&spec.name),
                 pipeline: crate::features::pipeline(&spec.features, &config.defaults),
             });

@@ -5,12 +5,13 @@
 use crate::access_log::AccessLog;
 use crate::admin::AdminService;
 use crate::auth::revocation::RevocationBus;
-use crate::config::{Config, RedisSpec};
+use crate::config::Config;
 use crate::connection::Front;
+use crate::limit::Limiter;
 use crate::limit::RedisSettings;
 use crate::metrics::{self, MetricsApp};
 use crate::persistence::Persistence;
-use crate::proxy::{Gateway, Limiter};
+use crate::proxy::Gateway;
 use crate::reload::{LiveConfig, ReloadError, Supervisor};
 use crate::runtime::Runtime;
 use crate::tls::{self, TlsError};
@@ -109,7 +110,7 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
     let access_log = AccessLog::start().map_err(StartError::AccessLog)?;
     let redis = config.rate_limit.redis.as_ref();
     let limiter = Arc::new(Limiter::new(
-        redis.map(|r| redis_settings(r, config)),
+        redis.cloned(),
         config.rate_limit.concurrency_lease_ttl,
     ));
     let gateway = pingora::proxy::http_proxy(
@@ -152,7 +153,7 @@ pub fn run(path: &Path, upgrade: bool) -> Result<(), StartError> {
         },
     ));
 
-    let revocations = revocation_bus(&snapshot, redis.map(|r| redis_settings(r, config)));
+    let revocations = revocation_bus(&snapshot, redis.cloned());
     if let Some(follower) = revocation_follower(&revocations, config) {
         server.add_service(follower);
     }
@@ -240,10 +241,10 @@ pub fn run_admin(path: &Path) -> Result<(), StartError> {
     server.bootstrap();
     let redis = config.rate_limit.redis.as_ref();
     let limiter = Arc::new(Limiter::new(
-        redis.map(|r| redis_settings(r, config)),
+        redis.cloned(),
         config.rate_limit.concurrency_lease_ttl,
     ));
-    let revocations = revocation_bus(&snapshot, redis.map(|r| redis_settings(r, config)));
+    let revocations = revocation_bus(&snapshot, redis.cloned());
     if let Some(follower) = revocation_follower(&revocations, config) {
         server.add_service(follower);
     }
@@ -291,18 +292,5 @@ pub struct RevocationFollower(Arc<RevocationBus>);
 impl BackgroundService for RevocationFollower {
     async fn start(&self, shutdown: ShutdownWatch) {
         self.0.follow(shutdown).await;
-    }
-}
-
-/// The limiter's Redis settings from the config.
-fn redis_settings(redis: &RedisSpec, config: &Config) -> RedisSettings {
-    RedisSettings {
-        urls: redis.urls.clone(),
-        cluster: redis.cluster,
-        timeout: redis.timeout,
-        pool_size: redis.pool_size,
-        breaker_failures: redis.breaker_failures,
-        breaker_cooldown: redis.breaker_cooldown,
-        concurrency_lease_ttl: config.rate_limit.concurrency_lease_ttl,
     }
 }

@@ -14,7 +14,7 @@ use std::time::SystemTime;
 /// A fresh batch id, unique across instances and restarts: the same generator as request
 /// ids (a random per-process prefix and a counter).
 fn batch_id() -> String {
-    let id = crate::proxy::request_id::generate();
+    let id = crate::request_id::generate();
     String::from_utf8_lossy(id.as_bytes()).into_owned()
 }
 

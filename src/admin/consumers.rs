@@ -2,9 +2,10 @@
 
 use super::auth::Actor;
 use super::error::{check_id, check_name, check_scopes, AdminError, ErrorBody, Fields};
-use super::{created, nullable, rfc3339, AdminState, Body, Path, Query, StatusName};
+use super::{created, nullable, rfc3339, AdminState, Body, Path, Query};
 use crate::db::consumers::{self, Consumer, ConsumerFilter, ConsumerUpdate, NewConsumer};
 use crate::db::{plans, Db, DbError};
+use crate::vocab::Status;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -35,7 +36,7 @@ pub struct ConsumerCreate {
     pub plan: Option<String>,
     /// Default `active`.
     #[serde(default)]
-    pub status: Option<StatusName>,
+    pub status: Option<Status>,
     /// Scopes granted to its keys.
     #[serde(default)]
     #[schema(value_type = Vec<super::openapi::Scope>)]
@@ -56,7 +57,7 @@ pub struct ConsumerPatch {
     pub plan: Option<Option<String>>,
     /// A new status.
     #[serde(default)]
-    pub status: Option<StatusName>,
+    pub status: Option<Status>,
     /// New scopes (replacing all).
     #[serde(default)]
     #[schema(value_type = Option<Vec<super::openapi::Scope>>)]
@@ -75,7 +76,7 @@ pub struct ConsumerOut {
     /// Plan.
     pub plan: Option<String>,
     /// Status.
-    pub status: StatusName,
+    pub status: Status,
     /// Scopes.
     pub scopes: Vec<String>,
     /// Metadata.
@@ -117,7 +118,7 @@ pub struct ConsumerListQuery {
     /// Only consumers on this plan.
     pub plan: Option<String>,
     /// Only consumers with this status.
-    pub status: Option<StatusName>,
+    pub status: Option<Status>,
     /// Only ids after this one (the previous page's `next_after`; read up to a U+0000,
     /// which no id holds).
     pub after: Option<String>,
@@ -198,7 +199,7 @@ pub async fn create_consumer(
         &NewConsumer {
             id: body.id,
             plan: body.plan,
-            status: body.status.unwrap_or(StatusName::Active).into(),
+            status: body.status.unwrap_or(Status::Active).into(),
             scopes: body.scopes,
             metadata: body.metadata.unwrap_or_else(|| serde_json::json!({})),
         },

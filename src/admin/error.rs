@@ -1,5 +1,5 @@
 //! Every answer of the admin API that is not a success has the gateway's error shape
-//! (`{"error", "message", "request_id"}`, see `crate::proxy::error`), plus `fields` for
+//! (`{"error", "message", "request_id"}`, see `crate::api_error`), plus `fields` for
 //! invalid input and `problems` for a refused config reload.
 
 use crate::config::validate::{

@@ -5,10 +5,11 @@
 
 use super::auth::Actor;
 use super::error::{check_scopes, AdminError, ErrorBody, Fields};
-use super::{created, nullable, parse_time, rfc3339, AdminState, Body, Path, StatusName};
+use super::{created, nullable, parse_time, rfc3339, AdminState, Body, Path};
 use crate::auth::api_key::{self, KeyHash, KeyHasher};
 use crate::db::consumers;
 use crate::db::keys::{self, ApiKey, KeyUpdate, NewApiKey, Rotation, MAX_GRACE};
+use crate::vocab::Status;
 use axum::extract::State;
 use axum::response::Response;
 use axum::Json;
@@ -62,7 +63,7 @@ pub struct KeyPatch {
     pub expires_at: Option<Option<String>>,
     /// A new status.
     #[serde(default)]
-    pub status: Option<StatusName>,
+    pub status: Option<Status>,
 }
 
 /// How to rotate a key.
@@ -93,7 +94,7 @@ pub struct KeyOut {
     /// Own scopes; `null`: its consumer's.
     pub scopes: Option<Vec<String>>,
     /// Status.
-    pub status: StatusName,
+    pub status: Status,
     /// RFC 3339; `null`: never.
     pub expires_at: Option<String>,
     /// RFC 3339.

@@ -7,6 +7,7 @@
 //! `Authorization: Bearer <token>` (see [`auth`]); every error has the gateway's JSON shape
 //! (see [`error`]); every answer carries `X-Request-Id`.
 
+pub mod account;
 pub mod auth;
 pub mod consumers;
 pub mod csrf;
@@ -19,11 +20,12 @@ pub mod plans;
 pub mod throttle;
 mod whole_numbers;
 
-use crate::account::password::Passwords;
+use crate::admin::account::password::Passwords;
 use crate::auth::revocation::RevocationBus;
 use crate::db::{self, Db, DbOptions};
-use crate::proxy::{request_id, Limiter};
+use crate::limit::Limiter;
 use crate::reload::LiveConfig;
+use crate::request_id;
 use async_trait::async_trait;
 use auth::Actor;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -162,7 +164,7 @@ pub fn app(state: AdminState) -> (axum::Router, OpenApiDoc) {
             state.clone(),
             auth::require_token,
         ))
-        .merge(crate::account::routes())
+        .merge(crate::admin::account::routes())
         .split_for_parts();
     doc.paths
         .paths
@@ -251,7 +253,7 @@ impl BackgroundService for AdminService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         if self.state.live().current().config.account.is_some() {
             drop(tokio::task::spawn_blocking(
-                crate::account::password::warm_up,
+                crate::admin::account::password::warm_up,
             ));
         }
         if let Ok(db) = self.state.db() {
@@ -387,34 +389,6 @@ where
     T: Deserialize<'de>,
 {
     Option::<T>::deserialize(d).map(Some)
-}
-
-/// A consumer or key status as the API spells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum StatusName {
-    /// Usable.
-    Active,
-    /// Refused.
-    Disabled,
-}
-
-impl From<StatusName> for crate::auth::store::Status {
-    fn from(s: StatusName) -> Self {
-        match s {
-            StatusName::Active => crate::auth::store::Status::Active,
-            StatusName::Disabled => crate::auth::store::Status::Disabled,
-        }
-    }
-}
-
-impl From<crate::auth::store::Status> for StatusName {
-    fn from(s: crate::auth::store::Status) -> Self {
-        match s {
-            crate::auth::store::Status::Active => StatusName::Active,
-            crate::auth::store::Status::Disabled => StatusName::Disabled,
-        }
-    }
 }
 
 /// `201 Created` with a JSON body.

@@ -8,7 +8,7 @@ use crate::db::plans;
 use crate::db::usage::{self, UsageQuery, UsageRow};
 use crate::db::{consumers, Day};
 use crate::limit::{LimitError, Subject};
-use crate::proxy::rate_limit::{plan_policy, window_reports, SubjectName, WindowReport};
+use crate::rate_limit::{plan_policy, window_reports, SubjectName, WindowReport};
 use crate::reload::ReloadError;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -229,7 +229,7 @@ pub(crate) async fn consumer_standing(
     consumer: consumers::Consumer,
 ) -> Result<LimitsOut, AdminError> {
     let db = state.db()?;
-    let subject = crate::proxy::rate_limit::consumer_subject(&consumer.id);
+    let subject = crate::rate_limit::consumer_subject(&consumer.id);
     let mut windows = Vec::new();
     if let Some(plan_name) = &consumer.plan {
         let plan = plans::get(db, plan_name).await?;
@@ -278,7 +278,7 @@ pub async fn reset_limits(
         None if runtime.config.consumers.iter().any(|c| c.id == id) => {}
         None => return Err(AdminError::NotFound(format!("consumer {id:?}"))),
     }
-    let subjects = crate::proxy::rate_limit::consumer_subjects(&runtime.config, &id);
+    let subjects = crate::rate_limit::consumer_subjects(&runtime.config, &id);
     let limiter = state.limiter().get().await;
     for subject in &subjects {
         limiter.reset(subject).await.map_err(limit_error)?;
@@ -354,7 +354,7 @@ async fn subject_policy(
                 .ok_or_else(|| AdminError::NotFound(format!("route {route:?}")))?;
             let limits = runtime
                 .limits
-                .for_route(spec, &runtime.config)
+                .for_route(spec)
                 .map_err(|e| AdminError::Internal(e.to_string()))?;
             Some(limits)
         }

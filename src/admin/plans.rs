@@ -20,38 +20,6 @@ pub(crate) fn routes() -> OpenApiRouter<super::AdminState> {
         .routes(routes!(get_plan, update_plan, delete_plan))
 }
 
-/// How a plan's windows are counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum AlgorithmName {
-    /// Counters reset at each window boundary.
-    FixedWindow,
-    /// The previous window's count weighs in proportionally.
-    SlidingWindow,
-    /// Tokens refill continuously up to the burst size.
-    TokenBucket,
-}
-
-impl From<AlgorithmName> for Algorithm {
-    fn from(a: AlgorithmName) -> Self {
-        match a {
-            AlgorithmName::FixedWindow => Algorithm::FixedWindow,
-            AlgorithmName::SlidingWindow => Algorithm::SlidingWindow,
-            AlgorithmName::TokenBucket => Algorithm::TokenBucket,
-        }
-    }
-}
-
-impl From<Algorithm> for AlgorithmName {
-    fn from(a: Algorithm) -> Self {
-        match a {
-            Algorithm::FixedWindow => AlgorithmName::FixedWindow,
-            Algorithm::SlidingWindow => AlgorithmName::SlidingWindow,
-            Algorithm::TokenBucket => AlgorithmName::TokenBucket,
-        }
-    }
-}
-
 /// One window: at most `requests` per `per_seconds` seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -78,7 +46,7 @@ pub struct PlanCreate {
     pub name: String,
     /// Default `fixed_window`.
     #[serde(default)]
-    pub algorithm: Option<AlgorithmName>,
+    pub algorithm: Option<Algorithm>,
     /// The windows; none and no `concurrency` cap: an unlimited plan.
     pub limits: Vec<LimitBody>,
     /// Most requests in flight at once per consumer.
@@ -98,7 +66,7 @@ pub struct PlanCreate {
 pub struct PlanPatch {
     /// A new algorithm.
     #[serde(default)]
-    pub algorithm: Option<AlgorithmName>,
+    pub algorithm: Option<Algorithm>,
     /// New windows (replacing all); none and no `concurrency` cap: an unlimited plan.
     #[serde(default)]
     pub limits: Option<Vec<LimitBody>>,
@@ -118,7 +86,7 @@ pub struct PlanOut {
     /// Name.
     pub name: String,
     /// Algorithm.
-    pub algorithm: AlgorithmName,
+    pub algorithm: Algorithm,
     /// Windows.
     pub limits: Vec<LimitBody>,
     /// Concurrency cap; `null`: none.
@@ -135,7 +103,7 @@ impl From<Plan> for PlanOut {
     fn from(p: Plan) -> Self {
         PlanOut {
             name: p.name,
-            algorithm: p.algorithm.into(),
+            algorithm: p.algorithm,
             limits: p
                 .limits
                 .into_iter()
@@ -195,7 +163,7 @@ pub async fn create_plan(
 ) -> Result<Response, AdminError> {
     let mut fields = Fields::default();
     check_name(&mut fields, "name", &body.name);
-    let algorithm = body.algorithm.unwrap_or(AlgorithmName::FixedWindow).into();
+    let algorithm = body.algorithm.unwrap_or_default();
     let limits = to_limits(&body.limits);
     check_plan(
         &mut fields,
@@ -271,7 +239,7 @@ pub async fn update_plan(
     check_plan(
         &mut fields,
         PlanLimits {
-            algorithm: body.algorithm.map_or(current.algorithm, Into::into),
+            algorithm: body.algorithm.unwrap_or(current.algorithm),
             limits: limits.as_deref().unwrap_or(&current.limits),
             concurrency: body.concurrency.unwrap_or(current.concurrency),
             block_for_seconds: body.block_for_seconds.unwrap_or(current.block_for_seconds),

@@ -29,7 +29,7 @@ fn policies(limits: &[Counter<'_>]) -> Vec<Policy> {
 }
 
 fn refused(what: &str, decision: &crate::limit::Decision) -> AdminError {
-    let (policy, retry_after) = crate::proxy::rate_limit::refusal(decision);
+    let (policy, retry_after) = crate::rate_limit::refusal(decision);
     log::warn!("admin: {what} throttled ({policy})");
     AdminError::TooManyRequests {
         message: format!("too many {what} attempts ({policy}); retry later"),

@@ -8,10 +8,7 @@ use ipnet::{IpNet, Ipv6Net};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 
-/// How many leading bits of an IPv6 client address identify the client, by default: one
-/// host (or one customer of an ISP) usually holds a whole /64, and is free to rotate its
-/// address inside it, so limiting single IPv6 addresses would limit nothing.
-pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+pub use crate::config::DEFAULT_IPV6_PREFIX;
 
 /// The network a client is counted as, by address-based limits and throttles: an IPv4
 /// address as it is, an IPv6 address by its leading `ipv6_prefix` bits. Displays as

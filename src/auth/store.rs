@@ -8,6 +8,7 @@
 use super::api_key::KeyHash;
 use super::client_ip::ClientNetwork;
 pub use crate::config::{CacheSettings, KeyFailureSettings};
+pub use crate::vocab::Status;
 use async_trait::async_trait;
 use moka::sync::Cache;
 use std::collections::HashMap;
@@ -27,13 +28,6 @@ pub const LOOKUP_WAIT: Duration = Duration::from_secs(2);
 /// its known keys. A day covers any client that uses its key now and then; a guesser
 /// cannot know which hashes are in this set.
 pub const KNOWN_KEYS_REMEMBERED: Duration = Duration::from_secs(24 * 3600);
-
-/// Whether a consumer or key may be used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Active,
-    Disabled,
-}
 
 /// Someone who calls the API: a customer, an app, a team.
 #[derive(Debug, Clone, PartialEq)]

@@ -3,7 +3,7 @@
 //! from the database), and the one conversion of a limit into the limiter's [`Policy`].
 //! A limit [`check`] accepts is one the limiter runs: [`policy`] cannot fail on it.
 
-use super::model::{LimitAlgorithm, LimitSpec, WindowSpec};
+use super::model::{LimitSpec, WindowSpec};
 use crate::limit::{Algorithm, Policy, PolicyError, Window, MAX_LIMIT, MAX_PERIOD};
 use std::fmt;
 use std::time::Duration;
@@ -114,7 +114,7 @@ pub fn check(spec: &LimitSpec) -> Vec<LimitProblem> {
             push(
                 LimitField::Per(i),
                 match spec.algorithm {
-                    LimitAlgorithm::TokenBucket => {
+                    Algorithm::TokenBucket => {
                         "two windows with the same refill period (per × burst / requests)"
                     }
                     _ => "two windows of the same length",
@@ -185,17 +185,12 @@ pub fn policy(name: &str, spec: &LimitSpec) -> Result<Policy, LimitSpecError> {
     if let Some(problem) = check(spec).into_iter().next() {
         return Err(LimitSpecError::Spec(problem));
     }
-    let algorithm = match spec.algorithm {
-        LimitAlgorithm::FixedWindow => Algorithm::FixedWindow,
-        LimitAlgorithm::SlidingWindow => Algorithm::SlidingWindow,
-        LimitAlgorithm::TokenBucket => Algorithm::TokenBucket,
-    };
     let windows = spec
         .windows
         .iter()
         .map(|w| window(spec.algorithm, w))
         .collect();
-    let mut policy = Policy::new(name, algorithm, windows);
+    let mut policy = Policy::new(name, spec.algorithm, windows);
     if let Some(cap) = spec.concurrency {
         policy = policy.with_concurrency(cap);
     }
@@ -207,9 +202,9 @@ pub fn policy(name: &str, spec: &LimitSpec) -> Result<Policy, LimitSpecError> {
 }
 
 /// The limiter's window for `w`.
-fn window(algorithm: LimitAlgorithm, w: &WindowSpec) -> Window {
+fn window(algorithm: Algorithm, w: &WindowSpec) -> Window {
     match (algorithm, w.burst) {
-        (LimitAlgorithm::TokenBucket, Some(burst)) if burst != w.requests => {
+        (Algorithm::TokenBucket, Some(burst)) if burst != w.requests => {
             let millis =
                 (w.per.as_millis() * u128::from(burst) / u128::from(w.requests.max(1))).max(1);
             Window::new(
@@ -225,7 +220,7 @@ fn window(algorithm: LimitAlgorithm, w: &WindowSpec) -> Window {
 mod tests {
     use super::*;
 
-    fn spec(algorithm: LimitAlgorithm, windows: &[(u64, u64, Option<u64>)]) -> LimitSpec {
+    fn spec(algorithm: Algorithm, windows: &[(u64, u64, Option<u64>)]) -> LimitSpec {
         LimitSpec {
             algorithm,
             windows: windows
@@ -250,7 +245,7 @@ mod tests {
 
     #[test]
     fn what_the_check_accepts_the_limiter_runs_and_what_it_refuses_it_refuses() {
-        use LimitAlgorithm::*;
+        use Algorithm::*;
         let cases = [
             (spec(FixedWindow, &[(10, 1, None), (100, 60, None)]), vec![]),
             (spec(TokenBucket, &[(10, 1, Some(50))]), vec![]),

@@ -163,12 +163,17 @@ rate_limit:
         );
         let c = parse(&text, Path::new(".")).unwrap();
         let gold = c.plans[0].limits.as_ref().unwrap();
-        assert_eq!(gold.algorithm, LimitAlgorithm::TokenBucket);
+        assert_eq!(gold.algorithm, crate::limit::Algorithm::TokenBucket);
         assert_eq!(gold.windows[0].burst, Some(20));
         assert_eq!(gold.windows[1].per, std::time::Duration::from_secs(3600));
         assert_eq!(gold.concurrency, Some(4));
         assert!(c.plans[1].limits.is_none());
-        assert_eq!(c.rate_limit.failure_mode, FailureMode::Local);
+        assert_eq!(
+            c.rate_limit.failure_mode,
+            FailureMode::Local {
+                expected_instances: 1
+            }
+        );
         assert_eq!(
             c.rate_limit.status_path.as_deref(),
             Some(DEFAULT_LIMIT_STATUS_PATH)

@@ -5,6 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// How many leading bits of an IPv6 client address identify the client, by default: one
+/// host (or one customer of an ISP) usually holds a whole /64, and is free to rotate its
+/// address inside it, so limiting single IPv6 addresses would limit nothing.
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
 /// Where `GET /health` answers when the file does not say.
 pub const DEFAULT_HEALTH_PATH: &str = "/health";
 /// Pingora keeps serving this long after SIGTERM before it stops accepting; long enough for a
@@ -375,22 +379,6 @@ pub struct PlanSpec {
 
 /// Where the caller's standing is answered when the file does not say.
 pub const DEFAULT_LIMIT_STATUS_PATH: &str = "/_tollgate/limits";
-/// Per-request Redis budget: a limiter that answers slower than this is treated as down.
-pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(50);
-/// Consecutive Redis failures that open the breaker.
-pub const DEFAULT_BREAKER_FAILURES: u32 = 5;
-/// How long an open breaker keeps requests off Redis before one probe.
-pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(2);
-/// A concurrency slot not given back (crashed instance) is reclaimed after this.
-pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(300);
-
-/// How a limit counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LimitAlgorithm {
-    FixedWindow,
-    SlidingWindow,
-    TokenBucket,
-}
 
 /// One window: `requests` per `per` (token bucket: refill rate, with `burst` capacity).
 #[derive(Debug, Clone, PartialEq)]
@@ -403,29 +391,21 @@ pub struct WindowSpec {
 /// A set of windows checked together, plus an optional cap on requests in flight.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LimitSpec {
-    pub algorithm: LimitAlgorithm,
+    pub algorithm: crate::limit::Algorithm,
     pub windows: Vec<WindowSpec>,
     pub concurrency: Option<u64>,
     /// Once a caller exceeds these limits, every request of it is refused this long.
     pub block_for: Option<Duration>,
 }
 
-/// What happens when the shared counters cannot be reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureMode {
-    /// An in-process limiter takes over, each limit divided by the expected instance count.
-    Local,
-    /// Allow (and count nothing).
-    Open,
-    /// Refuse with 503.
-    Closed,
-}
+/// What happens when the shared counters cannot be reached (the limiter's own type).
+pub use crate::limit::FailureMode;
 
 /// Rate-limiting settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RateLimitSettings {
     /// `None`: the in-process limiter is the limiter (single instance).
-    pub redis: Option<RedisSpec>,
+    pub redis: Option<RedisSettings>,
     pub failure_mode: FailureMode,
     pub expected_instances: u32,
     /// Limits per client IP for anonymous callers; `None`: unlimited.
@@ -440,16 +420,8 @@ pub struct RateLimitSettings {
     pub ipv6_prefix: u8,
 }
 
-/// The shared Redis.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RedisSpec {
-    pub urls: Vec<String>,
-    pub cluster: bool,
-    pub timeout: Duration,
-    pub pool_size: usize,
-    pub breaker_failures: u32,
-    pub breaker_cooldown: Duration,
-}
+/// How to reach the shared Redis (the limiter's own settings type).
+pub use crate::limit::RedisSettings;
 
 /// A route's own limits.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -463,7 +435,7 @@ pub struct RouteLimits {
 }
 
 /// Whether a consumer or key may be used.
-pub use crate::auth::store::Status;
+pub use crate::vocab::Status;
 
 /// A consumer from the file.
 #[derive(Debug, Clone, PartialEq)]
@@ -479,7 +451,7 @@ pub struct ConsumerSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeySpec {
     pub id: String,
-    pub hash: crate::auth::api_key::KeyHash,
+    pub hash: crate::vocab::KeyHash,
     pub prefix: Option<String>,
     pub scopes: Option<Vec<String>>,
     pub status: Status,

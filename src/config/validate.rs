@@ -4,8 +4,8 @@
 
 use super::model::*;
 use super::raw::*;
-use crate::auth::client_ip::DEFAULT_IPV6_PREFIX;
 use crate::features::{redirect, FeatureSet, RawFeatures};
+use crate::limit::Algorithm;
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -69,7 +69,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<String>> 
         settings
     });
     let names: HashSet<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
-    let routes = routes(raw.routes, &names, &auth, &mut p);
+    let routes = routes(raw.routes, &names, &auth, &rate_limit, &mut p);
     let defaults = FeatureSet::validate(raw.defaults, "defaults", &mut p);
     if p.is_empty() {
         Ok(Config {
@@ -451,6 +451,7 @@ fn routes(
     raw: Vec<RawRoute>,
     upstreams: &HashSet<&str>,
     auth_settings: &AuthSettings,
+    rate_limit: &RateLimitSettings,
     p: &mut Problems,
 ) -> Vec<RouteSpec> {
     let mut names = HashSet::new();
@@ -560,9 +561,10 @@ fn routes(
                 global: l
                     .global
                     .map(|x| limit_spec(x, &format!("{place}.rate_limit.global"), p)),
-                failure_mode: l
-                    .failure_mode
-                    .map(|m| failure_mode(&m, &format!("{place}.rate_limit.failure_mode"), p)),
+                failure_mode: l.failure_mode.map(|m| {
+                    let place = format!("{place}.rate_limit.failure_mode");
+                    failure_mode(&m, rate_limit.expected_instances, &place, p)
+                }),
             });
         let auth = route_auth(
             r.auth,
@@ -1187,6 +1189,17 @@ fn hmac_secret(
 }
 
 fn rate_limit(raw: RawRateLimit, plans: &HashSet<&str>, p: &mut Problems) -> RateLimitSettings {
+    use crate::limit::{
+        DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURES, DEFAULT_LEASE_TTL, DEFAULT_POOL_SIZE,
+        DEFAULT_TIMEOUT,
+    };
+    let expected_instances = raw.expected_instances.unwrap_or(1).max(1);
+    let concurrency_lease_ttl = duration(
+        raw.concurrency_lease_ttl,
+        "rate_limit.concurrency_lease_ttl",
+        DEFAULT_LEASE_TTL,
+        p,
+    );
     let redis = raw.redis.map(|r| {
         if r.urls.is_empty() {
             p.push("rate_limit.redis.urls", "list at least one redis:// URL");
@@ -1199,16 +1212,11 @@ fn rate_limit(raw: RawRateLimit, plans: &HashSet<&str>, p: &mut Problems) -> Rat
                 );
             }
         }
-        RedisSpec {
+        RedisSettings {
             urls: r.urls,
             cluster: r.cluster,
-            timeout: duration(
-                r.timeout,
-                "rate_limit.redis.timeout",
-                DEFAULT_REDIS_TIMEOUT,
-                p,
-            ),
-            pool_size: r.pool_size.unwrap_or(4).clamp(1, 64),
+            timeout: duration(r.timeout, "rate_limit.redis.timeout", DEFAULT_TIMEOUT, p),
+            pool_size: r.pool_size.unwrap_or(DEFAULT_POOL_SIZE).clamp(1, 64),
             breaker_failures: r
                 .breaker_failures
                 .unwrap_or(DEFAULT_BREAKER_FAILURES)
@@ -1219,6 +1227,7 @@ fn rate_limit(raw: RawRateLimit, plans: &HashSet<&str>, p: &mut Problems) -> Rat
                 DEFAULT_BREAKER_COOLDOWN,
                 p,
             ),
+            concurrency_lease_ttl,
         }
     });
     if let Some(plan) = raw
@@ -1240,21 +1249,18 @@ fn rate_limit(raw: RawRateLimit, plans: &HashSet<&str>, p: &mut Problems) -> Rat
     });
     RateLimitSettings {
         redis,
-        failure_mode: raw.failure_mode.map_or(FailureMode::Local, |m| {
-            failure_mode(&m, "rate_limit.failure_mode", p)
-        }),
-        expected_instances: raw.expected_instances.unwrap_or(1).max(1),
+        failure_mode: raw
+            .failure_mode
+            .map_or(FailureMode::Local { expected_instances }, |m| {
+                failure_mode(&m, expected_instances, "rate_limit.failure_mode", p)
+            }),
+        expected_instances,
         anonymous: raw
             .anonymous
             .map(|a| limit_spec(a, "rate_limit.anonymous", p)),
         default_plan: raw.default_plan,
         status_path,
-        concurrency_lease_ttl: duration(
-            raw.concurrency_lease_ttl,
-            "rate_limit.concurrency_lease_ttl",
-            DEFAULT_LEASE_TTL,
-            p,
-        ),
+        concurrency_lease_ttl,
         ipv6_prefix: match raw.ipv6_prefix {
             None => DEFAULT_IPV6_PREFIX,
             Some(bits @ 1..=128) => bits,
@@ -1622,9 +1628,10 @@ fn account_issuer(account: &AccountSettings) -> IssuerSpec {
     }
 }
 
-fn failure_mode(raw: &str, place: &str, p: &mut Problems) -> FailureMode {
+/// A failure mode by name; `local` divides each limit by `expected_instances`.
+fn failure_mode(raw: &str, expected_instances: u32, place: &str, p: &mut Problems) -> FailureMode {
     match raw {
-        "local" => FailureMode::Local,
+        "local" => FailureMode::Local { expected_instances },
         "open" => FailureMode::Open,
         "closed" => FailureMode::Closed,
         other => {
@@ -1632,7 +1639,7 @@ fn failure_mode(raw: &str, place: &str, p: &mut Problems) -> FailureMode {
                 place,
                 format!("unknown failure mode {other:?} (local, open, closed)"),
             );
-            FailureMode::Local
+            FailureMode::Local { expected_instances }
         }
     }
 }
@@ -1645,18 +1652,11 @@ fn limit_spec(raw: RawLimits, place: &str, p: &mut Problems) -> LimitSpec {
         concurrency,
         block_for,
     } = raw;
-    let algorithm = match algorithm.as_deref().unwrap_or("fixed_window") {
-        "fixed_window" => LimitAlgorithm::FixedWindow,
-        "sliding_window" => LimitAlgorithm::SlidingWindow,
-        "token_bucket" => LimitAlgorithm::TokenBucket,
-        other => {
-            p.push(
-                format!("{place}.algorithm"),
-                format!("unknown algorithm {other:?} (fixed_window, sliding_window, token_bucket)"),
-            );
-            LimitAlgorithm::FixedWindow
-        }
-    };
+    let algorithm = algorithm.map_or(Ok(Algorithm::default()), |a| a.parse());
+    let algorithm = algorithm.unwrap_or_else(|unknown| {
+        p.push(format!("{place}.algorithm"), unknown);
+        Algorithm::default()
+    });
     let windows = windows
         .into_iter()
         .enumerate()
@@ -1687,7 +1687,7 @@ fn limit_spec(raw: RawLimits, place: &str, p: &mut Problems) -> LimitSpec {
     };
     // A burst only means something to a token bucket: in the file, one elsewhere is a
     // mistake worth saying (the limiter would ignore it).
-    if spec.algorithm != LimitAlgorithm::TokenBucket {
+    if spec.algorithm != Algorithm::TokenBucket {
         for (i, w) in spec.windows.iter().enumerate() {
             if w.burst.is_some() {
                 p.push(
@@ -1769,12 +1769,12 @@ fn consumers(raw: Vec<RawConsumer>, plans: &HashSet<&str>, p: &mut Problems) -> 
                     if !key_ids.insert(k.id.clone()) {
                         p.push(format!("{kplace}.id"), format!("duplicate key id {:?}", k.id));
                     }
-                    let hash = crate::auth::api_key::KeyHash::from_hex(&k.hash).unwrap_or_else(|| {
+                    let hash = crate::vocab::KeyHash::from_hex(&k.hash).unwrap_or_else(|| {
                         p.push(
                             format!("{kplace}.hash"),
                             "must be the 64 hex digits printed by `tollgate key new` (the key itself never goes in the file)",
                         );
-                        crate::auth::api_key::KeyHash([0; 32])
+                        crate::vocab::KeyHash([0; 32])
                     });
                     if !hashes.insert(hash) {
                         p.push(format!("{kplace}.hash"), "the same key is listed twice");

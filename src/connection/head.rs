@@ -12,7 +12,7 @@
 //! Outside that phase every read and write goes straight through.
 
 use super::Refused;
-use crate::proxy::error::ApiError;
+use crate::api_error::ApiError;
 use async_trait::async_trait;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::raw_connect::ProxyDigest;

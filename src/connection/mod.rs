@@ -14,10 +14,10 @@ pub mod hyper_listener;
 pub mod limits;
 
 use crate::access_log::{AccessLog, AccessRecord};
+use crate::api_error::ApiError;
 use crate::metrics;
-use crate::proxy::error::ApiError;
-use crate::proxy::request_id;
 use crate::reload::LiveConfig;
+use crate::request_id;
 use async_trait::async_trait;
 use handshakes::Handshakes;
 use head::{GuardedStream, HeadLimits};

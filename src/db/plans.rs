@@ -4,57 +4,12 @@ use super::audit::{self, NewAuditEntry};
 use super::change::{self, Change};
 use super::{begin, check_actor, check_name, col, commit, Db, DbError};
 use crate::config::limits;
-use crate::config::{LimitAlgorithm, LimitSpec, WindowSpec};
+use crate::config::{LimitSpec, WindowSpec};
+pub use crate::limit::Algorithm;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::fmt;
-use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 use tokio_postgres::Row;
-
-/// How a plan's windows are counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Algorithm {
-    /// Counters reset at each window boundary.
-    FixedWindow,
-    /// The previous window's count weighs in proportionally.
-    SlidingWindow,
-    /// Tokens refill continuously up to the burst size.
-    TokenBucket,
-}
-
-impl Algorithm {
-    /// The stored name: `fixed_window`, `sliding_window`, `token_bucket`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Algorithm::FixedWindow => "fixed_window",
-            Algorithm::SlidingWindow => "sliding_window",
-            Algorithm::TokenBucket => "token_bucket",
-        }
-    }
-}
-
-impl fmt::Display for Algorithm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Algorithm {
-    type Err = DbError;
-
-    /// Parses a stored name.
-    fn from_str(text: &str) -> Result<Algorithm, DbError> {
-        match text {
-            "fixed_window" => Ok(Algorithm::FixedWindow),
-            "sliding_window" => Ok(Algorithm::SlidingWindow),
-            "token_bucket" => Ok(Algorithm::TokenBucket),
-            other => Err(DbError::Invalid(format!(
-                "algorithm {other:?}: expected fixed_window, sliding_window or token_bucket"
-            ))),
-        }
-    }
-}
 
 /// One window of a plan: at most `requests` per `per_seconds` seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,11 +113,7 @@ pub fn limit_spec(plan: PlanLimits<'_>) -> LimitSpec {
         block_for_seconds,
     } = plan;
     LimitSpec {
-        algorithm: match algorithm {
-            Algorithm::FixedWindow => LimitAlgorithm::FixedWindow,
-            Algorithm::SlidingWindow => LimitAlgorithm::SlidingWindow,
-            Algorithm::TokenBucket => LimitAlgorithm::TokenBucket,
-        },
+        algorithm,
         windows: limits
             .iter()
             .map(|l| WindowSpec {
@@ -430,7 +381,7 @@ fn from_row(row: &Row) -> Result<Plan, DbError> {
     Ok(Plan {
         algorithm: algorithm
             .parse()
-            .map_err(|e: DbError| schema(e.to_string()))?,
+            .map_err(|e: crate::limit::policy::UnknownAlgorithm| schema(e.to_string()))?,
         limits: serde_json::from_value(limits).map_err(|e| schema(format!("limits: {e}")))?,
         concurrency: concurrency.and_then(|n| u32::try_from(n).ok()),
         block_for_seconds: block_for.and_then(|n| u64::try_from(n).ok()),

@@ -11,12 +11,14 @@
 //! location's scheme and host are checked at load and no group may stand before the end of
 //! its host; the request's text (groups, path, query) is percent-escaped into it, so it is
 //! always a valid URI and a valid header value; a path location never starts with `//`.
-//! The HTTPS upgrade's host is the request's validated, canonical host (`crate::canonical`).
+//! The HTTPS upgrade's host is the request's canonical host (`crate::canonical`), which the
+//! proxy validated before routing.
 
 use super::path_template::{escape_into, PathTemplate, TemplateError};
+use crate::canonical;
 use crate::pipeline::{Answer, Facts, Hooks, Refusal, Step};
 use crate::problems::Problems;
-use crate::proxy::{error::ApiError, target};
+use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use serde::Deserialize;
 use std::fmt::Write;
@@ -178,7 +180,7 @@ fn location_target(pattern: &str, location: &str, place: &str, p: &mut Problems)
                 return None;
             }
             let authority = &rest[..end.unwrap_or(rest.len())];
-            if !matches!(crate::canonical::authority(authority), Ok(Some(_))) {
+            if !matches!(canonical::authority(authority), Ok(Some(_))) {
                 p.push(
                     place,
                     format!("{authority:?} is not a host[:port] (nor may it hold user info)"),
@@ -203,47 +205,64 @@ fn location_target(pattern: &str, location: &str, place: &str, p: &mut Problems)
     })
 }
 
-/// `err` as a step's answer.
-fn refusal(err: ApiError) -> Answer {
+/// A refusal of this step.
+fn refusal(status: u16, code: &'static str, message: &str) -> Answer {
     Answer::Refuse(Refusal {
-        status: err.status(),
-        code: err.code(),
-        message: err.message(),
+        status,
+        code,
+        message: message.into(),
     })
+}
+
+/// The answer when there is nothing to redirect to (the pattern does not match, or an
+/// HTTPS upgrade without an upstream is asked over TLS): as if no route matched.
+fn not_found() -> Answer {
+    refusal(
+        404,
+        "route_not_found",
+        "no route matches this host and path",
+    )
+}
+
+/// The request's canonical host: from the HTTP/2 or absolute-form authority, else `Host`
+/// (the order the proxy's routing read it in, and had already checked).
+fn canonical_host(req: &RequestHeader) -> Option<canonical::Authority<'_>> {
+    let raw = match req.uri.authority() {
+        Some(authority) => authority.as_str(),
+        None => req.headers.get(http::header::HOST)?.to_str().ok()?,
+    };
+    canonical::authority(raw).ok().flatten()
 }
 
 impl Redirect {
     /// Where the request `req` is sent, or the answer instead (a TLS request on an HTTPS
     /// upgrade: proxied when the route has an upstream, else not found). `Ok(None)`: proxy.
-    fn location(
-        &self,
-        req: &pingora::http::RequestHeader,
-        tls: bool,
-    ) -> Result<Option<String>, Answer> {
+    fn location(&self, req: &RequestHeader, tls: bool) -> Result<Option<String>, Answer> {
         if let To::Https { upstream, .. } = self.to {
             if tls {
-                return if upstream {
-                    Ok(None)
-                } else {
-                    Err(refusal(ApiError::NoRoute))
-                };
+                return if upstream { Ok(None) } else { Err(not_found()) };
             }
         }
-        // The proxy has already parsed the request this way to route it.
-        let target = target::parse(req).map_err(refusal)?;
-        let mut location = String::with_capacity(64 + target.path.len());
+        // The canonical path the request was routed by (routing refused any without one).
+        let (path, _) = canonical::path(req.uri.path())
+            .map_err(|e| refusal(400, "invalid_path", &format!("the path is refused: {e}")))?;
+        let mut location = String::with_capacity(64 + path.len());
         let has_query = match &self.to {
             To::Https { port, .. } => {
-                let authority = target
-                    .authority
-                    .ok_or_else(|| refusal(ApiError::MissingHost))?;
+                let authority = canonical_host(req).ok_or_else(|| {
+                    refusal(
+                        400,
+                        "missing_host",
+                        "an HTTPS redirect needs the request's host",
+                    )
+                })?;
                 location.push_str("https://");
                 location.push_str(&authority.host);
                 if let Some(port) = port {
                     // Writing into a String cannot fail.
                     let _ = write!(location, ":{port}");
                 }
-                escape_into(&target.path, &mut location);
+                escape_into(&path, &mut location);
                 false
             }
             To::Location {
@@ -251,8 +270,8 @@ impl Redirect {
                 relative,
                 has_query,
             } => {
-                if !template.fill(&target.path, &mut location, escape_into) {
-                    return Err(refusal(ApiError::NoRoute));
+                if !template.fill(&path, &mut location, escape_into) {
+                    return Err(not_found());
                 }
                 // `/$1` with a group starting with '/' would point at another host.
                 let slashes = location.len() - location.trim_start_matches('/').len();
@@ -296,7 +315,6 @@ impl Step for Redirect {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pingora::http::RequestHeader;
 
     fn redirect(yaml: &str, upstream: bool) -> Result<Redirect, Vec<String>> {
         let raw: RawRedirect = serde_yaml::from_str(yaml).unwrap();

@@ -116,7 +116,9 @@ mod tests {
         assert_eq!(limits.max_body, Some(10 * 1024 * 1024));
         assert_eq!(limits.max_url, Some(2048));
         assert!(limits.request_body(10 * 1024 * 1024, false).is_ok());
-        let cut = limits.request_body(10 * 1024 * 1024 + 1, false).unwrap_err();
+        let cut = limits
+            .request_body(10 * 1024 * 1024 + 1, false)
+            .unwrap_err();
         assert_eq!(cut.status, 413);
     }
 
@@ -127,7 +129,13 @@ mod tests {
         let raw: RawSizeLimits = serde_yaml::from_str("{max_url: 0}").unwrap();
         assert!(validate(raw, "routes[1].size_limits", &mut p).is_none());
         let problems = p.into_vec();
-        assert!(problems[0].starts_with("defaults.size_limits: "), "{problems:?}");
-        assert!(problems[1].starts_with("routes[1].size_limits.max_url: "), "{problems:?}");
+        assert!(
+            problems[0].starts_with("defaults.size_limits: "),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].starts_with("routes[1].size_limits.max_url: "),
+            "{problems:?}"
+        );
     }
 }

@@ -61,7 +61,10 @@ mod tests {
         let map: Switch<Section> = serde_yaml::from_str("{level: 3}").unwrap();
         assert_eq!(map, Switch::On(Section { level: Some(3) }));
         let unknown = serde_yaml::from_str::<Switch<Section>>("{levl: 3}").unwrap_err();
-        assert!(unknown.to_string().contains("unknown field `levl`"), "{unknown}");
+        assert!(
+            unknown.to_string().contains("unknown field `levl`"),
+            "{unknown}"
+        );
         let wrong = serde_yaml::from_str::<Switch<Section>>("3").unwrap_err();
         assert!(wrong.to_string().contains("true/false"), "{wrong}");
     }

@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod policy;
 mod redis;
 mod script;
+mod shared;
 mod window;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +45,7 @@ pub use decision::{Decision, Lease, Source, WindowKind, WindowState};
 pub use headers::{insert_headers, rate_limit_headers};
 pub use policy::{Algorithm, Policy, PolicyError, Subject, Window, MAX_LIMIT, MAX_PERIOD};
 pub(crate) use redis::client_config as redis_client_config;
+pub use shared::Limiter;
 
 /// Per-call Redis timeout: a healthy Redis answers in well under a millisecond, so
 /// 50 ms only ever cuts off a sick one, and bounds what limiting adds to a request.
@@ -51,20 +53,21 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
 
 /// Shared connections to Redis (per node on a Cluster) for releases, resets and Cluster
 /// undos, which are pipelined; request decisions use each thread's own connection.
-pub const DEFAULT_POOL_SIZE: usize = 2;
+pub const DEFAULT_POOL_SIZE: usize = 4;
 
 /// Consecutive failures that open the breaker: enough that one lost packet does not
 /// switch every instance to the fallback, few enough to react within a fraction of a
 /// second under load.
 pub const DEFAULT_BREAKER_FAILURES: u32 = 5;
 
-/// How long the breaker stays open before one request probes Redis again.
-pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
+/// How long the breaker stays open (keeping requests off Redis) before one request probes
+/// Redis again.
+pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(2);
 
 /// How long a concurrency slot counts if never given back (its instance crashed):
-/// longer than any sane request, short enough that a crash does not lock a client out
-/// for long.
-pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(60);
+/// longer than any sane request (streams included), short enough that a crash does not
+/// lock a client out for long.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(300);
 
 /// How to reach Redis and how patient to be with it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,11 +13,25 @@ pub const MAX_PERIOD: Duration = Duration::from_secs(366 * 24 * 3600);
 /// Longest policy name: it goes into every Redis field name and response header.
 pub const MAX_NAME_LEN: usize = 64;
 
-/// How a window counts requests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// How a window counts requests: the one algorithm type of the file, the database, the
+/// admin API (`fixed_window`, `sliding_window`, `token_bucket`) and the limiter.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Algorithm {
     /// At most `limit` per window, windows aligned to multiples of `period`. Exact
     /// within a window; a client may spend two limits back to back across a boundary.
+    #[default]
     FixedWindow,
     /// Two-window weighted counter (Cloudflare's sliding window): the previous window
     /// counts in proportion to how much of it the sliding period still covers. Smooth,
@@ -28,7 +42,41 @@ pub enum Algorithm {
     TokenBucket,
 }
 
+/// A name that is not an algorithm's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown algorithm {0:?} (fixed_window, sliding_window, token_bucket)")]
+pub struct UnknownAlgorithm(pub String);
+
+impl std::str::FromStr for Algorithm {
+    type Err = UnknownAlgorithm;
+
+    /// Parses the name used in the file, the database and the admin API.
+    fn from_str(text: &str) -> Result<Algorithm, UnknownAlgorithm> {
+        match text {
+            "fixed_window" => Ok(Algorithm::FixedWindow),
+            "sliding_window" => Ok(Algorithm::SlidingWindow),
+            "token_bucket" => Ok(Algorithm::TokenBucket),
+            other => Err(UnknownAlgorithm(other.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Algorithm {
+    /// The name: `fixed_window`, `sliding_window`, `token_bucket`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::FixedWindow => "fixed_window",
+            Algorithm::SlidingWindow => "sliding_window",
+            Algorithm::TokenBucket => "token_bucket",
+        }
+    }
+
     /// The code the Lua script dispatches on.
     pub(crate) fn code(self) -> &'static str {
         match self {

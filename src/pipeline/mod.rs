@@ -58,7 +58,8 @@ impl Answer {
     /// The HTTP status of the answer.
     pub fn status(&self) -> u16 {
         match self {
-            Answer::Refuse(Refusal { status, .. }) | Answer::Redirect { status, .. }
+            Answer::Refuse(Refusal { status, .. })
+            | Answer::Redirect { status, .. }
             | Answer::Empty { status } => *status,
         }
     }
@@ -135,11 +136,7 @@ impl Pipeline {
     /// A pipeline running `steps` in this order at each hook.
     pub fn new(steps: Vec<Arc<dyn Step>>) -> Self {
         let with = |hook: fn(&Hooks) -> bool| -> Box<[Arc<dyn Step>]> {
-            steps
-                .iter()
-                .filter(|s| hook(&s.hooks()))
-                .cloned()
-                .collect()
+            steps.iter().filter(|s| hook(&s.hooks())).cloned().collect()
         };
         Pipeline {
             names: steps.iter().map(|s| s.name()).collect(),

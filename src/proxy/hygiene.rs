@@ -6,7 +6,7 @@
 //! to `Transfer-Encoding` (it drops the length and closes the connection afterwards), a
 //! final transfer coding other than `chunked`, and two `Host` fields.
 
-use super::error::ApiError;
+use crate::api_error::ApiError;
 use http::header::{CONTENT_LENGTH, HOST};
 use http::{HeaderValue, Version};
 use pingora::http::RequestHeader;

@@ -6,34 +6,32 @@
 //! rewrites what the upstream sees, `response_filter` what the client sees, and `logging`
 //! records metrics and the access log.
 
-pub mod error;
-pub mod forward;
 pub mod health_endpoint;
 pub mod hygiene;
-pub mod rate_limit;
-pub mod request_id;
 pub mod respond;
 pub mod target;
 
 use crate::access_log::{AccessLog, AccessRecord};
+use crate::api_error::ApiError;
 use crate::auth::{AuthError, Identity};
 use crate::config::{AuthMode, RouteAuth};
-use crate::limit::{self, Decision, RateLimiter, RedisSettings};
+use crate::forward;
+use crate::limit::{self, Decision, Limiter};
 use crate::metrics::{self, LimitOutcome};
 use crate::pipeline::{Answer, Facts};
+use crate::rate_limit::{self, RequestSubjects};
 use crate::reload::LiveConfig;
+use crate::request_id;
 use crate::router::{self, RouteMatch};
 use crate::runtime::{Route, Runtime};
 use async_trait::async_trait;
 use bytes::Bytes;
-use error::ApiError;
 use futures::FutureExt;
 use http::{HeaderValue, Method};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType};
-use rate_limit::RequestSubjects;
 use respond::{respond, Reply};
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
@@ -56,43 +54,6 @@ impl Gateway {
             access_log,
             limiter,
         }
-    }
-}
-
-/// The rate limiter, connected on first use so that its Redis connections live on the
-/// runtime of its first user (normally the proxy's). Shared with the admin service.
-pub struct Limiter {
-    redis: Option<RedisSettings>,
-    /// How long an unreleased concurrency slot counts (`rate_limit.concurrency_lease_ttl`).
-    lease_ttl: Duration,
-    cell: tokio::sync::OnceCell<RateLimiter>,
-}
-
-impl Limiter {
-    /// A limiter on `redis`, or purely in-process without it; concurrency leases expire
-    /// after `lease_ttl` either way.
-    pub fn new(redis: Option<RedisSettings>, lease_ttl: Duration) -> Self {
-        Limiter {
-            redis,
-            lease_ttl,
-            cell: tokio::sync::OnceCell::new(),
-        }
-    }
-
-    /// The limiter, connecting it the first time.
-    pub async fn get(&self) -> &RateLimiter {
-        self.cell
-            .get_or_init(|| async {
-                let local = || RateLimiter::local_with_lease_ttl(self.lease_ttl);
-                match &self.redis {
-                    None => local(),
-                    Some(settings) => RateLimiter::connect(settings).await.unwrap_or_else(|e| {
-                        log::error!("rate limiting: {e}; using the in-process limiter");
-                        local()
-                    }),
-                }
-            })
-            .await
     }
 }
 
@@ -369,12 +330,18 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        let Some(route) = ctx.route.as_ref().filter(|r| r.pipeline.inspects_request_body())
+        let Some(route) = ctx
+            .route
+            .as_ref()
+            .filter(|r| r.pipeline.inspects_request_body())
         else {
             return Ok(());
         };
         ctx.body_received += body.as_ref().map_or(0, |b| b.len() as u64);
-        if let Err(refusal) = route.pipeline.request_body(ctx.body_received, end_of_stream) {
+        if let Err(refusal) = route
+            .pipeline
+            .request_body(ctx.body_received, end_of_stream)
+        {
             let status = refusal.status;
             ctx.error = Some(ApiError::Refused(refusal));
             return Error::e_explain(ErrorType::HTTPStatus(status), "request body refused");

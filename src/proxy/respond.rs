@@ -8,9 +8,10 @@
 //! Answers made on a connection before a request was parsed (431, 408, connection caps)
 //! are the exception: they are written as raw bytes by [`ApiError::http1_response`].
 
-use super::error::ApiError;
-use super::{request_id, RequestCtx};
+use super::RequestCtx;
+use crate::api_error::ApiError;
 use crate::pipeline::Answer;
+use crate::request_id;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method};
 use pingora::http::ResponseHeader;

@@ -3,7 +3,7 @@
 //! the host comes from the HTTP/2 authority, the absolute-form target or `Host`, in that
 //! order (RFC 9112 §3.2.2), and must be a well-formed `host[:port]`.
 
-use super::error::ApiError;
+use crate::api_error::ApiError;
 use crate::canonical::{self, Authority, PathQuirks};
 use pingora::http::authority::{raw_target_authority, RawTargetAuthority};
 use pingora::http::RequestHeader;

@@ -16,7 +16,7 @@ use crate::admin::error::{AdminError, ErrorBody, Fields};
 use crate::admin::keys::{create_key_for, KeyCreate, KeyCreated, KeyOut};
 use crate::admin::ops::{consumer_standing, usage_for, LimitsOut, UsageOut, UsageParams};
 use crate::admin::throttle::{client_address, client_key, count};
-use crate::admin::{created, rfc3339, AdminState, Body, Path, Query, StatusName};
+use crate::admin::{created, rfc3339, AdminState, Body, Path, Query};
 use crate::auth::jwt::JwtError;
 use crate::auth::store::Status;
 use crate::config::{AccountSettings, DEFAULT_JWT_LEEWAY};
@@ -114,7 +114,7 @@ pub struct AccountOut {
     /// Its plan; `null`: the gateway's default plan.
     pub plan: Option<String>,
     /// `disabled`: an operator has suspended it.
-    pub status: StatusName,
+    pub status: Status,
     /// RFC 3339.
     pub created_at: String,
 }

@@ -37,7 +37,7 @@ const GATEWAY_HEADERS: [&str; 9] = [
     X_FORWARDED_PREFIX,
     X_REAL_IP,
     FORWARDED,
-    super::request_id::HEADER,
+    crate::request_id::HEADER,
     "x-request-start",
 ];
 

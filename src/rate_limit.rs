@@ -10,7 +10,7 @@
 use crate::auth::client_ip::ClientNetwork;
 use crate::auth::Identity;
 use crate::config::limits::{self, LimitSpecError};
-use crate::config::{Config, FailureMode, LimitSpec, PlanSpec, RouteSpec};
+use crate::config::{Config, LimitSpec, PlanSpec, RouteSpec};
 use crate::limit::{self, Decision, Policy, Subject, WindowKind};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -96,7 +96,7 @@ impl LimitPolicies {
                 .map(|spec| policy("anonymous", spec, "rate_limit.anonymous"))
                 .transpose()?,
             default_plan: settings.default_plan.clone(),
-            failure_mode: failure_mode(settings.failure_mode, settings.expected_instances),
+            failure_mode: settings.failure_mode,
             ipv6_prefix: settings.ipv6_prefix,
         })
     }
@@ -107,11 +107,7 @@ impl LimitPolicies {
     }
 
     /// The route's own policies.
-    pub fn for_route(
-        &self,
-        route: &RouteSpec,
-        config: &Config,
-    ) -> Result<RoutePolicies, LimitSetupError> {
+    pub fn for_route(&self, route: &RouteSpec) -> Result<RoutePolicies, LimitSetupError> {
         let place = format!("route {}", route.name);
         Ok(RoutePolicies {
             per_caller: route
@@ -126,9 +122,7 @@ impl LimitPolicies {
                 .as_ref()
                 .map(|spec| policy(&format!("route:{}:all", route.name), spec, &place))
                 .transpose()?,
-            failure_mode: route.limits.failure_mode.map_or(self.failure_mode, |m| {
-                failure_mode(m, config.rate_limit.expected_instances)
-            }),
+            failure_mode: route.limits.failure_mode.unwrap_or(self.failure_mode),
         })
     }
 
@@ -389,14 +383,6 @@ fn policy(name: &str, spec: &LimitSpec, place: &str) -> Result<Policy, LimitSetu
         place: place.to_string(),
         source,
     })
-}
-
-fn failure_mode(mode: FailureMode, expected_instances: u32) -> limit::FailureMode {
-    match mode {
-        FailureMode::Local => limit::FailureMode::Local { expected_instances },
-        FailureMode::Open => limit::FailureMode::Open,
-        FailureMode::Closed => limit::FailureMode::Closed,
-    }
 }
 
 /// A caller's standing, as `GET <status_path>` answers it.
