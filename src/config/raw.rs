@@ -431,6 +431,7 @@ pub struct RawRoute {
     pub allow_override_headers: bool,
     // The edge features (`crate::features`), each its own section.
     pub size_limits: Option<Switch<crate::features::size_limits::RawSizeLimits>>,
+    pub compression: Option<Switch<crate::features::compression::RawCompression>>,
 }
 
 /// Per-route upstream timeouts.

@@ -575,6 +575,7 @@ fn routes(
         let features = FeatureSet::validate(
             RawFeatures {
                 size_limits: r.size_limits,
+                compression: r.compression,
             },
             &place,
             p,

@@ -9,6 +9,7 @@
 //! Adding a feature: its module here; its field in [`RawFeatures`], [`FeatureSet`], the
 //! route's raw section (`crate::config::raw::RawRoute`) and [`pipeline`]; README and tests.
 
+pub mod compression;
 pub mod size_limits;
 pub mod switch;
 
@@ -23,6 +24,7 @@ use switch::Switch;
 #[serde(deny_unknown_fields)]
 pub struct RawFeatures {
     pub size_limits: Option<Switch<size_limits::RawSizeLimits>>,
+    pub compression: Option<Switch<compression::RawCompression>>,
 }
 
 /// A feature's validated setting on a route, or in `defaults:`.
@@ -76,6 +78,7 @@ impl<T> Setting<T> {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct FeatureSet {
     pub size_limits: Setting<size_limits::SizeLimits>,
+    pub compression: Setting<compression::Compression>,
 }
 
 impl FeatureSet {
@@ -87,6 +90,12 @@ impl FeatureSet {
                 format!("{place}.size_limits"),
                 p,
                 size_limits::validate,
+            ),
+            compression: Setting::validate(
+                raw.compression,
+                format!("{place}.compression"),
+                p,
+                compression::validate,
             ),
         }
     }
@@ -100,6 +109,10 @@ pub fn pipeline(route: &FeatureSet, defaults: &FeatureSet) -> Pipeline {
     add(route
         .size_limits
         .over(&defaults.size_limits)
+        .map(|f| Arc::clone(f) as Arc<dyn Step>));
+    add(route
+        .compression
+        .over(&defaults.compression)
         .map(|f| Arc::clone(f) as Arc<dyn Step>));
     Pipeline::new(steps)
 }
