@@ -547,7 +547,10 @@ impl Compression {
             .unwrap_or(content_type.len());
         let essence = content_type[..end].trim_ascii();
         !essence.eq_ignore_ascii_case(EVENT_STREAM)
-            && self.content_types.iter().any(|range| range.matches(essence))
+            && self
+                .content_types
+                .iter()
+                .any(|range| range.matches(essence))
     }
 
     /// Switches `ctx` off for a response head that must go as it is (the final head, or a
@@ -776,7 +779,13 @@ mod tests {
     #[test]
     fn negotiation_weighs_the_clients_codings_and_breaks_ties_by_the_routes_order() {
         use Coding::*;
-        let cases: &[(&[(Coding, u32)], &[&str], Option<Coding>)] = &[
+        /// The route's codings, the client's `Accept-Encoding` lines, the coding chosen.
+        type Case = (
+            &'static [(Coding, u32)],
+            &'static [&'static str],
+            Option<Coding>,
+        );
+        let cases: &[Case] = &[
             (ALL, &["gzip, deflate, br, zstd"], Some(Zstd)),
             (ALL, &["gzip, br"], Some(Br)),
             (ALL, &["gzip;q=1, br;q=0.5"], Some(Gzip)),
@@ -903,10 +912,22 @@ mod tests {
         assert!(problems[0].starts_with("routes[0].compression.algorithms: list at least one"));
         assert!(problems[1].starts_with("routes[0].compression.content_types: list at least one"));
         for (yaml, want) in [
-            ("{level: 0}", "routes[0].compression.level: 0 is not a zstd level (1 to 19)"),
-            ("{level: 10}", "routes[0].compression.level: 10 is not a gzip level (1 to 9)"),
-            ("{level: {zstd: 20}}", "routes[0].compression.level.zstd: 20 is not a zstd level"),
-            ("{level: 4294967297}", "routes[0].compression.level: 4294967297 is not a zstd"),
+            (
+                "{level: 0}",
+                "routes[0].compression.level: 0 is not a zstd level (1 to 19)",
+            ),
+            (
+                "{level: 10}",
+                "routes[0].compression.level: 10 is not a gzip level (1 to 9)",
+            ),
+            (
+                "{level: {zstd: 20}}",
+                "routes[0].compression.level.zstd: 20 is not a zstd level",
+            ),
+            (
+                "{level: 4294967297}",
+                "routes[0].compression.level: 4294967297 is not a zstd",
+            ),
         ] {
             let problems = section(yaml).unwrap_err();
             assert!(problems[0].starts_with(want), "{yaml}: {problems:?}");
@@ -1009,7 +1030,11 @@ mod tests {
             ("{}", "br", "br"),
             ("{}", "gzip", "gzip"),
             ("{algorithms: [gzip]}", "br, gzip", "gzip"),
-            ("{algorithms: [gzip, br]}", "zstd, br;q=0.9, gzip;q=0.8", "br"),
+            (
+                "{algorithms: [gzip, br]}",
+                "zstd, br;q=0.9, gzip;q=0.8",
+                "br",
+            ),
         ] {
             let c = section(yaml).unwrap();
             let req = request("GET", Some(accept));
@@ -1042,7 +1067,10 @@ mod tests {
         for body in [json_body(), Vec::new(), b"x".to_vec()] {
             // The last chunk carries data and the end flag; `done` then adds nothing.
             let mut module = CompressionModuleBuilder.init();
-            let module = module.as_any_mut().downcast_mut::<CompressionModule>().unwrap();
+            let module = module
+                .as_any_mut()
+                .downcast_mut::<CompressionModule>()
+                .unwrap();
             c.prime(module.header_phase_ctx().unwrap(), &req);
             let mut resp = response(200, &[("content-type", "text/plain")]);
             module.head(&mut resp, false);
@@ -1053,7 +1081,10 @@ mod tests {
             assert_eq!(decode("br", &data.unwrap()), body);
             // The body ends without an end flag: `done` flushes and ends it.
             let mut module = CompressionModuleBuilder.init();
-            let module = module.as_any_mut().downcast_mut::<CompressionModule>().unwrap();
+            let module = module
+                .as_any_mut()
+                .downcast_mut::<CompressionModule>()
+                .unwrap();
             c.prime(module.header_phase_ctx().unwrap(), &req);
             let mut resp = response(200, &[("content-type", "text/plain")]);
             module.head(&mut resp, false);
@@ -1075,11 +1106,17 @@ mod tests {
         let mut resp = response(200, &[("content-type", "text/plain")]);
         ctx.response_header_filter(&mut resp, false);
         let body = Bytes::from(json_body());
-        let mut sent = ctx.response_body_filter(Some(&body), true).unwrap().to_vec();
+        let mut sent = ctx
+            .response_body_filter(Some(&body), true)
+            .unwrap()
+            .to_vec();
         sent.extend(ctx.response_body_filter(None, true).unwrap_or_default());
         let mut out = Vec::new();
         let strict = brotli::Decompressor::new(&sent[..], 4096).read_to_end(&mut out);
-        assert!(strict.is_err(), "Pingora now ends brotli streams: drop BROTLI_END");
+        assert!(
+            strict.is_err(),
+            "Pingora now ends brotli streams: drop BROTLI_END"
+        );
     }
 
     #[test]
@@ -1089,15 +1126,47 @@ mod tests {
         let len = body.len().to_string();
         let json = ("content-type", "application/json");
         let cases: Vec<(&str, RequestHeader, ResponseHeader)> = vec![
-            ("small", request("GET", Some("gzip")), response(200, &[json, ("content-length", "1023")])),
-            ("type", request("GET", Some("gzip")), response(200, &[("content-type", "image/png")])),
+            (
+                "small",
+                request("GET", Some("gzip")),
+                response(200, &[json, ("content-length", "1023")]),
+            ),
+            (
+                "type",
+                request("GET", Some("gzip")),
+                response(200, &[("content-type", "image/png")]),
+            ),
             ("no type", request("GET", Some("gzip")), response(200, &[])),
-            ("events", request("GET", Some("gzip")), response(200, &[("content-type", "text/event-stream")])),
-            ("206", request("GET", Some("gzip")), response(206, &[json, ("content-range", "bytes 0-9/99")])),
-            ("range", request("GET", Some("gzip")), response(200, &[json, ("content-range", "bytes 0-9/99")])),
-            ("encoded", request("GET", Some("gzip")), response(200, &[json, ("content-encoding", "br")])),
-            ("no-transform", request("GET", Some("gzip")), response(200, &[json, ("cache-control", "public, No-Transform")])),
-            ("head", request("HEAD", Some("gzip")), response(200, &[json, ("content-length", &len)])),
+            (
+                "events",
+                request("GET", Some("gzip")),
+                response(200, &[("content-type", "text/event-stream")]),
+            ),
+            (
+                "206",
+                request("GET", Some("gzip")),
+                response(206, &[json, ("content-range", "bytes 0-9/99")]),
+            ),
+            (
+                "range",
+                request("GET", Some("gzip")),
+                response(200, &[json, ("content-range", "bytes 0-9/99")]),
+            ),
+            (
+                "encoded",
+                request("GET", Some("gzip")),
+                response(200, &[json, ("content-encoding", "br")]),
+            ),
+            (
+                "no-transform",
+                request("GET", Some("gzip")),
+                response(200, &[json, ("cache-control", "public, No-Transform")]),
+            ),
+            (
+                "head",
+                request("HEAD", Some("gzip")),
+                response(200, &[json, ("content-length", &len)]),
+            ),
             ("204", request("GET", Some("gzip")), response(204, &[json])),
             ("304", request("GET", Some("gzip")), response(304, &[json])),
         ];
@@ -1121,7 +1190,12 @@ mod tests {
         let body = json_body();
         for accept in [None, Some("br"), Some("gzip;q=0"), Some("identity")] {
             let req = request("GET", accept);
-            let (resp, sent) = run(&c, &req, response(200, &[("content-type", "text/html")]), &body);
+            let (resp, sent) = run(
+                &c,
+                &req,
+                response(200, &[("content-type", "text/html")]),
+                &body,
+            );
             assert!(resp.headers.get("content-encoding").is_none(), "{accept:?}");
             assert_eq!(header(&resp, "vary"), Some("accept-encoding"), "{accept:?}");
             assert_eq!(sent, body);
