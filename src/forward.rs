@@ -28,8 +28,9 @@ const OVERRIDE_HEADERS: [&str; 5] = [
 ];
 
 /// Headers the gateway sets or removes itself; a client's spelling of them with `_` for
-/// `-` (which CGI, WSGI and PHP upstreams read as the same name) is removed.
-const GATEWAY_HEADERS: [&str; 9] = [
+/// `-` (which CGI, WSGI and PHP upstreams read as the same name) is removed. Header rules
+/// (`crate::features::headers`) may not change them.
+pub const GATEWAY_HEADERS: [&str; 9] = [
     X_FORWARDED_FOR,
     X_FORWARDED_PROTO,
     X_FORWARDED_HOST,
@@ -187,7 +188,7 @@ impl Scrubber {
 }
 
 /// `true` when two lower-case header names are the same with `_` and `-` taken as one.
-fn same_name(a: &str, b: &str) -> bool {
+pub fn same_name(a: &str, b: &str) -> bool {
     let norm = |c: u8| if c == b'_' { b'-' } else { c };
     a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| norm(x) == norm(y))
 }
