@@ -725,9 +725,9 @@ mod tests {
         assert!(p[0].starts_with("routes[2].cors: set allow_origins"), "{p:?}");
         let p = problems(
             "{allow_origins: ['https://a.test/', 'a.test', 'ftp://a.test', 'https://a.test/x', \
-             'https://*.a.test', 'https://a*.test', 'https://*.1.2.3.4', '*', 'https://u@a.test']}",
+             'https://*.a.test', 'https://a*.test', 'https://*.1.2.3.4', 'https://u@a.test']}",
         );
-        for i in [0, 1, 2, 3, 5, 6, 8] {
+        for i in [0, 1, 2, 3, 5, 6, 7] {
             assert!(
                 p.iter().any(|m| m.starts_with(&format!("routes[2].cors.allow_origins[{i}]: ")) && m.contains("is not an origin")),
                 "{i}: {p:?}"
