@@ -85,12 +85,17 @@ async fn a_preflight_needs_no_credential_and_consumes_no_quota() {
         );
         assert_eq!(a.header("access-control-max-age"), Some("600"));
         assert!(varies_on(&a, "origin"));
+        assert_eq!(a.header("content-length"), None, "RFC 9110 §8.6");
         assert!(a.header("x-ratelimit-remaining").is_none());
     }
     // Refused preflights say which part is not allowed, and carry no CORS grant.
     let origin = preflight(&gw, "/api/orders", "https://evil.example", "PUT", "").await;
     origin.assert_error(403, "cors_rejected");
-    assert!(origin.text.contains("https://evil.example"), "{}", origin.text);
+    assert!(
+        origin.text.contains("https://evil.example"),
+        "{}",
+        origin.text
+    );
     assert_eq!(origin.header("access-control-allow-origin"), None);
     let method = preflight(&gw, "/api/orders", APP, "DELETE", "").await;
     assert!(method.assert_error(403, "cors_rejected")["message"]
@@ -107,8 +112,14 @@ async fn a_preflight_needs_no_credential_and_consumes_no_quota() {
     // The gateway's own 401 carries the CORS headers, so the page can read why.
     let unauthorized = call(&gw, Method::GET, "/api/orders", &[("origin", APP)]).await;
     unauthorized.assert_error(401, "missing_credentials");
-    assert_eq!(unauthorized.header("access-control-allow-origin"), Some(APP));
-    assert_eq!(unauthorized.header("access-control-allow-credentials"), Some("true"));
+    assert_eq!(
+        unauthorized.header("access-control-allow-origin"),
+        Some(APP)
+    );
+    assert_eq!(
+        unauthorized.header("access-control-allow-credentials"),
+        Some("true")
+    );
     assert!(varies_on(&unauthorized, "origin"));
 
     // The quota is untouched: the first real request passes, with the headers on the
@@ -118,8 +129,16 @@ async fn a_preflight_needs_no_credential_and_consumes_no_quota() {
     assert_eq!(ok.status, 200, "{}", ok.text);
     assert_eq!(ok.header("access-control-allow-origin"), Some(APP));
     let exposed = ok.header("access-control-expose-headers").unwrap();
-    for name in ["x-request-id", "ratelimit", "x-ratelimit-remaining", "retry-after"] {
-        assert!(exposed.split(", ").any(|e| e == name), "{name} not in {exposed}");
+    for name in [
+        "x-request-id",
+        "ratelimit",
+        "x-ratelimit-remaining",
+        "retry-after",
+    ] {
+        assert!(
+            exposed.split(", ").any(|e| e == name),
+            "{name} not in {exposed}"
+        );
     }
     assert_eq!(ok.header("x-ratelimit-remaining"), Some("0"));
     assert_eq!(up.hits(), 1);
@@ -154,7 +173,10 @@ async fn origins_by_subdomain_or_any_and_routes_without_cors() {
     // Any subdomain, at any depth; not the domain itself.
     let a = preflight(&gw, "/sub", "https://a.example.com", "POST", "").await;
     assert_eq!(a.status, 204, "{}", a.text);
-    assert_eq!(a.header("access-control-allow-origin"), Some("https://a.example.com"));
+    assert_eq!(
+        a.header("access-control-allow-origin"),
+        Some("https://a.example.com")
+    );
     assert_eq!(a.header("access-control-allow-credentials"), None);
     preflight(&gw, "/sub", "https://example.com", "POST", "")
         .await
@@ -167,15 +189,32 @@ async fn origins_by_subdomain_or_any_and_routes_without_cors() {
     assert_eq!(a.status, 200, "{}", a.text);
     assert_eq!(a.header_all("access-control-allow-origin"), [origin]);
     assert_eq!(a.header("access-control-allow-methods"), None);
-    assert!(varies_on(&a, "accept-encoding") && varies_on(&a, "origin"), "{:?}", a.headers);
+    assert!(
+        varies_on(&a, "accept-encoding") && varies_on(&a, "origin"),
+        "{:?}",
+        a.headers
+    );
     // A disallowed origin gets nothing from the upstream either, and the answer still varies.
-    let a = call(&gw, Method::GET, theirs, &[("origin", "https://example.org")]).await;
+    let a = call(
+        &gw,
+        Method::GET,
+        theirs,
+        &[("origin", "https://example.org")],
+    )
+    .await;
     assert_eq!(a.header("access-control-allow-origin"), None);
     assert!(varies_on(&a, "origin"));
 
     // `*`: every origin (or none) gets `*`, the same for all, so nothing varies on Origin;
     // any asked-for header is allowed by echoing the list.
-    let a = preflight(&gw, "/any", "https://who.test", "PATCH", "authorization, x-custom").await;
+    let a = preflight(
+        &gw,
+        "/any",
+        "https://who.test",
+        "PATCH",
+        "authorization, x-custom",
+    )
+    .await;
     assert_eq!(a.status, 204, "{}", a.text);
     assert_eq!(a.header("access-control-allow-origin"), Some("*"));
     assert_eq!(
@@ -198,7 +237,13 @@ async fn origins_by_subdomain_or_any_and_routes_without_cors() {
     assert_eq!(a.status, 200, "{}", a.text);
     assert_eq!(a.json()["method"], "OPTIONS");
     assert_eq!(up.hits(), hits + 1);
-    let a = call(&gw, Method::GET, "/plain", &[("origin", "https://a.example.com")]).await;
+    let a = call(
+        &gw,
+        Method::GET,
+        "/plain",
+        &[("origin", "https://a.example.com")],
+    )
+    .await;
     assert_eq!(a.header("access-control-allow-origin"), None);
     assert!(!varies_on(&a, "origin"));
 }
@@ -221,13 +266,22 @@ async fn a_server_wide_default_is_overridden_or_switched_off_per_route() {
 
     let a = call(&gw, Method::GET, "/inherits", &from(APP)).await;
     assert_eq!(a.header("access-control-allow-origin"), Some(APP));
-    assert_eq!(a.header("access-control-expose-headers"), Some("X-Upstream"));
+    assert_eq!(
+        a.header("access-control-expose-headers"),
+        Some("X-Upstream")
+    );
     // The route's own section replaces the default one as a whole.
     let a = call(&gw, Method::GET, "/own", &from(APP)).await;
     assert_eq!(a.header("access-control-allow-origin"), None);
     let a = call(&gw, Method::GET, "/own", &from("https://other.test")).await;
-    assert_eq!(a.header("access-control-allow-origin"), Some("https://other.test"));
-    assert!(a.header("access-control-expose-headers").unwrap().contains("x-request-id"));
+    assert_eq!(
+        a.header("access-control-allow-origin"),
+        Some("https://other.test")
+    );
+    assert!(a
+        .header("access-control-expose-headers")
+        .unwrap()
+        .contains("x-request-id"));
     let a = call(&gw, Method::GET, "/off", &from(APP)).await;
     assert_eq!(a.status, 200);
     assert_eq!(a.header("access-control-allow-origin"), None);
@@ -263,7 +317,8 @@ async fn editing_the_file_turns_cors_on_and_off_live() {
         routes(&format!(", cors: {{allow_origins: ['{APP}']}}"))
     ));
     assert!(
-        gw.wait_for_log("generation 2", Duration::from_secs(5)).await,
+        gw.wait_for_log("generation 2", Duration::from_secs(5))
+            .await,
         "{}",
         gw.logs()
     );
@@ -274,7 +329,8 @@ async fn editing_the_file_turns_cors_on_and_off_live() {
 
     gw.rewrite_config(&format!("{header}{}", routes(", cors: false")));
     assert!(
-        gw.wait_for_log("generation 3", Duration::from_secs(5)).await,
+        gw.wait_for_log("generation 3", Duration::from_secs(5))
+            .await,
         "{}",
         gw.logs()
     );

@@ -138,7 +138,8 @@ async fn editing_the_file_turns_header_rules_on_and_off_live() {
     let rules = ", headers: {request: {set: {X-Live: on}}, response: {set: {X-Live: on}}}";
     gw.rewrite_config(&format!("{header}{}", routes(rules)));
     assert!(
-        gw.wait_for_log("generation 2", Duration::from_secs(5)).await,
+        gw.wait_for_log("generation 2", Duration::from_secs(5))
+            .await,
         "{}",
         gw.logs()
     );
@@ -148,7 +149,8 @@ async fn editing_the_file_turns_header_rules_on_and_off_live() {
 
     gw.rewrite_config(&format!("{header}{}", routes(", headers: false")));
     assert!(
-        gw.wait_for_log("generation 3", Duration::from_secs(5)).await,
+        gw.wait_for_log("generation 3", Duration::from_secs(5))
+            .await,
         "{}",
         gw.logs()
     );

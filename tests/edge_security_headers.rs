@@ -56,15 +56,18 @@ async fn the_preset_over_http_and_tls_on_upstream_and_gateway_answers() {
         Some("max-age=31536000; includeSubDomains")
     );
     // The gateway's own 404 also gets the CSP meant for its JSON answers.
-    for missing in [get(gw.url("/nowhere")).await, get(gw.https_url("/nowhere")).await] {
+    for missing in [
+        get(gw.url("/nowhere")).await,
+        get(gw.https_url("/nowhere")).await,
+    ] {
         missing.assert_error(404, "route_not_found");
         assert_preset(&missing);
         assert_eq!(missing.header("content-security-policy"), Some(GATEWAY_CSP));
     }
     // A header the upstream set itself is kept.
-    let theirs = get(gw.url(
-        "/api?__header=x-frame-options:SAMEORIGIN&__header=referrer-policy:no-referrer",
-    ))
+    let theirs = get(
+        gw.url("/api?__header=x-frame-options:SAMEORIGIN&__header=referrer-policy:no-referrer")
+    )
     .await;
     assert_eq!(theirs.header_all("x-frame-options"), ["SAMEORIGIN"]);
     assert_eq!(theirs.header_all("referrer-policy"), ["no-referrer"]);
@@ -115,7 +118,8 @@ async fn editing_the_file_turns_security_headers_on_and_off_live() {
         file("defaults:\n  security_headers: {referrer_policy: no-referrer}\n")
     ));
     assert!(
-        gw.wait_for_log("generation 2", Duration::from_secs(5)).await,
+        gw.wait_for_log("generation 2", Duration::from_secs(5))
+            .await,
         "{}",
         gw.logs()
     );
@@ -125,7 +129,8 @@ async fn editing_the_file_turns_security_headers_on_and_off_live() {
 
     gw.rewrite_config(&format!("{header}{}", file("")));
     assert!(
-        gw.wait_for_log("generation 3", Duration::from_secs(5)).await,
+        gw.wait_for_log("generation 3", Duration::from_secs(5))
+            .await,
         "{}",
         gw.logs()
     );

@@ -32,7 +32,6 @@ const DEFAULT_METHODS: [&str; 6] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELE
 const DEFAULT_ALLOW_HEADERS: [&str; 4] =
     ["Authorization", "Content-Type", "X-Api-Key", "X-Request-Id"];
 
-
 /// The `cors:` section as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -318,7 +317,10 @@ fn methods(raw: &[String], place: &str, p: &mut Problems) -> Option<Box<[Method]
         .filter_map(|(i, m)| match Method::from_bytes(m.as_bytes()) {
             Ok(method) => Some(method),
             _ => {
-                p.push(format!("{place}[{i}]"), format!("{m:?} is not a method name"));
+                p.push(
+                    format!("{place}[{i}]"),
+                    format!("{m:?} is not a method name"),
+                );
                 None
             }
         })
@@ -338,7 +340,10 @@ fn header_list(
         .filter_map(|(i, h)| match HeaderName::from_bytes(h.as_bytes()) {
             Ok(name) => Some(name),
             Err(_) => {
-                p.push(format!("{place}[{i}]"), format!("{h:?} is not a header name"));
+                p.push(
+                    format!("{place}[{i}]"),
+                    format!("{h:?} is not a header name"),
+                );
                 None
             }
         })
@@ -500,7 +505,8 @@ impl Cors {
             Some(_) => {}
             None => {
                 if let Some(expose) = &self.expose {
-                    response.insert_header(header::ACCESS_CONTROL_EXPOSE_HEADERS, expose.clone())?;
+                    response
+                        .insert_header(header::ACCESS_CONTROL_EXPOSE_HEADERS, expose.clone())?;
                 }
             }
         }
@@ -593,7 +599,10 @@ mod tests {
     }
 
     fn preflight(origin: &str, method: &str, headers: Option<&str>) -> RequestHeader {
-        let mut h = vec![("origin", origin), ("access-control-request-method", method)];
+        let mut h = vec![
+            ("origin", origin),
+            ("access-control-request-method", method),
+        ];
         h.extend(headers.map(|v| ("access-control-request-headers", v)));
         request("OPTIONS", &h)
     }
@@ -632,18 +641,34 @@ mod tests {
     #[test]
     fn preflights_are_answered_or_refused_saying_why() {
         let c = cors("{allow_origins: ['https://app.test'], allow_methods: [GET, PUT]}");
-        let ok = c.answer_preflight(&preflight("https://app.test", "PUT", Some("content-type, x-api-key")));
+        let ok = c.answer_preflight(&preflight(
+            "https://app.test",
+            "PUT",
+            Some("content-type, x-api-key"),
+        ));
         assert_eq!(ok, Err(Answer::Empty { status: 204 }));
         let origin = refusal(c.answer_preflight(&preflight("https://evil.test", "PUT", None)));
         assert!(origin.contains("origin https://evil.test"), "{origin}");
         let method = refusal(c.answer_preflight(&preflight("https://app.test", "DELETE", None)));
-        assert!(method.contains("method DELETE") && method.contains("GET, PUT"), "{method}");
-        let header =
-            refusal(c.answer_preflight(&preflight("https://app.test", "GET", Some("x-api-key,x-secret"))));
+        assert!(
+            method.contains("method DELETE") && method.contains("GET, PUT"),
+            "{method}"
+        );
+        let header = refusal(c.answer_preflight(&preflight(
+            "https://app.test",
+            "GET",
+            Some("x-api-key,x-secret"),
+        )));
         assert!(header.contains("request header x-secret"), "{header}");
         // Not a preflight: an OPTIONS without the request-method header, or a GET.
-        assert_eq!(c.answer_preflight(&request("OPTIONS", &[("origin", "https://app.test")])), Ok(()));
-        assert_eq!(c.answer_preflight(&request("GET", &[("origin", "https://app.test")])), Ok(()));
+        assert_eq!(
+            c.answer_preflight(&request("OPTIONS", &[("origin", "https://app.test")])),
+            Ok(())
+        );
+        assert_eq!(
+            c.answer_preflight(&request("GET", &[("origin", "https://app.test")])),
+            Ok(())
+        );
     }
 
     #[test]
@@ -653,15 +678,28 @@ mod tests {
              allow_headers: [X-Api-Key, Content-Type]}",
         );
         let mut resp = ResponseHeader::build(204, None).unwrap();
-        c.decorate(&preflight("https://app.test", "POST", None), &mut resp, true)
-            .unwrap();
-        assert_eq!(header(&resp, "access-control-allow-origin"), Some("https://app.test"));
-        assert_eq!(header(&resp, "access-control-allow-credentials"), Some("true"));
+        c.decorate(
+            &preflight("https://app.test", "POST", None),
+            &mut resp,
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            header(&resp, "access-control-allow-origin"),
+            Some("https://app.test")
+        );
+        assert_eq!(
+            header(&resp, "access-control-allow-credentials"),
+            Some("true")
+        );
         assert_eq!(
             header(&resp, "access-control-allow-methods"),
             Some("GET, HEAD, POST, PUT, PATCH, DELETE")
         );
-        assert_eq!(header(&resp, "access-control-allow-headers"), Some("X-Api-Key, Content-Type"));
+        assert_eq!(
+            header(&resp, "access-control-allow-headers"),
+            Some("X-Api-Key, Content-Type")
+        );
         assert_eq!(header(&resp, "access-control-max-age"), Some("600"));
         assert_eq!(header(&resp, "vary"), Some("origin"));
         assert_eq!(header(&resp, "access-control-expose-headers"), None);
@@ -669,11 +707,21 @@ mod tests {
         // Any header: the preflight's own list is echoed, and the answer varies on it.
         let any = cors("{allow_origins: '*', allow_headers: '*'}");
         let mut resp = ResponseHeader::build(204, None).unwrap();
-        any.decorate(&preflight("https://x.test", "GET", Some("authorization")), &mut resp, true)
-            .unwrap();
+        any.decorate(
+            &preflight("https://x.test", "GET", Some("authorization")),
+            &mut resp,
+            true,
+        )
+        .unwrap();
         assert_eq!(header(&resp, "access-control-allow-origin"), Some("*"));
-        assert_eq!(header(&resp, "access-control-allow-headers"), Some("authorization"));
-        assert_eq!(header(&resp, "vary"), Some("access-control-request-headers"));
+        assert_eq!(
+            header(&resp, "access-control-allow-headers"),
+            Some("authorization")
+        );
+        assert_eq!(
+            header(&resp, "vary"),
+            Some("access-control-request-headers")
+        );
         assert_eq!(header(&resp, "access-control-allow-credentials"), None);
     }
 
@@ -681,20 +729,40 @@ mod tests {
     fn actual_answers_get_the_origin_and_lose_the_upstreams_cors_headers() {
         let c = cors("{allow_origins: ['https://app.test']}");
         let mut resp = ResponseHeader::build(200, None).unwrap();
-        resp.insert_header("access-control-allow-origin", "*").unwrap();
-        resp.insert_header("access-control-allow-methods", "TRACE").unwrap();
-        resp.insert_header("vary", "Accept-Encoding").unwrap();
-        c.decorate(&request("GET", &[("origin", "https://app.test")]), &mut resp, false)
+        resp.insert_header("access-control-allow-origin", "*")
             .unwrap();
-        assert_eq!(header(&resp, "access-control-allow-origin"), Some("https://app.test"));
+        resp.insert_header("access-control-allow-methods", "TRACE")
+            .unwrap();
+        resp.insert_header("vary", "Accept-Encoding").unwrap();
+        c.decorate(
+            &request("GET", &[("origin", "https://app.test")]),
+            &mut resp,
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            header(&resp, "access-control-allow-origin"),
+            Some("https://app.test")
+        );
         assert_eq!(header(&resp, "access-control-allow-methods"), None);
         let expose = header(&resp, "access-control-expose-headers").unwrap();
-        assert!(expose.starts_with("x-request-id, ratelimit-policy, ratelimit"), "{expose}");
-        let vary: Vec<&str> = resp.headers.get_all("vary").iter().map(|v| v.to_str().unwrap()).collect();
+        assert!(
+            expose.starts_with("x-request-id, ratelimit-policy, ratelimit"),
+            "{expose}"
+        );
+        let vary: Vec<&str> = resp
+            .headers
+            .get_all("vary")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
         assert_eq!(vary, ["Accept-Encoding", "origin"]);
 
         // A disallowed origin, or none: no CORS headers, but the answer still varies.
-        for req in [request("GET", &[("origin", "https://evil.test")]), request("GET", &[])] {
+        for req in [
+            request("GET", &[("origin", "https://evil.test")]),
+            request("GET", &[]),
+        ] {
             let mut resp = ResponseHeader::build(401, None).unwrap();
             resp.insert_header("vary", "Origin").unwrap();
             c.decorate(&req, &mut resp, true).unwrap();
@@ -705,8 +773,14 @@ mod tests {
 
     #[test]
     fn preflights_are_routed_by_the_method_they_ask_for() {
-        assert_eq!(route_method(&preflight("https://a.test", "PUT", None)), Some(Method::PUT));
-        assert_eq!(route_method(&request("OPTIONS", &[("origin", "https://a.test")])), None);
+        assert_eq!(
+            route_method(&preflight("https://a.test", "PUT", None)),
+            Some(Method::PUT)
+        );
+        assert_eq!(
+            route_method(&request("OPTIONS", &[("origin", "https://a.test")])),
+            None
+        );
         assert_eq!(
             route_method(&request("GET", &[("access-control-request-method", "PUT")])),
             None
@@ -720,20 +794,35 @@ mod tests {
     #[test]
     fn bad_sections_are_refused_with_their_places() {
         let p = problems("{allow_origins: '*', allow_credentials: true}");
-        assert!(p[0].starts_with("routes[2].cors.allow_origins: \"*\" cannot go with allow_credentials"), "{p:?}");
+        assert!(
+            p[0].starts_with(
+                "routes[2].cors.allow_origins: \"*\" cannot go with allow_credentials"
+            ),
+            "{p:?}"
+        );
         let p = problems("{allow_credentials: true}");
-        assert!(p[0].starts_with("routes[2].cors: set allow_origins"), "{p:?}");
+        assert!(
+            p[0].starts_with("routes[2].cors: set allow_origins"),
+            "{p:?}"
+        );
         let p = problems(
             "{allow_origins: ['https://a.test/', 'a.test', 'ftp://a.test', 'https://a.test/x', \
              'https://*.a.test', 'https://a*.test', 'https://*.1.2.3.4', 'https://u@a.test']}",
         );
         for i in [0, 1, 2, 3, 5, 6, 7] {
             assert!(
-                p.iter().any(|m| m.starts_with(&format!("routes[2].cors.allow_origins[{i}]: ")) && m.contains("is not an origin")),
+                p.iter().any(
+                    |m| m.starts_with(&format!("routes[2].cors.allow_origins[{i}]: "))
+                        && m.contains("is not an origin")
+                ),
                 "{i}: {p:?}"
             );
         }
-        assert!(!p.iter().any(|m| m.starts_with("routes[2].cors.allow_origins[4]")), "{p:?}");
+        assert!(
+            !p.iter()
+                .any(|m| m.starts_with("routes[2].cors.allow_origins[4]")),
+            "{p:?}"
+        );
         let p = problems("{allow_origins: ['*', 'https://a.test']}");
         assert!(p[0].contains("list it alone"), "{p:?}");
         let p = problems(
@@ -748,11 +837,25 @@ mod tests {
         for w in want {
             assert!(p.iter().any(|m| m == w), "missing {w:?} in {p:?}");
         }
-        assert!(p.iter().any(|m| m.starts_with("routes[2].cors.max_age: \"soon\"")), "{p:?}");
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("routes[2].cors.max_age: \"soon\"")),
+            "{p:?}"
+        );
         let p = problems("{allow_origins: ['https://a.test'], allow_methods: [], max_age: 1500ms}");
-        assert!(p.iter().any(|m| m == "routes[2].cors.allow_methods: list at least one method"), "{p:?}");
-        assert!(p.iter().any(|m| m.starts_with("routes[2].cors.max_age: \"1500ms\" is not a whole number of seconds")), "{p:?}");
-        let wrong = serde_yaml::from_str::<RawCors>("{allow_origins: 'https://a.test'}").unwrap_err();
+        assert!(
+            p.iter()
+                .any(|m| m == "routes[2].cors.allow_methods: list at least one method"),
+            "{p:?}"
+        );
+        assert!(
+            p.iter().any(|m| m.starts_with(
+                "routes[2].cors.max_age: \"1500ms\" is not a whole number of seconds"
+            )),
+            "{p:?}"
+        );
+        let wrong =
+            serde_yaml::from_str::<RawCors>("{allow_origins: 'https://a.test'}").unwrap_err();
         assert!(wrong.to_string().contains("a list, or \"*\""), "{wrong}");
     }
 }

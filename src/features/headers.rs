@@ -175,7 +175,9 @@ fn template(raw: &str, place: &str, p: &mut Problems) -> Option<Template> {
     if !texts_ok {
         p.push(
             place,
-            format!("{raw:?} holds characters a header value cannot (control characters, non-ASCII)"),
+            format!(
+                "{raw:?} holds characters a header value cannot (control characters, non-ASCII)"
+            ),
         );
         return None;
     }
@@ -349,7 +351,9 @@ fn rules(raw: RawRules, side: Side, place: &str, p: &mut Problems) -> Option<Rul
         if seen.contains(&name) {
             p.push(
                 place,
-                format!("{name} has another rule on this side (one of set, add or remove per header)"),
+                format!(
+                    "{name} has another rule on this side (one of set, add or remove per header)"
+                ),
             );
             return None;
         }
@@ -403,7 +407,10 @@ pub fn refuse_identity_headers(
         (&identity.scopes, "scopes"),
     ];
     for (name, at) in headers.request.names() {
-        if let Some((_, key)) = owned.iter().find(|(o, _)| same_name(name.as_str(), o.as_str())) {
+        if let Some((_, key)) = owned
+            .iter()
+            .find(|(o, _)| same_name(name.as_str(), o.as_str()))
+        {
             p.push(
                 format!("{place}.headers.request.{at}"),
                 format!(
@@ -482,13 +489,20 @@ mod tests {
     fn templates_fill_variables_and_keep_dollars() {
         let id = HeaderValue::from_static("rid-1");
         let mut p = Problems::default();
-        let t = template("${route}/${consumer_id}@${client_ip} $$5 ${request_id}", "x", &mut p)
-            .unwrap();
+        let t = template(
+            "${route}/${consumer_id}@${client_ip} $$5 ${request_id}",
+            "x",
+            &mut p,
+        )
+        .unwrap();
         assert_eq!(
             t.render(&facts(&id, Some("alice"))).unwrap(),
             "orders/alice@192.0.2.7 $5 rid-1"
         );
-        assert_eq!(t.render(&facts(&id, None)).unwrap(), "orders/@192.0.2.7 $5 rid-1");
+        assert_eq!(
+            t.render(&facts(&id, None)).unwrap(),
+            "orders/@192.0.2.7 $5 rid-1"
+        );
         let fixed = template("costs $$3", "x", &mut p).unwrap();
         assert_eq!(fixed, Template::Fixed(HeaderValue::from_static("costs $3")));
         assert!(p.is_empty());
@@ -531,13 +545,28 @@ mod tests {
              X-Request-Id: ok}}}",
         );
         let want = [
-            ("routes[1].headers.request.set.X-Forwarded-For: ", "forwarding headers"),
-            ("routes[1].headers.request.set.Host: ", "host the client asked for"),
-            ("routes[1].headers.request.set.X-A: ", "unknown variable ${nope}"),
-            ("routes[1].headers.request.set.Bad Name: ", "not a header name"),
+            (
+                "routes[1].headers.request.set.X-Forwarded-For: ",
+                "forwarding headers",
+            ),
+            (
+                "routes[1].headers.request.set.Host: ",
+                "host the client asked for",
+            ),
+            (
+                "routes[1].headers.request.set.X-A: ",
+                "unknown variable ${nope}",
+            ),
+            (
+                "routes[1].headers.request.set.Bad Name: ",
+                "not a header name",
+            ),
             ("routes[1].headers.request.set.X-B: ", "write $$"),
             ("routes[1].headers.request.set.X-C: ", "write $$"),
-            ("routes[1].headers.request.add.x_request_id: ", "X-Request-Id"),
+            (
+                "routes[1].headers.request.add.x_request_id: ",
+                "X-Request-Id",
+            ),
             ("routes[1].headers.request.add.X-D: ", "control characters"),
             ("routes[1].headers.request.remove[0]: ", "hop-by-hop"),
             ("routes[1].headers.request.remove[2]: ", "another rule"),
@@ -551,7 +580,10 @@ mod tests {
         }
         assert_eq!(p.len(), want.len(), "{p:#?}");
         let empty = problems("{request: {}}");
-        assert!(empty[0].starts_with("routes[1].headers: set request or response"), "{empty:?}");
+        assert!(
+            empty[0].starts_with("routes[1].headers: set request or response"),
+            "{empty:?}"
+        );
     }
 
     #[test]
@@ -570,7 +602,15 @@ mod tests {
         refuse_identity_headers(&setting, &identity, "defaults", &mut p);
         let p = p.into_vec();
         assert_eq!(p.len(), 2, "{p:#?}");
-        assert!(p[0].starts_with("defaults.headers.request.remove[1]: ") && p[0].contains("identity_headers.scopes"), "{p:?}");
-        assert!(p[1].starts_with("defaults.headers.request.set.x-consumer_id: ") && p[1].contains("identity_headers.consumer_id"), "{p:?}");
+        assert!(
+            p[0].starts_with("defaults.headers.request.remove[1]: ")
+                && p[0].contains("identity_headers.scopes"),
+            "{p:?}"
+        );
+        assert!(
+            p[1].starts_with("defaults.headers.request.set.x-consumer_id: ")
+                && p[1].contains("identity_headers.consumer_id"),
+            "{p:?}"
+        );
     }
 }

@@ -111,11 +111,7 @@ pub struct SecurityHeaders {
 }
 
 /// Validates the section at `place`.
-pub fn validate(
-    raw: RawSecurityHeaders,
-    place: &str,
-    p: &mut Problems,
-) -> Option<SecurityHeaders> {
+pub fn validate(raw: RawSecurityHeaders, place: &str, p: &mut Problems) -> Option<SecurityHeaders> {
     let nosniff = value(
         raw.content_type_options,
         "nosniff",
@@ -334,8 +330,14 @@ mod tests {
             .insert_header(header::X_FRAME_OPTIONS, "SAMEORIGIN")
             .unwrap();
         s.decorate(&mut upstream, false, false).unwrap();
-        assert_eq!(header(&upstream, &header::X_FRAME_OPTIONS), Some("SAMEORIGIN"));
-        assert_eq!(header(&upstream, &header::X_CONTENT_TYPE_OPTIONS), Some("nosniff"));
+        assert_eq!(
+            header(&upstream, &header::X_FRAME_OPTIONS),
+            Some("SAMEORIGIN")
+        );
+        assert_eq!(
+            header(&upstream, &header::X_CONTENT_TYPE_OPTIONS),
+            Some("nosniff")
+        );
         assert_eq!(
             header(&upstream, &header::REFERRER_POLICY),
             Some("strict-origin-when-cross-origin")
@@ -368,14 +370,22 @@ mod tests {
         assert_eq!(
             &*s.everywhere,
             [
-                (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer, same-origin")),
-                (header::X_FRAME_OPTIONS, HeaderValue::from_static("SAMEORIGIN")),
+                (
+                    header::REFERRER_POLICY,
+                    HeaderValue::from_static("no-referrer, same-origin")
+                ),
+                (
+                    header::X_FRAME_OPTIONS,
+                    HeaderValue::from_static("SAMEORIGIN")
+                ),
             ]
         );
         let preload = preset("{hsts: {max_age: 730d, preload: true}}");
         assert_eq!(
             preload.hsts,
-            Some(HeaderValue::from_static("max-age=63072000; includeSubDomains; preload"))
+            Some(HeaderValue::from_static(
+                "max-age=63072000; includeSubDomains; preload"
+            ))
         );
         assert_eq!(preset("{hsts: false}").hsts, None);
     }
@@ -395,16 +405,26 @@ mod tests {
             "routes[3].security_headers.hsts.preload: preload lists need",
         ];
         for w in want {
-            assert!(p.iter().any(|m| m.starts_with(w)), "missing {w:?} in {p:#?}");
+            assert!(
+                p.iter().any(|m| m.starts_with(w)),
+                "missing {w:?} in {p:#?}"
+            );
         }
         let p = problems("{hsts: {max_age: often}}");
-        assert!(p[0].starts_with("routes[3].security_headers.hsts.max_age: \"often\""), "{p:?}");
+        assert!(
+            p[0].starts_with("routes[3].security_headers.hsts.max_age: \"often\""),
+            "{p:?}"
+        );
         let p = problems(
             "{hsts: false, content_type_options: false, referrer_policy: false, \
              frame_options: false, content_security_policy: false}",
         );
         assert!(p[0].contains("write `security_headers: false`"), "{p:?}");
-        let wrong = serde_yaml::from_str::<RawSecurityHeaders>("{frame_options: [DENY]}").unwrap_err();
-        assert!(wrong.to_string().contains("true, false or a header value"), "{wrong}");
+        let wrong =
+            serde_yaml::from_str::<RawSecurityHeaders>("{frame_options: [DENY]}").unwrap_err();
+        assert!(
+            wrong.to_string().contains("true, false or a header value"),
+            "{wrong}"
+        );
     }
 }
