@@ -70,8 +70,8 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<String>> 
     let names: HashSet<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
     let routes = routes(raw.routes, &names, &auth, &rate_limit, &mut p);
     let defaults = FeatureSet::validate(raw.defaults, "defaults", &mut p);
-    let identity = &auth.identity_headers;
-    headers::refuse_identity_headers(&defaults.headers, identity, "defaults", &mut p);
+    let identity = auth.identity_headers.named();
+    headers::refuse_identity_headers(&defaults.headers, &identity, "defaults", &mut p);
     if p.is_empty() {
         Ok(Config {
             server,
@@ -584,8 +584,8 @@ fn routes(
             &place,
             p,
         );
-        let identity = &auth_settings.identity_headers;
-        headers::refuse_identity_headers(&features.headers, identity, &place, p);
+        let identity = auth_settings.identity_headers.named();
+        headers::refuse_identity_headers(&features.headers, &identity, &place, p);
         out.push(RouteSpec {
             name: r.name,
             hosts,

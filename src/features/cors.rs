@@ -209,7 +209,7 @@ fn default_expose_headers() -> Vec<String> {
         X_RATELIMIT_RESET,
         header::RETRY_AFTER,
     ];
-    std::iter::once(crate::proxy::request_id::HEADER.to_string())
+    std::iter::once(crate::vocab::gateway_headers::REQUEST_ID.to_string())
         .chain(rate_limit.iter().map(|h| h.as_str().to_string()))
         .collect()
 }

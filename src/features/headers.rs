@@ -11,10 +11,9 @@
 //! cannot touch what upstreams trust the gateway for: those headers, like the hop-by-hop and
 //! framing ones, are refused at validation.
 
-use crate::config::IdentityHeaders;
 use crate::pipeline::{Facts, Hooks, Step};
 use crate::problems::Problems;
-use crate::proxy::forward::{same_name, GATEWAY_HEADERS};
+use crate::vocab::{gateway_headers, same_header_name as same_name};
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -213,7 +212,7 @@ impl Side {
             return Some("the upstream gets the host the client asked for");
         }
         let forwarding = name.len() > 12 && same_name(&name[..12], "x-forwarded-");
-        if forwarding || GATEWAY_HEADERS.iter().any(|g| same_name(name, g)) {
+        if forwarding || gateway_headers::ALL.iter().any(|g| same_name(name, g)) {
             return Some(
                 "the gateway sets the forwarding headers and X-Request-Id itself, so that \
                  upstreams can trust them",
@@ -388,29 +387,24 @@ fn rules(raw: RawRules, side: Side, place: &str, p: &mut Problems) -> Option<Rul
     })
 }
 
-/// Refuses request rules on the identity headers (`auth.identity_headers`), under any
-/// spelling: upstreams trust the gateway for them. `setting` is the `headers:` section at
-/// `place` (`routes[2]`, `defaults`); checked once the `auth:` section is known.
+/// Refuses request rules on the identity headers, under any spelling: upstreams trust the
+/// gateway for them. `identity` names each header and its key under `auth.identity_headers`;
+/// `setting` is the `headers:` section at `place` (`routes[2]`, `defaults`). The config
+/// calls this once the `auth:` section is known.
 pub fn refuse_identity_headers(
     setting: &super::Setting<Headers>,
-    identity: &IdentityHeaders,
+    identity: &[(&HeaderName, &str)],
     place: &str,
     p: &mut Problems,
 ) {
     let super::Setting::On(headers) = setting else {
         return;
     };
-    let owned = [
-        (&identity.consumer_id, "consumer_id"),
-        (&identity.plan, "plan"),
-        (&identity.auth_method, "auth_method"),
-        (&identity.scopes, "scopes"),
-    ];
     for (name, at) in headers.request.names() {
-        if let Some((_, key)) = owned
+        let owned = identity
             .iter()
-            .find(|(o, _)| same_name(name.as_str(), o.as_str()))
-        {
+            .find(|(o, _)| same_name(name.as_str(), o.as_str()));
+        if let Some((_, key)) = owned {
             p.push(
                 format!("{place}.headers.request.{at}"),
                 format!(
@@ -588,12 +582,15 @@ mod tests {
 
     #[test]
     fn identity_headers_are_refused_under_any_spelling() {
-        let identity = IdentityHeaders {
-            consumer_id: HeaderName::from_static("x-consumer-id"),
-            plan: HeaderName::from_static("x-consumer-plan"),
-            auth_method: HeaderName::from_static("x-auth-method"),
-            scopes: HeaderName::from_static("x-auth-scopes"),
-        };
+        let names = [
+            "x-consumer-id",
+            "x-consumer-plan",
+            "x-auth-method",
+            "x-auth-scopes",
+        ]
+        .map(HeaderName::from_static);
+        let keys = ["consumer_id", "plan", "auth_method", "scopes"];
+        let identity: Vec<(&HeaderName, &str)> = names.iter().zip(keys).collect();
         let setting = super::super::Setting::On(std::sync::Arc::new(headers(
             "{request: {set: {X-Consumer_Id: x}, remove: [X-Other, x-auth-scopes]}, \
              response: {remove: [x-consumer-plan]}}",
