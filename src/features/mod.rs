@@ -32,20 +32,15 @@ pub struct RawFeatures {
 }
 
 /// A feature's validated setting on a route, or in `defaults:`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub enum Setting<T> {
     /// Not set here: a route takes the server-wide default.
+    #[default]
     Inherit,
     /// Switched off (`false`).
     Off,
     /// Configured here.
     On(Arc<T>),
-}
-
-impl<T> Default for Setting<T> {
-    fn default() -> Self {
-        Setting::Inherit
-    }
 }
 
 impl<T> Setting<T> {
