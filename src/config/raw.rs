@@ -434,6 +434,7 @@ pub struct RawRoute {
     pub cors: Option<Switch<crate::features::cors::RawCors>>,
     pub headers: Option<Switch<crate::features::headers::RawHeaders>>,
     pub security_headers: Option<Switch<crate::features::security_headers::RawSecurityHeaders>>,
+    pub compression: Option<Switch<crate::features::compression::RawCompression>>,
 }
 
 /// Per-route upstream timeouts.

@@ -580,6 +580,7 @@ fn routes(
                 cors: r.cors,
                 headers: r.headers,
                 security_headers: r.security_headers,
+                compression: r.compression,
             },
             &place,
             p,

@@ -9,6 +9,7 @@
 //! Adding a feature: its module here; its field in [`RawFeatures`], [`FeatureSet`], the
 //! route's raw section (`crate::config::raw::RawRoute`) and [`pipeline`]; README and tests.
 
+pub mod compression;
 pub mod cors;
 pub mod headers;
 pub mod security_headers;
@@ -29,6 +30,7 @@ pub struct RawFeatures {
     pub cors: Option<Switch<cors::RawCors>>,
     pub headers: Option<Switch<headers::RawHeaders>>,
     pub security_headers: Option<Switch<security_headers::RawSecurityHeaders>>,
+    pub compression: Option<Switch<compression::RawCompression>>,
 }
 
 /// A feature's validated setting on a route, or in `defaults:`.
@@ -80,6 +82,7 @@ pub struct FeatureSet {
     pub cors: Setting<cors::Cors>,
     pub headers: Setting<headers::Headers>,
     pub security_headers: Setting<security_headers::SecurityHeaders>,
+    pub compression: Setting<compression::Compression>,
 }
 
 impl FeatureSet {
@@ -105,6 +108,12 @@ impl FeatureSet {
                 p,
                 security_headers::validate,
             ),
+            compression: Setting::validate(
+                raw.compression,
+                format!("{place}.compression"),
+                p,
+                compression::validate,
+            ),
         }
     }
 }
@@ -129,6 +138,10 @@ pub fn pipeline(route: &FeatureSet, defaults: &FeatureSet) -> Pipeline {
     add(route
         .security_headers
         .over(&defaults.security_headers)
+        .map(|f| Arc::clone(f) as Arc<dyn Step>));
+    add(route
+        .compression
+        .over(&defaults.compression)
         .map(|f| Arc::clone(f) as Arc<dyn Step>));
     Pipeline::new(steps)
 }

@@ -15,6 +15,7 @@ use crate::access_log::{AccessLog, AccessRecord};
 use crate::api_error::ApiError;
 use crate::auth::{AuthError, Identity};
 use crate::config::{AuthMode, RouteAuth};
+use crate::features::compression;
 use crate::features::cors;
 use crate::forward;
 use crate::limit::{self, Decision, Limiter};
@@ -30,6 +31,7 @@ use bytes::Bytes;
 use futures::FutureExt;
 use http::{HeaderValue, Method};
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType};
@@ -152,6 +154,12 @@ impl ProxyHttp for Gateway {
             upstream_started: None,
             error: None,
         }
+    }
+
+    /// Response compression in place of Pingora's default module (the same, switched off,
+    /// plus the end of brotli streams): a route's `compression` step turns it on per request.
+    fn init_downstream_modules(&self, modules: &mut HttpModules) {
+        modules.add_module(Box::new(compression::CompressionModuleBuilder));
     }
 
     /// Runs first, right after Pingora parsed the head: ends the connection's head clock and
