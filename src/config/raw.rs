@@ -431,6 +431,9 @@ pub struct RawRoute {
     pub allow_override_headers: bool,
     // The edge features (`crate::features`), each its own section.
     pub size_limits: Option<Switch<crate::features::size_limits::RawSizeLimits>>,
+    pub cors: Option<Switch<crate::features::cors::RawCors>>,
+    pub headers: Option<Switch<crate::features::headers::RawHeaders>>,
+    pub security_headers: Option<Switch<crate::features::security_headers::RawSecurityHeaders>>,
     pub compression: Option<Switch<crate::features::compression::RawCompression>>,
 }
 

@@ -4,7 +4,7 @@
 
 use super::model::*;
 use super::raw::*;
-use crate::features::{FeatureSet, RawFeatures};
+use crate::features::{headers, FeatureSet, RawFeatures};
 use crate::limit::Algorithm;
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -70,6 +70,8 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<String>> 
     let names: HashSet<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
     let routes = routes(raw.routes, &names, &auth, &rate_limit, &mut p);
     let defaults = FeatureSet::validate(raw.defaults, "defaults", &mut p);
+    let identity = auth.identity_headers.named();
+    headers::refuse_identity_headers(&defaults.headers, &identity, "defaults", &mut p);
     if p.is_empty() {
         Ok(Config {
             server,
@@ -575,11 +577,16 @@ fn routes(
         let features = FeatureSet::validate(
             RawFeatures {
                 size_limits: r.size_limits,
+                cors: r.cors,
+                headers: r.headers,
+                security_headers: r.security_headers,
                 compression: r.compression,
             },
             &place,
             p,
         );
+        let identity = auth_settings.identity_headers.named();
+        headers::refuse_identity_headers(&features.headers, &identity, &place, p);
         out.push(RouteSpec {
             name: r.name,
             hosts,

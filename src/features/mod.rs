@@ -10,6 +10,9 @@
 //! route's raw section (`crate::config::raw::RawRoute`) and [`pipeline`]; README and tests.
 
 pub mod compression;
+pub mod cors;
+pub mod headers;
+pub mod security_headers;
 pub mod size_limits;
 pub mod switch;
 
@@ -24,6 +27,9 @@ use switch::Switch;
 #[serde(deny_unknown_fields)]
 pub struct RawFeatures {
     pub size_limits: Option<Switch<size_limits::RawSizeLimits>>,
+    pub cors: Option<Switch<cors::RawCors>>,
+    pub headers: Option<Switch<headers::RawHeaders>>,
+    pub security_headers: Option<Switch<security_headers::RawSecurityHeaders>>,
     pub compression: Option<Switch<compression::RawCompression>>,
 }
 
@@ -73,6 +79,9 @@ impl<T> Setting<T> {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct FeatureSet {
     pub size_limits: Setting<size_limits::SizeLimits>,
+    pub cors: Setting<cors::Cors>,
+    pub headers: Setting<headers::Headers>,
+    pub security_headers: Setting<security_headers::SecurityHeaders>,
     pub compression: Setting<compression::Compression>,
 }
 
@@ -85,6 +94,19 @@ impl FeatureSet {
                 format!("{place}.size_limits"),
                 p,
                 size_limits::validate,
+            ),
+            cors: Setting::validate(raw.cors, format!("{place}.cors"), p, cors::validate),
+            headers: Setting::validate(
+                raw.headers,
+                format!("{place}.headers"),
+                p,
+                headers::validate,
+            ),
+            security_headers: Setting::validate(
+                raw.security_headers,
+                format!("{place}.security_headers"),
+                p,
+                security_headers::validate,
             ),
             compression: Setting::validate(
                 raw.compression,
@@ -106,8 +128,39 @@ pub fn pipeline(route: &FeatureSet, defaults: &FeatureSet) -> Pipeline {
         .over(&defaults.size_limits)
         .map(|f| Arc::clone(f) as Arc<dyn Step>));
     add(route
+        .cors
+        .over(&defaults.cors)
+        .map(|f| Arc::clone(f) as Arc<dyn Step>));
+    add(route
+        .headers
+        .over(&defaults.headers)
+        .map(|f| Arc::clone(f) as Arc<dyn Step>));
+    add(route
+        .security_headers
+        .over(&defaults.security_headers)
+        .map(|f| Arc::clone(f) as Arc<dyn Step>));
+    add(route
         .compression
         .over(&defaults.compression)
         .map(|f| Arc::clone(f) as Arc<dyn Step>));
     Pipeline::new(steps)
+}
+
+/// A duration written like `10m` or `365d`, in whole seconds (for headers that carry
+/// seconds: `Access-Control-Max-Age`, HSTS `max-age`).
+fn whole_seconds(raw: &str, place: &str, p: &mut Problems) -> Option<u64> {
+    match humantime::parse_duration(raw.trim()) {
+        Ok(d) if d.subsec_nanos() == 0 => Some(d.as_secs()),
+        Ok(_) => {
+            p.push(place, format!("{raw:?} is not a whole number of seconds"));
+            None
+        }
+        Err(e) => {
+            p.push(
+                place,
+                format!("{raw:?} is not a duration like 10m, 1h or 365d ({e})"),
+            );
+            None
+        }
+    }
 }

@@ -16,6 +16,7 @@ use crate::api_error::ApiError;
 use crate::auth::{AuthError, Identity};
 use crate::config::{AuthMode, RouteAuth};
 use crate::features::compression;
+use crate::features::cors;
 use crate::forward;
 use crate::limit::{self, Decision, Limiter};
 use crate::metrics::{self, LimitOutcome};
@@ -540,7 +541,16 @@ impl Gateway {
             return self.respond_standing(session, ctx).await;
         }
         let host = target.authority.as_ref().map(|a| a.host.as_ref());
-        let found = match ctx.runtime.router.find(path, host, &req.method) {
+        let router = &ctx.runtime.router;
+        // A CORS preflight is routed as the request it asks about, if that route answers it.
+        let preflight = cors::route_method(req);
+        let mut matched = router.find(path, host, preflight.as_ref().unwrap_or(&req.method));
+        if preflight.is_some()
+            && !matches!(matched, RouteMatch::Found(r) if cors::answers_preflights(&r.pipeline))
+        {
+            matched = router.find(path, host, &req.method);
+        }
+        let found = match matched {
             RouteMatch::Found(route) => {
                 target::refused_quirk(&target.quirks, &route.spec.keep_in_path)
                     .map_or_else(|| Ok(Arc::clone(route)), |why| Err(ApiError::BadPath(why)))

@@ -14,6 +14,9 @@
 //! | `/healthz` (or any path ending in `/healthz`) | 200 `ok`, or 503 `unhealthy` after `set_healthy(false)` |
 //! | anything else | 200 echo JSON |
 //!
+//! Any response also carries each header named in the query as `__header=name:value`
+//! (repeatable; no percent-decoding), e.g. `?__header=vary:accept-encoding`.
+//!
 //! The echo JSON is
 //! `{"upstream", "method", "path", "version", "headers", "body_bytes"}` where
 //! `path` is the path and query as received and `headers` maps lowercased
@@ -384,6 +387,15 @@ async fn handle(
     };
     if let Ok(name) = HeaderValue::from_str(&shared.name) {
         response.headers_mut().insert("x-upstream", name);
+    }
+    let asked = parts.uri.query().unwrap_or("").split('&');
+    for (name, value) in asked.filter_map(|p| p.strip_prefix("__header=")?.split_once(':')) {
+        if let (Ok(name), Ok(value)) = (
+            hyper::header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            response.headers_mut().append(name, value);
+        }
     }
     let content_type = parts.uri.query().and_then(|query| {
         query
