@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
 
 /// The header that carries the id, in both directions.
-pub const HEADER: &str = "x-request-id";
+pub const HEADER: &str = crate::vocab::gateway_headers::REQUEST_ID;
 
 /// Longest incoming id we keep.
 const MAX_LEN: usize = 128;

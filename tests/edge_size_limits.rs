@@ -114,7 +114,10 @@ async fn bodies_and_urls_over_the_limit_are_refused_per_route_and_by_default() {
         "a chunked body over the limit was not cut off with 413: {answer:?}"
     );
     assert!(answer.contains("request_body_too_large"), "{answer}");
-    assert!(answer.to_ascii_lowercase().contains("x-request-id:"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("x-request-id:"),
+        "{answer}"
+    );
 
     // Editing the file takes the default away, live.
     gw.rewrite_config(&format!("{header}{}", routes(&upstream, "")));

@@ -93,7 +93,7 @@ impl From<Consumer> for ConsumerOut {
         ConsumerOut {
             id: c.id,
             plan: c.plan,
-            status: c.status.into(),
+            status: c.status,
             scopes: c.scopes,
             metadata: c.metadata,
             created_at: rfc3339(c.created_at),
@@ -199,7 +199,7 @@ pub async fn create_consumer(
         &NewConsumer {
             id: body.id,
             plan: body.plan,
-            status: body.status.unwrap_or(Status::Active).into(),
+            status: body.status.unwrap_or(Status::Active),
             scopes: body.scopes,
             metadata: body.metadata.unwrap_or_else(|| serde_json::json!({})),
         },
@@ -237,7 +237,7 @@ pub async fn list_consumers(
         state.db()?,
         &ConsumerFilter {
             plan: q.plan,
-            status: q.status.map(Into::into),
+            status: q.status,
             // No id holds U+0000, so ids after `a\0…` are the ids after `a`.
             after: q.after.map(|mut after| {
                 after.truncate(after.find('\0').unwrap_or(after.len()));
@@ -299,7 +299,7 @@ pub async fn update_consumer(
         &id,
         &ConsumerUpdate {
             plan: body.plan,
-            status: body.status.map(Into::into),
+            status: body.status,
             scopes: body.scopes,
             metadata: body.metadata,
         },

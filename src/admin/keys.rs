@@ -113,7 +113,7 @@ impl From<ApiKey> for KeyOut {
             name: k.name,
             prefix: k.prefix,
             scopes: k.scopes,
-            status: k.status.into(),
+            status: k.status,
             expires_at: k.expires_at.map(rfc3339),
             created_at: rfc3339(k.created_at),
             last_used_at: k.last_used_at.map(rfc3339),
@@ -302,7 +302,7 @@ pub async fn update_key(
             name: body.name,
             scopes: body.scopes,
             expires_at,
-            status: body.status.map(Into::into),
+            status: body.status,
         },
     )
     .await?;

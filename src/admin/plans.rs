@@ -251,7 +251,7 @@ pub async fn update_plan(
         &actor.0,
         &name,
         &PlanUpdate {
-            algorithm: body.algorithm.map(Into::into),
+            algorithm: body.algorithm,
             limits,
             concurrency: body.concurrency,
             block_for_seconds: body.block_for_seconds,

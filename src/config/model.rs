@@ -288,6 +288,18 @@ pub struct IdentityHeaders {
     pub scopes: http::HeaderName,
 }
 
+impl IdentityHeaders {
+    /// Each header with its key under `auth.identity_headers`.
+    pub fn named(&self) -> [(&http::HeaderName, &'static str); 4] {
+        [
+            (&self.consumer_id, "consumer_id"),
+            (&self.plan, "plan"),
+            (&self.auth_method, "auth_method"),
+            (&self.scopes, "scopes"),
+        ]
+    }
+}
+
 /// A value read from the environment that must never be printed.
 #[derive(Clone, PartialEq)]
 pub struct Secret(Vec<u8>);

@@ -437,6 +437,10 @@ pub struct RawRoute {
     /// Per route only (not in `defaults:`): a redirect instead of, or (`https: true`)
     /// besides, the upstream.
     pub redirect: Option<crate::features::redirect::RawRedirect>,
+    pub cors: Option<Switch<crate::features::cors::RawCors>>,
+    pub headers: Option<Switch<crate::features::headers::RawHeaders>>,
+    pub security_headers: Option<Switch<crate::features::security_headers::RawSecurityHeaders>>,
+    pub compression: Option<Switch<crate::features::compression::RawCompression>>,
 }
 
 /// Per-route upstream timeouts.

@@ -4,7 +4,7 @@
 
 use super::model::*;
 use super::raw::*;
-use crate::features::{redirect, FeatureSet, RawFeatures};
+use crate::features::{headers, redirect, FeatureSet, RawFeatures};
 use crate::limit::Algorithm;
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -71,6 +71,8 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Vec<String>> 
     let names: HashSet<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
     let routes = routes(raw.routes, &names, &auth, &rate_limit, &mut p);
     let defaults = FeatureSet::validate(raw.defaults, "defaults", &mut p);
+    let identity = auth.identity_headers.named();
+    headers::refuse_identity_headers(&defaults.headers, &identity, "defaults", &mut p);
     if p.is_empty() {
         Ok(Config {
             server,
@@ -581,6 +583,10 @@ fn routes(
                 size_limits: r.size_limits,
                 ip_rules: r.ip_rules,
                 rewrite: r.rewrite,
+                cors: r.cors,
+                headers: r.headers,
+                security_headers: r.security_headers,
+                compression: r.compression,
             },
             &place,
             p,
@@ -589,6 +595,8 @@ fn routes(
             let place = format!("{place}.redirect");
             redirect::validate(raw, r.upstream.is_some(), &place, p).map(Arc::new)
         });
+        let identity = auth_settings.identity_headers.named();
+        headers::refuse_identity_headers(&features.headers, &identity, &place, p);
         out.push(RouteSpec {
             name: r.name,
             hosts,

@@ -9,10 +9,14 @@
 //! Adding a feature: its module here; its field in [`RawFeatures`], [`FeatureSet`], the
 //! route's raw section (`crate::config::raw::RawRoute`) and [`pipeline`]; README and tests.
 
+pub mod compression;
+pub mod cors;
+pub mod headers;
 pub mod ip_rules;
 pub mod path_template;
 pub mod redirect;
 pub mod rewrite;
+pub mod security_headers;
 pub mod size_limits;
 pub mod switch;
 
@@ -29,6 +33,10 @@ pub struct RawFeatures {
     pub size_limits: Option<Switch<size_limits::RawSizeLimits>>,
     pub ip_rules: Option<Switch<ip_rules::RawIpRules>>,
     pub rewrite: Option<Switch<rewrite::RawRewrite>>,
+    pub cors: Option<Switch<cors::RawCors>>,
+    pub headers: Option<Switch<headers::RawHeaders>>,
+    pub security_headers: Option<Switch<security_headers::RawSecurityHeaders>>,
+    pub compression: Option<Switch<compression::RawCompression>>,
 }
 
 /// A feature's validated setting on a route, or in `defaults:`.
@@ -82,6 +90,10 @@ pub struct FeatureSet {
     /// A route's redirect: per route only, never in `defaults:` (it stands for the route's
     /// upstream), so it is not in [`RawFeatures`]; the route's validation sets it.
     pub redirect: Option<Arc<redirect::Redirect>>,
+    pub cors: Setting<cors::Cors>,
+    pub headers: Setting<headers::Headers>,
+    pub security_headers: Setting<security_headers::SecurityHeaders>,
+    pub compression: Setting<compression::Compression>,
 }
 
 impl FeatureSet {
@@ -107,6 +119,25 @@ impl FeatureSet {
                 rewrite::validate,
             ),
             redirect: None,
+            cors: Setting::validate(raw.cors, format!("{place}.cors"), p, cors::validate),
+            headers: Setting::validate(
+                raw.headers,
+                format!("{place}.headers"),
+                p,
+                headers::validate,
+            ),
+            security_headers: Setting::validate(
+                raw.security_headers,
+                format!("{place}.security_headers"),
+                p,
+                security_headers::validate,
+            ),
+            compression: Setting::validate(
+                raw.compression,
+                format!("{place}.compression"),
+                p,
+                compression::validate,
+            ),
         }
     }
 }
@@ -129,8 +160,43 @@ pub fn pipeline(route: &FeatureSet, defaults: &FeatureSet) -> Pipeline {
         .as_ref()
         .map(|f| Arc::clone(f) as Arc<dyn Step>));
     add(route
+        .cors
+        .over(&defaults.cors)
+        .map(|f| Arc::clone(f) as Arc<dyn Step>));
+    add(route
         .rewrite
         .over(&defaults.rewrite)
         .map(|f| Arc::clone(f) as Arc<dyn Step>));
+    add(route
+        .headers
+        .over(&defaults.headers)
+        .map(|f| Arc::clone(f) as Arc<dyn Step>));
+    add(route
+        .security_headers
+        .over(&defaults.security_headers)
+        .map(|f| Arc::clone(f) as Arc<dyn Step>));
+    add(route
+        .compression
+        .over(&defaults.compression)
+        .map(|f| Arc::clone(f) as Arc<dyn Step>));
     Pipeline::new(steps)
+}
+
+/// A duration written like `10m` or `365d`, in whole seconds (for headers that carry
+/// seconds: `Access-Control-Max-Age`, HSTS `max-age`).
+fn whole_seconds(raw: &str, place: &str, p: &mut Problems) -> Option<u64> {
+    match humantime::parse_duration(raw.trim()) {
+        Ok(d) if d.subsec_nanos() == 0 => Some(d.as_secs()),
+        Ok(_) => {
+            p.push(place, format!("{raw:?} is not a whole number of seconds"));
+            None
+        }
+        Err(e) => {
+            p.push(
+                place,
+                format!("{raw:?} is not a duration like 10m, 1h or 365d ({e})"),
+            );
+            None
+        }
+    }
 }

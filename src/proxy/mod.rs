@@ -15,6 +15,8 @@ use crate::access_log::{AccessLog, AccessRecord};
 use crate::api_error::ApiError;
 use crate::auth::{AuthError, Identity};
 use crate::config::{AuthMode, RouteAuth};
+use crate::features::compression;
+use crate::features::cors;
 use crate::forward;
 use crate::limit::{self, Decision, Limiter};
 use crate::metrics::{self, LimitOutcome};
@@ -29,6 +31,7 @@ use bytes::Bytes;
 use futures::FutureExt;
 use http::{HeaderValue, Method};
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType};
@@ -151,6 +154,12 @@ impl ProxyHttp for Gateway {
             upstream_started: None,
             error: None,
         }
+    }
+
+    /// Response compression in place of Pingora's default module (the same, switched off,
+    /// plus the end of brotli streams): a route's `compression` step turns it on per request.
+    fn init_downstream_modules(&self, modules: &mut HttpModules) {
+        modules.add_module(Box::new(compression::CompressionModuleBuilder));
     }
 
     /// Runs first, right after Pingora parsed the head: ends the connection's head clock and
@@ -536,7 +545,16 @@ impl Gateway {
             return self.respond_standing(session, ctx).await;
         }
         let host = target.authority.as_ref().map(|a| a.host.as_ref());
-        let found = match ctx.runtime.router.find(path, host, &req.method) {
+        let router = &ctx.runtime.router;
+        // A CORS preflight is routed as the request it asks about, if that route answers it.
+        let preflight = cors::route_method(req);
+        let mut matched = router.find(path, host, preflight.as_ref().unwrap_or(&req.method));
+        if preflight.is_some()
+            && !matches!(matched, RouteMatch::Found(r) if cors::answers_preflights(&r.pipeline))
+        {
+            matched = router.find(path, host, &req.method);
+        }
+        let found = match matched {
             RouteMatch::Found(route) => {
                 target::refused_quirk(&target.quirks, &route.spec.keep_in_path)
                     .map_or_else(|| Ok(Arc::clone(route)), |why| Err(ApiError::BadPath(why)))

@@ -44,6 +44,8 @@ pub async fn respond(
             resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
             resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
         }
+        // A 204 (a CORS preflight's) must not carry Content-Length (RFC 9110 §8.6).
+        None if status == 204 => {}
         None => resp.insert_header(http::header::CONTENT_LENGTH, 0)?,
     }
     resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;

@@ -27,6 +27,27 @@ impl Answer {
         }
     }
 
+    /// Sends `req` and reads the answer (panics if it cannot be sent).
+    pub async fn send(req: reqwest::RequestBuilder) -> Answer {
+        Answer::read(req.send().await.expect("send the request")).await
+    }
+
+    /// The value of header `name` as text, if the answer has one (the first of several).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().expect("a text header value"))
+    }
+
+    /// Every value of header `name`, each field as sent.
+    pub fn header_all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().expect("a text header value"))
+            .collect()
+    }
+
     /// The body as JSON (panics with the body if it is not).
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.text)

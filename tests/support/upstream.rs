@@ -10,14 +10,19 @@
 //! | `.../__status/{code}` | status `code`, echo JSON body |
 //! | `.../__sleep/{ms}` | sleeps `ms` milliseconds, then 200 echo JSON |
 //! | `.../__stream/{n}[?chunk=B&delay_ms=D]` | 200, `n` body bytes sent in chunks of `B` (default 1024) bytes, `D` ms apart (default 0), chunked encoding, `a..z` repeating |
+//! | `.../__gzip` | 200 echo JSON, gzip-compressed, with `Content-Encoding: gzip` |
 //! | `/healthz` (or any path ending in `/healthz`) | 200 `ok`, or 503 `unhealthy` after `set_healthy(false)` |
 //! | anything else | 200 echo JSON |
+//!
+//! Any response also carries each header named in the query as `__header=name:value`
+//! (repeatable; no percent-decoding), e.g. `?__header=vary:accept-encoding`.
 //!
 //! The echo JSON is
 //! `{"upstream", "method", "path", "version", "headers", "body_bytes"}` where
 //! `path` is the path and query as received and `headers` maps lowercased
 //! names to values (repeated headers joined with `", "`). Every response
-//! carries an `x-upstream: <name>` header.
+//! carries an `x-upstream: <name>` header, and the `Content-Type` given as
+//! `?content_type=<type>` (taken verbatim) when the query has one.
 //!
 //! The server runs on its own single-worker Tokio runtime, so it keeps
 //! serving whatever the test's runtime is doing, and works under any
@@ -375,11 +380,30 @@ async fn handle(
             Ok(n) => stream_response(n, parts.uri.query().unwrap_or("")),
             Err(_) => text(StatusCode::BAD_REQUEST, "bad stream length"),
         }
+    } else if path.contains("/__gzip") {
+        gzip_json_response(&echo)
     } else {
         json_response(StatusCode::OK, &echo)
     };
     if let Ok(name) = HeaderValue::from_str(&shared.name) {
         response.headers_mut().insert("x-upstream", name);
+    }
+    let asked = parts.uri.query().unwrap_or("").split('&');
+    for (name, value) in asked.filter_map(|p| p.strip_prefix("__header=")?.split_once(':')) {
+        if let (Ok(name), Ok(value)) = (
+            hyper::header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    let content_type = parts.uri.query().and_then(|query| {
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("content_type="))
+    });
+    if let Some(value) = content_type.and_then(|v| HeaderValue::from_str(v).ok()) {
+        response.headers_mut().insert(CONTENT_TYPE, value);
     }
     Ok(response)
 }
@@ -439,6 +463,21 @@ fn json_response(status: StatusCode, value: &Value) -> Response<ResponseBody> {
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// The echo JSON as a gzip-compressed body (an upstream that compresses itself).
+fn gzip_json_response(value: &Value) -> Response<ResponseBody> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder
+        .write_all(value.to_string().as_bytes())
+        .expect("gzip into memory");
+    let body = encoder.finish().expect("gzip into memory");
+    let mut response = Response::new(Full::new(Bytes::from(body)).boxed());
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert("content-encoding", HeaderValue::from_static("gzip"));
     response
 }
 

@@ -264,7 +264,7 @@ fn account_out(user: User, consumer: &consumers::Consumer) -> AccountOut {
         id: user.id,
         email: user.email,
         plan: consumer.plan.clone(),
-        status: consumer.status.into(),
+        status: consumer.status,
         created_at: rfc3339(user.created_at),
     }
 }
