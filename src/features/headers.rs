@@ -282,29 +282,24 @@ trait Head {
     fn append(&mut self, name: &HeaderName, value: HeaderValue) -> pingora::Result<()>;
 }
 
-impl Head for RequestHeader {
-    fn remove(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
-    fn insert(&mut self, name: &HeaderName, value: HeaderValue) -> pingora::Result<()> {
-        self.insert_header(name, value)
-    }
-    fn append(&mut self, name: &HeaderName, value: HeaderValue) -> pingora::Result<()> {
-        self.append_header(name, value).map(drop)
-    }
+/// Pingora's request and response heads have the same header methods but no shared trait.
+macro_rules! impl_head {
+    ($($head:ty),*) => {$(
+        impl Head for $head {
+            fn remove(&mut self, name: &HeaderName) {
+                self.remove_header(name);
+            }
+            fn insert(&mut self, name: &HeaderName, value: HeaderValue) -> pingora::Result<()> {
+                self.insert_header(name, value)
+            }
+            fn append(&mut self, name: &HeaderName, value: HeaderValue) -> pingora::Result<()> {
+                self.append_header(name, value).map(drop)
+            }
+        }
+    )*};
 }
 
-impl Head for ResponseHeader {
-    fn remove(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
-    fn insert(&mut self, name: &HeaderName, value: HeaderValue) -> pingora::Result<()> {
-        self.insert_header(name, value)
-    }
-    fn append(&mut self, name: &HeaderName, value: HeaderValue) -> pingora::Result<()> {
-        self.append_header(name, value).map(drop)
-    }
-}
+impl_head!(RequestHeader, ResponseHeader);
 
 /// A route's header rules.
 #[derive(Debug, Clone, PartialEq)]

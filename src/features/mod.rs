@@ -52,16 +52,16 @@ pub enum Setting<T> {
 }
 
 impl<T> Setting<T> {
-    /// What applies on a route whose own setting is `self`, given the default.
-    fn over<'a>(&'a self, default: &'a Setting<T>) -> Option<&'a Arc<T>> {
-        match self {
-            Setting::Inherit => match default {
-                Setting::On(feature) => Some(feature),
-                _ => None,
-            },
-            Setting::Off => None,
-            Setting::On(feature) => Some(feature),
-        }
+    /// The step that runs on a route whose own setting is `self`, given the default.
+    fn step(&self, default: &Setting<T>) -> Option<Arc<dyn Step>>
+    where
+        T: Step + 'static,
+    {
+        let feature = match (self, default) {
+            (Setting::On(feature), _) | (Setting::Inherit, Setting::On(feature)) => feature,
+            _ => return None,
+        };
+        Some(Arc::clone(feature) as Arc<dyn Step>)
     }
 
     /// The validated setting of a section as written at `place`.
@@ -145,41 +145,17 @@ impl FeatureSet {
 /// The steps of a route whose features are `route`, with the server-wide `defaults`, in
 /// the order they run (the README's phase chart).
 pub fn pipeline(route: &FeatureSet, defaults: &FeatureSet) -> Pipeline {
-    let mut steps: Vec<Arc<dyn Step>> = Vec::new();
-    let mut add = |step: Option<Arc<dyn Step>>| steps.extend(step);
-    add(route
-        .ip_rules
-        .over(&defaults.ip_rules)
-        .map(|f| Arc::clone(f) as Arc<dyn Step>));
-    add(route
-        .size_limits
-        .over(&defaults.size_limits)
-        .map(|f| Arc::clone(f) as Arc<dyn Step>));
-    add(route
-        .redirect
-        .as_ref()
-        .map(|f| Arc::clone(f) as Arc<dyn Step>));
-    add(route
-        .cors
-        .over(&defaults.cors)
-        .map(|f| Arc::clone(f) as Arc<dyn Step>));
-    add(route
-        .rewrite
-        .over(&defaults.rewrite)
-        .map(|f| Arc::clone(f) as Arc<dyn Step>));
-    add(route
-        .headers
-        .over(&defaults.headers)
-        .map(|f| Arc::clone(f) as Arc<dyn Step>));
-    add(route
-        .security_headers
-        .over(&defaults.security_headers)
-        .map(|f| Arc::clone(f) as Arc<dyn Step>));
-    add(route
-        .compression
-        .over(&defaults.compression)
-        .map(|f| Arc::clone(f) as Arc<dyn Step>));
-    Pipeline::new(steps)
+    let steps = [
+        route.ip_rules.step(&defaults.ip_rules),
+        route.size_limits.step(&defaults.size_limits),
+        route.redirect.clone().map(|r| r as Arc<dyn Step>),
+        route.cors.step(&defaults.cors),
+        route.rewrite.step(&defaults.rewrite),
+        route.headers.step(&defaults.headers),
+        route.security_headers.step(&defaults.security_headers),
+        route.compression.step(&defaults.compression),
+    ];
+    Pipeline::new(steps.into_iter().flatten().collect())
 }
 
 /// A duration written like `10m` or `365d`, in whole seconds (for headers that carry

@@ -1,10 +1,13 @@
 //! The proxy service: a Pingora `ProxyHttp` whose phases each delegate to one module.
 //!
 //! `request_filter` runs, in order: request id, request-target and host check with the
-//! canonical path ([`target`]), health endpoint, route match, identify, verify, limit. Then
-//! `upstream_peer` picks a healthy target by weighted round-robin, `upstream_request_filter`
-//! rewrites what the upstream sees, `response_filter` what the client sees, and `logging`
-//! records metrics and the access log.
+//! canonical path ([`target`]), health endpoint, route match, the route pipeline's request
+//! hooks (`crate::pipeline`: IP rules, size limits, redirects, CORS preflights), identify,
+//! verify, limit. Then `upstream_peer` picks a healthy target by weighted round-robin,
+//! `upstream_request_filter` rewrites what the upstream sees (then the pipeline's
+//! upstream-request hooks), `request_body_filter` runs the body hooks, `response_filter`
+//! shapes what the client sees (then the response hooks), and `logging` records metrics and
+//! the access log. Every answer the gateway makes itself goes through [`respond`].
 
 pub mod health_endpoint;
 pub mod hygiene;
