@@ -1,7 +1,8 @@
 //! Nothing panics on input: arbitrary request lines, paths, hosts, header names and values
 //! thrown at everything the proxy runs on request data before it is answered (the
 //! canonicaliser, the request-target and Host parser, the router, the client-IP parser and
-//! the credential extractor), built from a real config. Results must also be stable: the
+//! the credential extractor, and the edge steps that rewrite the upstream request), built
+//! from a real config. Results must also be stable: the
 //! canonical form of a canonical path is itself.
 
 use pingora::http::RequestHeader;
@@ -24,6 +25,15 @@ routes:
   - {name: root, path_prefix: /, upstream: up}
   - {name: admin, path_prefix: /admin, upstream: up, auth: required, case_insensitive: true}
   - {name: hosted, path_prefix: /api, hosts: [\"*.example.com\", api.test], upstream: up, methods: [GET]}
+  - name: edge
+    path_prefix: /edge
+    upstream: up
+    strip_prefix: true
+    rewrite: {pattern: \"^/(?P<a>[^/]*)/(.*)$\", replace: \"/v2/${a}/$2\"}
+    headers:
+      request: {set: {X-Who: \"${consumer_id}@${client_ip}\", X-Trace: \"${request_id}/${route}\"}, remove: [Cookie]}
+    cors: {allow_origins: [\"https://*.example.com\"]}
+    ip_rules: {deny: [\"10.0.0.0/8\", \"2001:db8::/32\"]}
 ";
     let config = tollgate::config::parse(yaml, std::path::Path::new("."))
         .unwrap_or_else(|e| panic!("test config: {e:?}"));
@@ -42,6 +52,7 @@ fn target_bytes() -> impl Strategy<Value = Vec<u8>> {
         Just(b";".to_vec()),
         Just(b"\\".to_vec()),
         Just(b"admin".to_vec()),
+        Just(b"/edge/".to_vec()),
         Just(b"http://".to_vec()),
         Just(b"[".to_vec()),
         Just(b":".to_vec()),
@@ -124,10 +135,24 @@ proptest! {
         let _ = runtime.auth.client_ip(IpAddr::from(peer), &req);
         let _ = runtime.auth.client_ip("127.0.0.1".parse().unwrap(), &req);
         let _ = runtime.auth.credential(&req);
+        let _ = tollgate::features::cors::route_method(&req);
         if let Ok(t) = tollgate::proxy::target::parse(&req) {
             let host = t.authority.as_ref().map(|a| a.host.as_ref());
-            let _ = runtime.router.find(&t.path, host, &req.method);
+            let found = runtime.router.find(&t.path, host, &req.method);
             prop_assert!(t.path.starts_with('/'));
+            // The upstream-request steps (rewrite, header rules) on whatever was routed.
+            if let tollgate::router::RouteMatch::Found(route) = found {
+                let request_id = http::HeaderValue::from_static("rid");
+                let facts = tollgate::pipeline::Facts {
+                    request_id: &request_id,
+                    client_ip: Some(IpAddr::from(peer)),
+                    consumer: Some("c-1"),
+                    route: &route.spec.name,
+                    tls: false,
+                };
+                let mut upstream = req.clone();
+                let _ = route.pipeline.upstream_request(&req, &mut upstream, &facts);
+            }
         }
     }
 }
