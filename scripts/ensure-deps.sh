@@ -26,6 +26,8 @@ if [[ "${1:-build}" != build ]]; then
   need_cmd promtool prometheus
   need_cmd openssl openssl
   need_cmd runuser util-linux
+  # tests/deploy_systemd.rs checks the unit with systemd-analyze verify.
+  need_cmd systemd-analyze systemd
   # tests/loadtest_scripts.rs syntax-checks the k6 scripts with node.
   need_cmd node nodejs
 fi
