@@ -11,19 +11,24 @@ COPY lua ./lua
 COPY migrations ./migrations
 # Declared in Cargo.toml, so the manifest needs it even for a plain build.
 COPY benches ./benches
-RUN cargo build --profile dist --locked --bin tollgate && strip target/dist/tollgate
+# Cache mounts keep the registry and the dependencies' build between image builds.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --profile dist --locked --bin tollgate \
+    && strip target/dist/tollgate && cp target/dist/tollgate /tollgate
 
-# Run: a small image with only the binary, its TLS library and CA certificates.
+# Run: a small image with only the binary, its TLS library and CA certificates (no curl: the
+# health check is `tollgate health`).
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 curl \
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin tollgate
-COPY --from=build /src/target/dist/tollgate /usr/local/bin/tollgate
-COPY conf/tollgate.yaml /etc/tollgate/tollgate.yaml
+COPY --from=build /tollgate /usr/local/bin/tollgate
+COPY deploy/image/tollgate.yaml /etc/tollgate/tollgate.yaml
 USER tollgate
 # Mount your own configuration over /etc/tollgate. The pid file and upgrade socket go to /tmp.
 VOLUME ["/etc/tollgate"]
 EXPOSE 8080 8443 9091
-HEALTHCHECK --interval=10s --timeout=2s --retries=3 CMD curl -fsS http://127.0.0.1:8080/health || exit 1
+HEALTHCHECK --interval=10s --timeout=3s --retries=3 CMD ["/usr/local/bin/tollgate", "health", "--url", "http://127.0.0.1:8080/health"]
 ENTRYPOINT ["/usr/local/bin/tollgate"]
 CMD ["-c", "/etc/tollgate/tollgate.yaml"]

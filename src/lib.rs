@@ -15,6 +15,7 @@ pub mod db;
 pub mod echo;
 pub mod features;
 pub mod forward;
+pub mod health_probe;
 pub mod limit;
 pub mod metrics;
 pub mod persistence;

@@ -51,6 +51,16 @@ enum Command {
         #[command(subcommand)]
         action: KeyAction,
     },
+    /// Exit 0 when a health endpoint answers 2xx, else 1 with the reason (for container
+    /// HEALTHCHECKs and probes: the image has no curl).
+    Health {
+        /// The endpoint: a plain http:// URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080/health")]
+        url: String,
+        /// Deadline for the whole exchange.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Run a demo upstream that echoes each request as JSON.
     Echo {
         #[arg(long, default_value = "127.0.0.1:9000")]
@@ -114,6 +124,16 @@ fn main() -> ExitCode {
         Command::Key {
             action: KeyAction::New { id, pepper_env },
         } => new_key(id, &pepper_env),
+        Command::Health { url, timeout } => match tollgate::health_probe::probe(&url, timeout) {
+            Ok(status) => {
+                println!("{url}: {status}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tollgate health: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Echo { listen, name } => tollgate::echo::run(&listen, &name),
     }
 }

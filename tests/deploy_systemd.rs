@@ -8,8 +8,14 @@ use std::process::Command;
 fn the_systemd_unit_verifies_cleanly() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let unit = std::fs::read_to_string(root.join("deploy/systemd/tollgate.service")).unwrap();
-    assert!(unit.contains("ExecReload=/bin/kill -HUP $MAINPID"), "{unit}");
-    assert!(unit.contains("AmbientCapabilities=CAP_NET_BIND_SERVICE"), "{unit}");
+    assert!(
+        unit.contains("ExecReload=/bin/kill -HUP $MAINPID"),
+        "{unit}"
+    );
+    assert!(
+        unit.contains("AmbientCapabilities=CAP_NET_BIND_SERVICE"),
+        "{unit}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tollgate.service");
     std::fs::write(
@@ -21,7 +27,9 @@ fn the_systemd_unit_verifies_cleanly() {
         .arg("verify")
         .arg(&path)
         .output()
-        .expect("systemd-analyze (Debian's systemd package; scripts/ensure-deps.sh test installs it)");
+        .expect(
+            "systemd-analyze (Debian's systemd package; scripts/ensure-deps.sh test installs it)",
+        );
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
