@@ -237,10 +237,15 @@ fn the_dashboard_is_a_grafana_dashboard_with_a_query_on_every_panel() {
     let mut queried = 0;
     for panel in &panels {
         let title = panel["title"].as_str().expect("every panel has a title");
-        let id = panel["id"].as_u64().unwrap_or_else(|| panic!("{title:?}: no id"));
+        let id = panel["id"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{title:?}: no id"));
         assert!(ids.insert(id), "{title:?}: id {id} is used twice");
         for key in ["h", "w", "x", "y"] {
-            assert!(panel["gridPos"][key].is_u64(), "{title:?}: no gridPos.{key}");
+            assert!(
+                panel["gridPos"][key].is_u64(),
+                "{title:?}: no gridPos.{key}"
+            );
         }
         if is_row(panel) {
             continue;
@@ -282,7 +287,13 @@ fn new_key() -> (String, String) {
     (key.secret, hash)
 }
 
-fn config_yaml(cfg: &GatewayConfig, up: &TestUpstream, redis: &RedisServer, hash: &str, extra_route: &str) -> String {
+fn config_yaml(
+    cfg: &GatewayConfig,
+    up: &TestUpstream,
+    redis: &RedisServer,
+    hash: &str,
+    extra_route: &str,
+) -> String {
     cfg.render(&format!(
         "auth:\n  api_key: {{pepper_env: {PEPPER_ENV}}}\n\
          plans:\n  - {{name: gold, limits: [{{requests: 3, per: 1h}}]}}\n\
@@ -339,10 +350,19 @@ async fn every_metric_and_label_the_dashboard_queries_is_exported() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let text = loop {
         let text = gw.metrics_text().await;
-        if metric(&text, "tollgate_config_reloads_total", &[("result", "success")]) >= Some(1.0) {
+        if metric(
+            &text,
+            "tollgate_config_reloads_total",
+            &[("result", "success")],
+        ) >= Some(1.0)
+        {
             break text;
         }
-        assert!(Instant::now() < deadline, "no successful reload\n{}", gw.logs());
+        assert!(
+            Instant::now() < deadline,
+            "no successful reload\n{}",
+            gw.logs()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(metric(&text, "tollgate_config_generation", &[]), Some(2.0));
