@@ -251,6 +251,9 @@ pub fn init() {
     }
     LazyLock::force(&CONFIG_GENERATION);
     LazyLock::force(&ACCESS_LOG_DROPPED);
+    // Without a database these stay 0; with one, the first drop is then visible to `rate()`.
+    LazyLock::force(&USAGE_DROPPED);
+    LazyLock::force(&USAGE_PENDING);
     LazyLock::force(&INVALID_PLANS);
     for outcome in ["store", "refused", "busy"] {
         KEY_LOOKUPS.with_label_values(&[outcome]);
