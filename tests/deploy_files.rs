@@ -623,7 +623,7 @@ fn kubernetes_manifests_refer_to_each_other() {
     let sleep: u64 = seq(container, "lifecycle.preStop.exec.command")
         .iter()
         .filter_map(Value::as_str)
-        .last()
+        .next_back()
         .and_then(|s| s.parse().ok())
         .expect("preStop: sleep N");
     let grace = get(&config, "server.grace_period")
