@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building or testing tollgate needs and this machine lacks (Debian/Ubuntu).
 #   scripts/ensure-deps.sh build   cmake, pkg-config, libssl-dev (Pingora's build)
-#   scripts/ensure-deps.sh test    the above plus redis-server, PostgreSQL, promtool, openssl, node
+#   scripts/ensure-deps.sh test    the above plus redis-server, PostgreSQL, promtool, openssl, node,
+#                                  python3 and kubernetes-validate (pip: tests/deploy_files.rs)
 #   scripts/ensure-deps.sh bench   the above plus wrk and nginx (apt), and oha (cargo install: the
 #                                  open-loop load generator; Debian has neither oha nor wrk2)
 # Nothing is installed when everything is present; installing needs root (or sudo).
@@ -30,11 +31,13 @@ if [[ "${1:-build}" != build ]]; then
   need_cmd systemd-analyze systemd
   # tests/loadtest_scripts.rs syntax-checks the k6 scripts with node.
   need_cmd node nodejs
+  # tests/deploy_files.rs validates deploy/kubernetes/ with kubernetes-validate (PyPI).
+  need_cmd python3 python3
+  python3 -m pip --version >/dev/null 2>&1 || want+=(python3-pip)
 fi
 if [[ "${1:-build}" == bench ]]; then
   need_cmd wrk wrk
   need_cmd nginx nginx-light
-  need_cmd python3 python3
 fi
 
 if [[ ${#want[@]} -gt 0 ]]; then
@@ -49,6 +52,17 @@ if [[ ${#want[@]} -gt 0 ]]; then
   for svc in redis-server postgresql nginx prometheus; do
     "${SUDO[@]}" service "$svc" stop >/dev/null 2>&1 || true
   done
+fi
+
+# kubernetes-validate (PyPI) checks the Kubernetes manifests offline against the bundled
+# schemas (tests/deploy_files.rs). A Debian python3 refuses a plain pip install
+# (externally managed): then it goes in with --break-system-packages, as it has no dependency
+# Debian's own python3 packages rely on.
+if [[ "${1:-build}" != build ]] && ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
+  echo "installing kubernetes-validate (pip)"
+  pip=(python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore)
+  if [[ $(id -u) -ne 0 ]]; then pip+=(--user); fi
+  "${pip[@]}" kubernetes-validate 2>/dev/null || "${pip[@]}" --break-system-packages kubernetes-validate
 fi
 
 # oha (crates.io) drives bench.py's open-loop case: a fixed arrival rate with latency corrected
