@@ -1,3 +1,9 @@
+# The runtime stage is shared with `make image` (scripts/image.sh), which builds it from a
+# debootstrapped Debian base and a binary built on the host:
+#   --build-arg RUNTIME_BASE=<base image>  --build-arg BINARY_SOURCE=<image holding /tollgate>
+ARG RUNTIME_BASE=debian:bookworm-slim
+ARG BINARY_SOURCE=build
+
 # Build: the `dist` binary (fat LTO, the fastest code; README "Build profiles"), with the
 # system libraries Pingora's build needs.
 FROM rust:1-bookworm AS build
@@ -17,13 +23,16 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --profile dist --locked --bin tollgate \
     && strip target/dist/tollgate && cp target/dist/tollgate /tollgate
 
+# Where the binary comes from: the stage above, or (make image) a prebuilt one.
+FROM ${BINARY_SOURCE} AS binary
+
 # Run: a small image with only the binary, its TLS library and CA certificates (no curl: the
 # health check is `tollgate health`).
-FROM debian:bookworm-slim
+FROM ${RUNTIME_BASE} AS runtime
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin tollgate
-COPY --from=build /tollgate /usr/local/bin/tollgate
+COPY --from=binary /tollgate /usr/local/bin/tollgate
 COPY deploy/image/tollgate.yaml /etc/tollgate/tollgate.yaml
 USER tollgate
 # Mount your own configuration over /etc/tollgate. The pid file and upgrade socket go to /tmp.

@@ -4,7 +4,7 @@
 CARGO ?= cargo
 CONFIG ?= conf/tollgate.yaml
 
-.PHONY: run test bench bench-profiles build check lint deps test-deps bench-deps
+.PHONY: run test bench bench-profiles build check lint deps test-deps bench-deps image
 
 deps:
 	@scripts/ensure-deps.sh build
@@ -55,6 +55,12 @@ bench-profiles: bench-deps
 	$(CARGO) build --profile dist --bin tollgate --example bare_pingora
 	python3 loadtest/bench.py --quick --profile dist --compare-profiles release --cases p,c,d \
 	  --idle '' --no-criterion --out loadtest/RESULTS-profiles.md $(BENCH_ARGS)
+
+## The runtime image (the Dockerfile's runtime stage) built with buildah on a debootstrapped
+## Debian base, then started: tollgate check, a proxied request and tollgate health inside it.
+## No Docker engine or registry needed; needs root. TOLLGATE_BIN=path skips the release build.
+image:
+	scripts/image.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
