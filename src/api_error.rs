@@ -47,6 +47,8 @@ pub enum ApiError {
     TooManyConnections,
     /// `CONNECT` (tunnelling) is not proxied.
     ConnectNotSupported,
+    /// The process is draining at shutdown and takes no new request.
+    ShuttingDown,
     /// A pipeline step refused the request (IP rules, size limits, CORS).
     Refused(Refusal),
 }
@@ -65,6 +67,7 @@ impl ApiError {
             ApiError::HeaderTooLarge => 431,
             ApiError::HeaderTimeout => 408,
             ApiError::TooManyConnections => 503,
+            ApiError::ShuttingDown => 503,
             ApiError::ConnectNotSupported => 405,
             ApiError::NoHealthyTarget => 503,
             ApiError::BadGateway => 502,
@@ -122,6 +125,7 @@ impl ApiError {
             ApiError::HeaderTooLarge => "request_header_too_large",
             ApiError::HeaderTimeout => "request_header_timeout",
             ApiError::TooManyConnections => "too_many_connections",
+            ApiError::ShuttingDown => "shutting_down",
             ApiError::ConnectNotSupported => "method_not_allowed",
             ApiError::Refused(r) => r.code,
         }
@@ -182,6 +186,9 @@ impl ApiError {
             ApiError::HeaderTooLarge => "the request line and headers are too large".into(),
             ApiError::HeaderTimeout => "the request head did not arrive in time".into(),
             ApiError::TooManyConnections => "too many connections are open; retry shortly".into(),
+            ApiError::ShuttingDown => {
+                "this instance is shutting down; retry (another instance)".into()
+            }
             ApiError::ConnectNotSupported => "CONNECT is not supported".into(),
             ApiError::Refused(r) => r.message.clone(),
         }

@@ -12,6 +12,7 @@ pub mod canonical;
 pub mod config;
 pub mod connection;
 pub mod db;
+pub mod drain;
 pub mod echo;
 pub mod features;
 pub mod forward;

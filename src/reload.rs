@@ -227,6 +227,10 @@ impl BackgroundService for Supervisor {
     }
 }
 
+/// After the drain's gate closes, how long the requests already running may take to finish
+/// (within the 3 s Pingora grants after the grace period, which the last usage write needs too).
+const FINISH_AFTER_GATE: Duration = Duration::from_secs(1);
+
 impl Supervisor {
     /// Pingora stops accepting on shutdown, then waits out the whole grace period before it
     /// drops unfinished requests. Exit as soon as nothing is in flight instead, so a drain
@@ -234,11 +238,19 @@ impl Supervisor {
     /// usage counted so far is written first.
     async fn drain_then_exit(&self, grace_period: Duration) {
         log::info!("shutting down: draining in-flight requests (at most {grace_period:?})");
-        let deadline = tokio::time::Instant::now() + grace_period;
-        while metrics::IN_FLIGHT.get() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let left = metrics::IN_FLIGHT.get();
+        let quiet = |deadline: tokio::time::Instant| async move {
+            while crate::drain::in_flight() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        quiet(tokio::time::Instant::now() + grace_period).await;
+        // From here a new request (a kept-alive connection's next one) is refused, so none
+        // can be answered after the last flush. The requests already running are let finish
+        // (they are under way; nothing new joins them), within part of the time Pingora
+        // leaves after the grace period.
+        crate::drain::close();
+        quiet(tokio::time::Instant::now() + FINISH_AFTER_GATE).await;
+        let left = crate::drain::in_flight();
         if left > 0 {
             // Pingora drops these now; what was counted before is written all the same.
             log::warn!("grace period over with {left} requests still in flight");

@@ -63,26 +63,32 @@ impl Gateway {
     }
 }
 
-/// Counts a request in `tollgate_requests_in_flight` for as long as it lives, however it
-/// ends (a panic in a phase included).
-struct InFlight;
+/// Counts a request in `tollgate_requests_in_flight` and in the shutdown drain
+/// ([`crate::drain`]) for as long as it lives, however it ends (a panic in a phase included).
+struct InFlight {
+    /// The drain's gate was open when the request started (else it is refused).
+    admitted: bool,
+}
 
 impl InFlight {
     fn start() -> Self {
         metrics::IN_FLIGHT.inc();
-        InFlight
+        InFlight {
+            admitted: crate::drain::started(),
+        }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         metrics::IN_FLIGHT.dec();
+        crate::drain::finished();
     }
 }
 
 /// Per-request state shared by the phases.
 pub struct RequestCtx {
-    _in_flight: InFlight,
+    in_flight: InFlight,
     started: Instant,
     /// The config snapshot this request runs on, from start to end.
     runtime: Arc<Runtime>,
@@ -141,7 +147,7 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
-            _in_flight: InFlight::start(),
+            in_flight: InFlight::start(),
             started: Instant::now(),
             runtime: self.live.current(),
             request_id: HeaderValue::from_static(""),
@@ -528,6 +534,11 @@ impl Gateway {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
         ctx.request_id = request_id::assign(&session.req_header().headers);
+        if !ctx.in_flight.admitted {
+            // The drain has begun: answered, not served, so no count can miss the last flush.
+            session.set_keepalive(None);
+            return reject(session, ctx, ApiError::ShuttingDown).await;
+        }
         ctx.tls = is_tls(session);
         let req = session.req_header();
         ctx.client_ip = client_ip(session).map(|peer| ctx.runtime.auth.client_ip(peer, req));
