@@ -26,10 +26,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # Where the binary comes from: the stage above, or (make image) a prebuilt one.
 FROM ${BINARY_SOURCE} AS binary
 
-# Run: a small image with only the binary, its TLS library and CA certificates (no curl: the
+# Run: a small image with only the binary (OpenSSL is linked in) and CA certificates (no curl: the
 # health check is `tollgate health`).
 FROM ${RUNTIME_BASE} AS runtime
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 \
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin tollgate
 COPY --from=binary /tollgate /usr/local/bin/tollgate

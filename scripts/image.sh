@@ -3,7 +3,7 @@
 # then starts it and checks that it serves. The image is the Dockerfile's own `runtime` stage,
 # built on a Debian base made here by debootstrap, with a binary built on the host:
 #   1. the binary: $TOLLGATE_BIN, else `cargo build --profile release`
-#   2. localhost/tollgate-base:bookworm: debootstrap minbase (ca-certificates, libssl3), once
+#   2. localhost/tollgate-base:bookworm: debootstrap minbase (with ca-certificates), once
 #   3. localhost/tollgate:dev: `buildah bud --target runtime` of the Dockerfile
 #   4. smoke: in the image, `tollgate check`, then the gateway with a demo upstream, a proxied
 #      request and `tollgate health`
@@ -30,7 +30,7 @@ fi
 if ! "${B[@]}" inspect --type image localhost/tollgate-base:bookworm >/dev/null 2>&1; then
   if [[ ! -x $work/rootfs/bin/sh ]]; then
     echo "debootstrap: a minimal Debian bookworm in $work/rootfs"
-    debootstrap --variant=minbase --include=ca-certificates,libssl3 bookworm "$work/rootfs" \
+    debootstrap --variant=minbase --include=ca-certificates bookworm "$work/rootfs" \
       http://deb.debian.org/debian >"$work/debootstrap.log"
   fi
   ctr=$("${B[@]}" from scratch)
