@@ -7,36 +7,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 use support::*;
-use tollgate::auth::api_key::{generate, KeyHasher};
+use tollgate::auth::api_key::generate;
 use tollgate::db::{self, Db};
 
 const PEPPER: &str = "persistence-test-pepper-0123456789";
-
-/// Creates consumer `id` on `plan` with one key in the database; returns the key.
-async fn consumer_with_key(db: &Db, id: &str, plan: Option<&str>) -> String {
-    let mut consumer = db::consumers::NewConsumer::new(id);
-    consumer.plan = plan.map(str::to_string);
-    db::consumers::create(db, "test", &consumer)
-        .await
-        .expect("consumer");
-    let key = generate(&ring::rand::SystemRandom::new()).expect("random");
-    db::keys::create(
-        db,
-        "test",
-        &db::keys::NewApiKey {
-            id: Some(format!("{id}-key")),
-            consumer_id: id.to_string(),
-            name: "test".into(),
-            prefix: key.prefix.clone(),
-            hash: KeyHasher::new(PEPPER.as_bytes()).hash(&key.secret),
-            scopes: None,
-            expires_at: None,
-        },
-    )
-    .await
-    .expect("key");
-    key.secret
-}
 
 fn yaml(cfg: &GatewayConfig, pg: &Postgres, upstream: &TestUpstream, flush: &str) -> String {
     cfg.render(&format!(
@@ -75,7 +49,7 @@ async fn a_revoked_key_stops_working_on_every_instance_within_a_second() {
     let one = start_gateway(&pg, &upstream, "1s").await;
     let two = start_gateway(&pg, &upstream, "1s").await;
     let db = Db::connect(&pg.url(), 2).await.unwrap();
-    let key = consumer_with_key(&db, "alice", None).await;
+    let key = consumer_with_key(&db, PEPPER, "alice", None).await;
 
     // Valid on both, and now cached on both.
     assert_eq!(status(&one, &key).await, 200, "{}", one.logs());
@@ -109,7 +83,7 @@ async fn a_revoked_key_stops_working_on_every_instance_within_a_second() {
     );
 
     // A disabled consumer is refused everywhere too.
-    let key_b = consumer_with_key(&db, "bob", None).await;
+    let key_b = consumer_with_key(&db, PEPPER, "bob", None).await;
     assert_eq!(status(&two, &key_b).await, 200);
     let disable = db::consumers::ConsumerUpdate {
         status: Some(tollgate::auth::store::Status::Disabled),
@@ -148,7 +122,7 @@ async fn plans_from_the_database_limit_and_follow_changes() {
     )
     .await
     .unwrap();
-    let key = consumer_with_key(&db, "carol", Some("tiny")).await;
+    let key = consumer_with_key(&db, PEPPER, "carol", Some("tiny")).await;
     // The plan reaches the gateway by notification.
     let deadline = Instant::now() + Duration::from_secs(3);
     let mut statuses = Vec::new();
@@ -229,7 +203,7 @@ async fn a_database_plan_blocks_a_consumer_for_its_block_for_seconds() {
     assert_eq!(code, 201, "{plan}");
     assert_eq!(plan["block_for_seconds"], 600, "{plan}");
     let db = Db::connect(&pg.url(), 2).await.unwrap();
-    let key = consumer_with_key(&db, "frank", Some("strict")).await;
+    let key = consumer_with_key(&db, PEPPER, "frank", Some("strict")).await;
 
     // Two pass, the third is refused by the window and starts the block.
     let mut passed = 0;
@@ -298,7 +272,7 @@ async fn usage_adds_up_across_a_database_restart_and_a_sigterm() {
     let upstream = TestUpstream::start("a").await;
     let mut gw = start_gateway(&pg, &upstream, "300ms").await;
     let db = Db::connect(&pg.url(), 2).await.unwrap();
-    let key = consumer_with_key(&db, "dave", None).await;
+    let key = consumer_with_key(&db, PEPPER, "dave", None).await;
 
     let mut sent = 0u64;
     for _ in 0..40 {
@@ -530,7 +504,7 @@ async fn a_flood_of_random_api_keys_reaches_the_store_only_for_the_address_budge
     );
     let gw = Gateway::start(cfg, &text).await;
     let db = Db::connect(&pg.url(), 2).await.unwrap();
-    let alice = consumer_with_key(&db, "alice", None).await;
+    let alice = consumer_with_key(&db, PEPPER, "alice", None).await;
     assert_eq!(status(&gw, &alice).await, 200, "{}", gw.logs());
     let before = key_lookups(&gw, "store").await;
     let refused_before = key_lookups(&gw, "refused").await;
@@ -607,7 +581,7 @@ async fn flood_measurement() {
     let upstream = TestUpstream::start("a").await;
     let gw = start_gateway(&pg, &upstream, "1s").await;
     let db = Db::connect(&pg.url(), 2).await.unwrap();
-    let alice = consumer_with_key(&db, "alice", None).await;
+    let alice = consumer_with_key(&db, PEPPER, "alice", None).await;
     assert_eq!(status(&gw, &alice).await, 200, "{}", gw.logs());
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (lookups, xacts) = (key_lookups(&gw, "store").await, transactions(&pg).await);
@@ -644,7 +618,7 @@ async fn an_invalid_stored_plan_is_skipped_at_start_and_on_reload() {
     )
     .await;
     let db = Db::connect(&pg.url(), 2).await.unwrap();
-    let dave = consumer_with_key(&db, "dave", Some("broken")).await;
+    let dave = consumer_with_key(&db, PEPPER, "dave", Some("broken")).await;
 
     // A valid plan change still applies on the running instance.
     db::plans::create(
@@ -664,7 +638,7 @@ async fn an_invalid_stored_plan_is_skipped_at_start_and_on_reload() {
     )
     .await
     .unwrap();
-    let carol = consumer_with_key(&db, "carol", Some("tiny")).await;
+    let carol = consumer_with_key(&db, PEPPER, "carol", Some("tiny")).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     while status(&first, &carol).await != 429 {
         assert!(
@@ -709,7 +683,7 @@ async fn a_store_query_stuck_on_a_lock_is_cancelled_by_the_statement_timeout() {
     );
     let gw = Gateway::start(cfg, &text).await;
     let db = Db::connect(&pg.url(), 2).await.unwrap();
-    let alice = consumer_with_key(&db, "alice", None).await;
+    let alice = consumer_with_key(&db, PEPPER, "alice", None).await;
 
     let lock =
         pg.psql("BEGIN; LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(8); COMMIT;");
@@ -751,7 +725,7 @@ async fn usage_counted_before_a_drain_timeout_is_still_written() {
     let text = yaml(&cfg, &pg, &upstream, "1h").replace("grace_period: 0s", "grace_period: 1s");
     let mut gw = Gateway::start(cfg, &text).await;
     let db = Db::connect(&pg.url(), 2).await.unwrap();
-    let key = consumer_with_key(&db, "erin", None).await;
+    let key = consumer_with_key(&db, PEPPER, "erin", None).await;
     let sent = 25u64;
     for _ in 0..sent {
         assert_eq!(status(&gw, &key).await, 200);

@@ -11,38 +11,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::*;
-use tollgate::auth::api_key::{generate, KeyHasher};
 use tollgate::db::{self, Db};
 
 const PEPPER: &str = "scale-out-test-pepper-0123456789";
 /// The plan's quota: requests per hour for one consumer, across every instance.
 const QUOTA: u64 = 150;
-
-/// Creates consumer `id` on `plan` with one key; returns the key.
-async fn consumer_with_key(db: &Db, id: &str, plan: &str) -> String {
-    let mut consumer = db::consumers::NewConsumer::new(id);
-    consumer.plan = Some(plan.into());
-    db::consumers::create(db, "test", &consumer)
-        .await
-        .expect("consumer");
-    let key = generate(&ring::rand::SystemRandom::new()).expect("random");
-    db::keys::create(
-        db,
-        "test",
-        &db::keys::NewApiKey {
-            id: Some(format!("{id}-key")),
-            consumer_id: id.into(),
-            name: "test".into(),
-            prefix: key.prefix.clone(),
-            hash: KeyHasher::new(PEPPER.as_bytes()).hash(&key.secret),
-            scopes: None,
-            expires_at: None,
-        },
-    )
-    .await
-    .expect("key");
-    key.secret
-}
 
 async fn status(client: &reqwest::Client, url: &str, key: &str) -> u16 {
     client
@@ -100,43 +73,11 @@ routes:
         .await
         .unwrap_or_else(|e| panic!("admin port: {e}\n{}", gateways[0].logs()));
     let db = Db::connect(&pg.url(), 2).await.unwrap();
-    db::plans::create(
-        &db,
-        "test",
-        &db::plans::NewPlan {
-            name: "metered".into(),
-            algorithm: db::plans::Algorithm::FixedWindow,
-            limits: vec![db::plans::Limit {
-                requests: QUOTA,
-                per_seconds: 3600,
-                burst: None,
-            }],
-            concurrency: None,
-            block_for_seconds: None,
-        },
-    )
-    .await
-    .unwrap();
-    let metered = consumer_with_key(&db, "metered", "metered").await;
-    db::plans::create(
-        &db,
-        "test",
-        &db::plans::NewPlan {
-            name: "roomy".into(),
-            algorithm: db::plans::Algorithm::FixedWindow,
-            limits: vec![db::plans::Limit {
-                requests: 1_000_000,
-                per_seconds: 3600,
-                burst: None,
-            }],
-            concurrency: None,
-            block_for_seconds: None,
-        },
-    )
-    .await
-    .unwrap();
-    let steady = consumer_with_key(&db, "steady", "roomy").await;
-    let probe = consumer_with_key(&db, "probe", "roomy").await;
+    hourly_plan(&db, "metered", QUOTA).await;
+    let metered = consumer_with_key(&db, PEPPER, "metered", Some("metered")).await;
+    hourly_plan(&db, "roomy", 1_000_000).await;
+    let steady = consumer_with_key(&db, PEPPER, "steady", Some("roomy")).await;
+    let probe = consumer_with_key(&db, PEPPER, "probe", Some("roomy")).await;
     let urls: Vec<String> = gateways.iter().map(|g| g.url("/x")).collect();
     let client = http_client();
     // Every instance knows both plans before the load starts (plans arrive by NOTIFY).
@@ -186,7 +127,7 @@ routes:
     assert_eq!(limited, QUOTA);
 
     // 2. A key revoked through the admin API of instance 0 is refused on all three.
-    let victim = consumer_with_key(&db, "victim", "roomy").await;
+    let victim = consumer_with_key(&db, PEPPER, "victim", Some("roomy")).await;
     for url in &urls {
         assert_eq!(status(&client, url, &victim).await, 200);
     }

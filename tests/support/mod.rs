@@ -19,6 +19,7 @@
 
 mod answer;
 mod certs;
+mod fixtures;
 mod gateway;
 mod net;
 mod postgres;
@@ -28,6 +29,7 @@ mod upstream;
 
 pub use answer::Answer;
 pub use certs::{Certs, LeafCert};
+pub use fixtures::{consumer_with_key, hourly_plan};
 pub use gateway::{metric, Gateway, GatewayConfig};
 pub use net::{free_port, http_client, http_client_builder, port_is_closed, wait_for_port};
 pub use postgres::Postgres;
