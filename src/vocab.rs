@@ -47,9 +47,9 @@ impl fmt::Debug for KeyHash {
 }
 
 /// Request headers the gateway sets for the upstream itself, which upstreams trust it for:
-/// the forwarding headers and the request id (`crate::forward`, `crate::request_id`). A
+/// the forwarding headers and the request id (`src/forward.rs`, `src/request_id.rs`). A
 /// client's are replaced or removed under any spelling ([`same_header_name`]); header rules
-/// (`crate::features::headers`) may not change them.
+/// (`src/features/headers.rs`) may not change them.
 pub mod gateway_headers {
     /// `X-Forwarded-For`.
     pub const X_FORWARDED_FOR: &str = "x-forwarded-for";

@@ -2,7 +2,7 @@
 //! `Accept-Encoding`.
 //!
 //! The compressing itself is Pingora's ([`ResponseCompressionCtx`]), in a downstream module of
-//! every request ([`CompressionModule`], registered in `crate::proxy`) that does nothing until
+//! every request ([`CompressionModule`], registered in `src/proxy/mod.rs`) that does nothing until
 //! this step turns it on, so a route without compression pays nothing more than Pingora's
 //! own switched-off module would. The step decides; Pingora encodes (streamed, chunk by
 //! chunk) and rewrites the head: `Content-Encoding`, `Vary: Accept-Encoding`, a weakened

@@ -1,6 +1,6 @@
 //! `ip_rules`: which client addresses a route serves. `deny` wins; when `allow` is not
 //! empty, only the addresses it lists pass. Checked on the client address as the
-//! trusted-proxy logic resolved it (`crate::auth::client_ip`), an IPv4-mapped IPv6 address
+//! trusted-proxy logic resolved it (`src/auth/client_ip.rs`), an IPv4-mapped IPv6 address
 //! (`::ffff:a.b.c.d`) counting as its IPv4 address, before identification; a refusal is a
 //! 403 `ip_denied` that does not say which list refused.
 //!

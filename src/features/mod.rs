@@ -7,7 +7,7 @@
 //! order of the phase chart, once per config snapshot.
 //!
 //! Adding a feature: its module here; its field in [`RawFeatures`], [`FeatureSet`], the
-//! route's raw section (`crate::config::raw::RawRoute`) and [`pipeline`]; README and tests.
+//! route's raw section (`RawRoute` in `src/config/raw.rs`) and [`pipeline`]; README and tests.
 
 pub mod compression;
 pub mod cors;

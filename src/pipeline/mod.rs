@@ -5,7 +5,7 @@
 //! A route's [`Pipeline`] is compiled once per config snapshot from its YAML (and the
 //! server-wide `defaults:`), never per request. It keeps, for each hook, only the steps that
 //! use it ([`Step::hooks`]), so a hook no step uses costs an empty loop, and a request runs
-//! only the steps of its route. The proxy (`crate::proxy`) calls the hooks in the phase
+//! only the steps of its route. The proxy (`src/proxy/`) calls the hooks in the phase
 //! order documented there and in the README's phase chart.
 //!
 //! This module sits low in the layers: it knows Pingora's request and response types and
