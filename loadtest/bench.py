@@ -15,8 +15,8 @@ Cases (--cases; every server is started once, then measured in interleaved round
   h   tollgate + API key, 1,000 routes and 100,000 keys configured
   t2  tollgate plain, 2 worker threads, nothing pinned                    report only
   n2  nginx reverse proxy, 2 workers, nothing pinned                      report only
-With --compare-profiles P: c and d again with tollgate built with profile P (rows c@P, d@P).
-With --compare-binaries L=PATH: c and d again with the tollgate binary at PATH (rows c@L, d@L),
+With --compare-profiles P: c, d and e again with tollgate built with profile P (rows c@P, d@P, e@P).
+With --compare-binaries L=PATH: c, d and e again with the tollgate binary at PATH (rows c@L, ...),
 e.g. a build of an earlier commit, to measure a change side by side in one run.
 
 Rounds: every case once at each concurrency (--connections, 64 and 256), then every case
@@ -567,7 +567,7 @@ DEFAULT_CASES = ",".join(CASES)
 # without stopping the others.
 CASE_ERRORS = (BenchError, OSError, http.client.HTTPException, subprocess.SubprocessError)
 # The cases run again for every --compare-profiles profile.
-PROFILE_CASES = ("c", "d")
+PROFILE_CASES = ("c", "d", "e")
 
 
 def profile_dir(profile: str) -> str:
@@ -741,19 +741,30 @@ class Bench:
                 lambda name, p, r: tollgate_yaml(self.run_dir, name, p, up, auth="jwt", jwt=(alg, pub)),
                 {"Authorization": f"Bearer {token}"}, anonymous_status=401)
 
+        # The cases another build can run too (--compare-profiles, --compare-binaries): config,
+        # headers and setup options, one definition for both.
+        variants = {
+            "c": (plain(), {}, dict(anonymous_status=200)),
+            "d": (with_key(), key_hdr, dict(anonymous_status=401)),
+            "e": (lambda name, p, r: tollgate_yaml(self.run_dir, name, p, up, auth="api_key", key_hash_hex=khash,
+                                                   redis_port=r),
+                  key_hdr, dict(anonymous_status=401, limited=True, redis=True)),
+        }
+
+        def variant(key: str, name: str, what: str, **kw) -> Target:
+            config, headers, options = variants[key]
+            return self.setup_tollgate(name, what, config, headers, **options, **kw)
+
         setups = {
             "a": self.setup_direct,
             "b": lambda: self.setup_nginx("b", 1, True),
             "p": self.setup_bare,
-            "c": lambda: self.setup_tollgate("c", CASES["c"][1], plain(), {}),
+            "c": lambda: variant("c", "c", CASES["c"][1]),
             "l": lambda: self.setup_tollgate("l", CASES["l"][1], plain(access_log=True), {}),
-            "d": lambda: self.setup_tollgate("d", CASES["d"][1], with_key(), key_hdr, anonymous_status=401),
+            "d": lambda: variant("d", "d", CASES["d"][1]),
             "f": lambda: jwt("f", "RS256"),
             "g": lambda: jwt("g", "ES256"),
-            "e": lambda: self.setup_tollgate(
-                "e", CASES["e"][1], lambda name, p, r: tollgate_yaml(
-                    self.run_dir, name, p, up, auth="api_key", key_hash_hex=khash, redis_port=r),
-                key_hdr, anonymous_status=401, limited=True, redis=True),
+            "e": lambda: variant("e", "e", CASES["e"][1]),
             "h": self.setup_many,
             "t2": lambda: self.setup_tollgate("t2", CASES["t2"][1], plain(threads=2), {}, kind="report",
                                               pinned=False),
@@ -765,10 +776,8 @@ class Bench:
         for prof, binary in self.profile_binaries.items():
             for key in PROFILE_CASES:
                 if key in a.cases:
-                    self.guarded(f"{key}@{prof}", lambda key=key, prof=prof, binary=binary: self.setup_tollgate(
-                        f"{key}@{prof}", f"{CASES[key][1]}, build {prof}",
-                        plain() if key == "c" else with_key(), {} if key == "c" else key_hdr,
-                        kind="profile", anonymous_status=200 if key == "c" else 401, binary=binary))
+                    self.guarded(f"{key}@{prof}", lambda key=key, prof=prof, binary=binary: variant(
+                        key, f"{key}@{prof}", f"{CASES[key][1]}, build {prof}", kind="profile", binary=binary))
 
     def setup_many(self) -> Target:
         a = self.args
@@ -1307,8 +1316,8 @@ def parse_args() -> argparse.Namespace:
                    help="more profiles (e.g. release) whose tollgate runs cases c and d too, built beforehand "
                    "with `cargo build --profile P` ('')")
     p.add_argument("--compare-binaries", default="",
-                   help="LABEL=PATH,...: other tollgate binaries (e.g. an earlier commit's) that run cases c and d "
-                   "too, as rows c@LABEL, d@LABEL ('')")
+                   help="LABEL=PATH,...: other tollgate binaries (e.g. an earlier commit's) that run cases c, d and e "
+                   "too, as rows c@LABEL, d@LABEL, e@LABEL ('')")
     p.add_argument("--target-dir", default=os.environ.get("CARGO_TARGET_DIR") or str(ROOT / "target"),
                    help="cargo's target dir ($CARGO_TARGET_DIR, else ./target)")
     p.add_argument("--no-criterion", dest="criterion", action="store_false", help="skip cargo bench --bench hot_path")

@@ -7,7 +7,7 @@
 //! `upstream_request_filter` rewrites what the upstream sees (then the pipeline's
 //! upstream-request hooks), `request_body_filter` runs the body hooks, `response_filter`
 //! shapes what the client sees (then the response hooks), and `logging` records metrics and
-//! the access log. Every answer the gateway makes itself goes through [`respond`].
+//! the access log. Every answer the gateway makes itself goes through [`respond::respond`].
 
 pub mod health_endpoint;
 pub mod hygiene;
